@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# End-to-end check of `cohort dev` with the tools a user has: three units
+# present the byte-identical leaf, `openssl verify` accepts it against the
+# root that `cohort trust` wrote, curl succeeds on each unit, and `cohort
+# trust` refuses an issuer that does not match the pinned measurement.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work=$(mktemp -d)
+dev_pid=
+extra_pids=()
+cleanup() {
+	for p in "${extra_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	if [ -n "$dev_pid" ] && kill -0 "$dev_pid" 2>/dev/null; then
+		kill -INT "$dev_pid" 2>/dev/null || true
+		wait "$dev_pid" 2>/dev/null || true
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# Three consecutive free ports for the units' HTTPS.
+https_ports() {
+	for _ in $(seq 50); do
+		local base=$((20000 + RANDOM % 30000)) ok=1
+		for p in $base $((base + 1)) $((base + 2)); do
+			python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', $p))" 2>/dev/null || ok=0
+		done
+		[ "$ok" = 1 ] && { echo "$base"; return; }
+	done
+	echo "no three free ports" >&2
+	return 1
+}
+
+go build -o "$work/cohort" ./cmd/cohort
+cohort="$work/cohort"
+nats_port=$(free_port)
+https_base=$(https_ports)
+nats_url="nats://127.0.0.1:$nats_port"
+
+"$cohort" dev --data "$work/data" --units 3 --nats-port "$nats_port" --https-base "$https_base" >"$work/dev.out" 2>"$work/dev.err" &
+dev_pid=$!
+for _ in $(seq 600); do
+	grep -q 'Ctrl-C stops' "$work/dev.out" 2>/dev/null && break
+	kill -0 "$dev_pid" 2>/dev/null || { cat "$work/dev.out" "$work/dev.err"; echo "FAIL: cohort dev exited"; exit 1; }
+	sleep 0.1
+done
+grep -q 'Ctrl-C stops' "$work/dev.out" || { cat "$work/dev.out" "$work/dev.err"; echo "FAIL: cohort dev not ready in 60 s"; exit 1; }
+cat "$work/dev.out"
+
+measurement=$("$cohort" measure issuer)
+"$cohort" trust --nats "$nats_url" --issuer-measurement "$measurement" --out "$work/root.pem"
+
+for i in 0 1 2; do
+	port=$((https_base + i))
+	openssl s_client -connect "127.0.0.1:$port" -servername localhost </dev/null 2>/dev/null |
+		openssl x509 -outform DER >"$work/leaf$i.der"
+	openssl x509 -inform DER -in "$work/leaf$i.der" -out "$work/leaf$i.pem"
+	cmp "$work/leaf0.der" "$work/leaf$i.der" || { echo "FAIL: unit $i presents another certificate"; exit 1; }
+	openssl verify -CAfile "$work/root.pem" "$work/leaf$i.pem"
+	curl --fail --silent --show-error --cacert "$work/root.pem" "https://localhost:$port/"
+done
+echo "ok: three units present the byte-identical leaf (sha256 $(sha256sum <"$work/leaf0.der" | cut -c1-64)); openssl verify and curl accept it"
+
+# The cluster channel: one handshake with any unit of cluster dev, a call answered.
+answer=$("$cohort" call --nats "$nats_url" --cluster dev --trust "$work/root.pem" hello 2>"$work/call.err")
+case "$answer" in
+*"of task demo heard: hello") echo "ok: cohort call answered: $answer ($(cat "$work/call.err"))" ;;
+*) cat "$work/call.err"; echo "FAIL: cohort call answered '$answer'"; exit 1 ;;
+esac
+
+# A TLS session begun on one unit resumes on another: the units of cluster
+# dev derive their session-ticket keys from the cluster key. A request is sent
+# so that s_client stays until the TLS 1.3 ticket has arrived.
+printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' |
+	openssl s_client -connect "127.0.0.1:$https_base" -servername localhost -CAfile "$work/root.pem" \
+		-sess_out "$work/tls.sess" >"$work/sess1.txt" 2>&1
+printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' |
+	openssl s_client -connect "127.0.0.1:$((https_base + 1))" -servername localhost -CAfile "$work/root.pem" \
+		-sess_in "$work/tls.sess" >"$work/sess2.txt" 2>&1
+grep -q '^Reused, TLSv1.3' "$work/sess2.txt" || { grep -E 'New|Reused' "$work/sess1.txt" "$work/sess2.txt"; echo "FAIL: the session did not resume on another unit"; exit 1; }
+echo "ok: openssl -sess_out on unit 1, -sess_in on unit 2: $(grep -m1 '^Reused' "$work/sess2.txt")"
+
+# The client and server usages are both present on the task certificate.
+openssl x509 -in "$work/leaf0.pem" -noout -ext extendedKeyUsage,subjectAltName
+
+# Lint the root and the leaf with zlint's RFC and community lints. cohort's PKI
+# is private: the CA/Browser Forum lints for publicly trusted web certificates
+# refuse what it needs on purpose (localhost, 127.0.0.1, a URI SAN).
+openssl x509 -in "$work/root.pem" -out "$work/root.lint.pem"
+for cert in root.lint.pem leaf0.pem; do
+	go run github.com/zmap/zlint/v3/cmd/zlint@v3.7.3 -includeSources RFC3279,RFC5280,RFC5480,RFC5891,RFC8813,Community \
+		"$work/$cert" >"$work/$cert.zlint.json"
+	python3 - "$work/$cert.zlint.json" "$cert" <<'PY'
+import json, sys
+results = json.load(open(sys.argv[1]))
+bad = {k: v for k, v in results.items() if v.get("result") in ("warn", "error", "fatal")}
+passed = sum(1 for v in results.values() if v.get("result") == "pass")
+if bad:
+    print("FAIL: zlint on", sys.argv[2], bad)
+    sys.exit(1)
+print(f"ok: zlint {sys.argv[2]}: {passed} lints pass, no warning or error")
+PY
+done
+
+# An issuer that does not match the pinned measurement is refused.
+wrong=$("$cohort" measure unit --task demo)
+if "$cohort" trust --nats "$nats_url" --issuer-measurement "$wrong" --out "$work/wrong.pem" 2>"$work/wrong.err"; then
+	echo "FAIL: cohort trust accepted an issuer with another measurement"
+	exit 1
+fi
+grep -q 'does not match the pinned measurement' "$work/wrong.err" || { cat "$work/wrong.err"; exit 1; }
+[ ! -e "$work/wrong.pem" ] || { echo "FAIL: a refused trust wrote a root"; exit 1; }
+echo "ok: cohort trust refuses a wrong pin: $(cat "$work/wrong.err")"
+
+# The operators' view: status lists the three units with their HTTPS addresses.
+"$cohort" status --nats "$nats_url" --json >"$work/status.json"
+python3 - "$work/status.json" "$https_base" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+base = int(sys.argv[2])
+units = [u for c in s["manager"]["clusters"] if c["id"] == "dev" for u in c["units"]]
+addrs = sorted(u["https"] for u in units)
+want = sorted(f"127.0.0.1:{base + i}" for i in range(3))
+assert addrs == want, f"status lists {addrs}, want {want}"
+assert all(u["state"] == "active" and u["task"] == "demo" for u in units), units
+assert s["issuer"]["backend"] == "sim", s["issuer"]
+print(f"ok: cohort status --json lists the three units of cluster dev at {', '.join(addrs)}")
+PY
+"$cohort" status --nats "$nats_url"
+[ "$("$cohort" events --nats "$nats_url" | grep -c 'unit.joined')" -ge 3 ] || { echo "FAIL: cohort events shows fewer than three joins"; exit 1; }
+echo "ok: cohort events shows the joins"
+
+# The standard nats CLI sees the services, the stream and the buckets.
+nats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$nats_url")
+"${nats[@]}" micro ls >"$work/micro.txt"
+"${nats[@]}" stream ls >"$work/streams.txt"
+"${nats[@]}" kv ls >"$work/kv.txt"
+for want in cohort-issuer:micro cohort-manager:micro cohort_events:streams cohort_members:kv cohort_issuer_state:kv; do
+	grep -q "${want%%:*}" "$work/${want##*:}.txt" || { cat "$work/${want##*:}.txt"; echo "FAIL: natscli does not list ${want%%:*}"; exit 1; }
+done
+echo "ok: nats micro ls, stream ls and kv ls list cohort-issuer, cohort-manager, cohort_events, cohort_members, cohort_issuer_state"
+
+# A second manager and a second issuer as processes of their own, on the same
+# NATS and state, with their metrics.
+mport=$(free_port); iport=$(free_port)
+"$cohort" manager --nats "$nats_url" --root "$work/root.pem" --metrics "127.0.0.1:$mport" 2>"$work/manager.err" &
+extra_pids+=($!)
+"$cohort" issuer --nats "$nats_url" --policy "$work/data/policy.yaml" --data "$work/data" --metrics "127.0.0.1:$iport" 2>"$work/issuer.err" &
+extra_pids+=($!)
+# Scrapes go to a file before grep reads them: `curl | grep -q` under
+# pipefail fails whenever grep stops reading before curl stops writing.
+scrape() { curl -sf "http://127.0.0.1:$1/metrics" >"$work/metrics-$1.txt" 2>/dev/null && grep -q "$2" "$work/metrics-$1.txt"; }
+for _ in $(seq 300); do scrape "$mport" 'cohort_manager_members{state="active"} 3' && break; sleep 0.1; done
+scrape "$mport" 'cohort_manager_members{state="active"} 3' ||
+	{ cat "$work/manager.err"; echo "FAIL: the second manager does not count three active members"; exit 1; }
+for _ in $(seq 300); do scrape "$iport" '^cohort_issuer_certify_seconds_count' && break; sleep 0.1; done
+scrape "$iport" '^cohort_issuer_certify_seconds_count' ||
+	{ cat "$work/issuer.err"; echo "FAIL: the second issuer serves no metrics"; exit 1; }
+echo "ok: a second manager process sees the three members (metrics on :$mport); a second issuer process unsealed the same state (metrics on :$iport)"
+"$cohort" trust --nats "$nats_url" --issuer-measurement "$measurement" --out "$work/root2.pem" 2>/dev/null >/dev/null
+cmp "$work/root.pem" "$work/root2.pem" || { echo "FAIL: the two issuers serve different roots"; exit 1; }
+
+kill -INT "$dev_pid"
+wait "$dev_pid"
+dev_pid=
+echo "ok: cohort dev stopped cleanly on Ctrl-C"
+echo "e2e: 11 passed, 0 failed"

@@ -1,0 +1,307 @@
+// Package bench measures cohort end to end and prints figures: rates and
+// latency percentiles from real round trips over NATS on loopback, beside the
+// same run's ceiling for the work without the transport. It backs
+// `cohort bench`. Figures are measurements of this machine, never targets
+// asserted by tests.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cohort-dev/cohort/embednats"
+	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/issuer"
+	"github.com/cohort-dev/cohort/issuerclient"
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// CertifyConfig configures the certify benchmark.
+type CertifyConfig struct {
+	Duration    time.Duration // each phase; default 5s
+	Concurrency int           // round trips in flight; default 8 × GOMAXPROCS
+	Conns       int           // unit-side NATS connections; default 4
+	KEM         uint16        // default ML-KEM-768+X25519
+	JSON        bool
+	Out         io.Writer
+}
+
+// CertifyResult is what the certify benchmark measured.
+type CertifyResult struct {
+	RatePerS           float64 `json:"rate_per_s"`
+	P50Ms              float64 `json:"p50_ms"`
+	P99Ms              float64 `json:"p99_ms"`
+	CryptoCeilingPerS  float64 `json:"crypto_ceiling_per_s"`
+	CeilingP50Ms       float64 `json:"crypto_ceiling_p50_ms"`
+	RoundTrips         int     `json:"round_trips"`
+	Errors             int     `json:"errors"`
+	DurationS          float64 `json:"duration_s"`
+	Concurrency        int     `json:"concurrency"`
+	KEM                string  `json:"kem"`
+	Transport          string  `json:"transport"`
+	Attestation        string  `json:"attestation"`
+	GOMAXPROCS         int     `json:"gomaxprocs"`
+	FirstError         string  `json:"first_error,omitempty"`
+	CeilingDescription string  `json:"crypto_ceiling_is"`
+}
+
+// Certify runs full certify round trips against an embedded issuer: the
+// unit's key generation and evidence, the issuer's checks, sealing and
+// signing, and the unit's opening and checks, over NATS on TCP loopback. Then
+// it runs the same round trips with the issuer called in process, which is
+// the ceiling the cryptography and encoding allow on this machine.
+func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
+	if cfg.Duration <= 0 {
+		cfg.Duration = 5 * time.Second
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 8 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.Conns <= 0 {
+		cfg.Conns = 4
+	}
+	if cfg.KEM == 0 {
+		cfg.KEM = messages.KEMMLKEM768X25519
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	dir, err := os.MkdirTemp("", "cohort-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	srv, err := embednats.Start(embednats.Config{StoreDir: dir})
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Close()
+	iss, stopIssuer, err := startIssuer(ctx, srv)
+	if err != nil {
+		return nil, err
+	}
+	defer stopIssuer()
+
+	unitPlatform, err := sim.New(sim.Config{Identity: sim.UnitIdentity("bench")})
+	if err != nil {
+		return nil, err
+	}
+	measurement, err := sim.Measure(sim.IssuerIdentity)
+	if err != nil {
+		return nil, err
+	}
+	var certifiers []*issuerclient.Certifier
+	for range cfg.Conns {
+		nc, err := srv.Connect()
+		if err != nil {
+			return nil, err
+		}
+		defer nc.Close()
+		client := issuerclient.Config{Conn: nc, Verifier: unitPlatform, IssuerMeasurement: measurement, AllowSimulated: true}
+		trust, err := issuerclient.VerifyIssuer(ctx, client)
+		if err != nil {
+			return nil, err
+		}
+		c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: unitPlatform, KEM: cfg.KEM})
+		if err != nil {
+			return nil, err
+		}
+		certifiers = append(certifiers, c)
+	}
+	// Warm up: one round trip per connection, outside the measurement.
+	for _, c := range certifiers {
+		if _, err := c.Certify(ctx, "bench"); err != nil {
+			return nil, fmt.Errorf("bench: warm-up round trip: %w", err)
+		}
+	}
+
+	overNATS := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
+		_, err := certifiers[w%len(certifiers)].Certify(ctx, "bench")
+		return err
+	})
+	inProcess := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
+		p, req, err := certifiers[w%len(certifiers)].Prepare("bench")
+		if err != nil {
+			return err
+		}
+		reply, err := iss.Certify(ctx, req)
+		if err != nil {
+			return err
+		}
+		_, err = p.Open(reply)
+		return err
+	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	res := &CertifyResult{
+		RatePerS:           overNATS.rate(),
+		P50Ms:              overNATS.percentile(0.50),
+		P99Ms:              overNATS.percentile(0.99),
+		CryptoCeilingPerS:  inProcess.rate(),
+		CeilingP50Ms:       inProcess.percentile(0.50),
+		RoundTrips:         len(overNATS.latencies),
+		Errors:             overNATS.errors + inProcess.errors,
+		DurationS:          overNATS.elapsed.Seconds(),
+		Concurrency:        cfg.Concurrency,
+		KEM:                kemName(cfg.KEM),
+		Transport:          "NATS over TCP loopback, embedded server",
+		Attestation:        "simulated (Ed25519 platform signature)",
+		GOMAXPROCS:         runtime.GOMAXPROCS(0),
+		CeilingDescription: "the same round trips with the issuer called in process: key generation, evidence, verification, HPKE, signing, opening; no NATS",
+	}
+	if overNATS.firstErr != nil {
+		res.FirstError = overNATS.firstErr.Error()
+	} else if inProcess.firstErr != nil {
+		res.FirstError = inProcess.firstErr.Error()
+	}
+	if err := res.print(cfg.Out, cfg.JSON); err != nil {
+		return nil, err
+	}
+	if res.Errors > 0 {
+		return res, fmt.Errorf("bench: %d round trips failed; first: %s", res.Errors, res.FirstError)
+	}
+	return res, nil
+}
+
+func (r *CertifyResult) print(w io.Writer, asJSON bool) error {
+	if asJSON {
+		e := json.NewEncoder(w)
+		e.SetIndent("", "  ")
+		return e.Encode(r)
+	}
+	_, err := fmt.Fprintf(w, `cohort bench certify: full round trips, %d in flight, GOMAXPROCS %d, KEM %s, %s attestation
+  over NATS (TCP loopback)   %8.0f round trips/s   p50 %.2f ms   p99 %.2f ms   (%d in %.1fs, %d errors)
+  ceiling without NATS       %8.0f round trips/s   p50 %.2f ms   (same work, issuer called in process)
+`, r.Concurrency, r.GOMAXPROCS, r.KEM, "simulated", r.RatePerS, r.P50Ms, r.P99Ms, r.RoundTrips, r.DurationS, r.Errors,
+		r.CryptoCeilingPerS, r.CeilingP50Ms)
+	return err
+}
+
+func kemName(id uint16) string {
+	switch id {
+	case messages.KEMMLKEM768X25519:
+		return "ML-KEM-768+X25519"
+	case messages.KEMX25519:
+		return "X25519"
+	}
+	return fmt.Sprintf("0x%04x", id)
+}
+
+// startIssuer runs an issuer for the bench task on its own connection.
+func startIssuer(ctx context.Context, srv *embednats.Server) (*issuer.Issuer, func(), error) {
+	m, err := sim.MeasurementHex(sim.UnitIdentity("bench"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return startIssuerWith(ctx, srv, fmt.Appendf(nil, "version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n", m))
+}
+
+// startIssuerWith runs an issuer with the given policy on its own connection.
+func startIssuerWith(ctx context.Context, srv *embednats.Server, policyYAML []byte) (*issuer.Issuer, func(), error) {
+	policy, err := issuer.ParsePolicy(policyYAML)
+	if err != nil {
+		return nil, nil, err
+	}
+	secret := make([]byte, sim.SealSecretSize)
+	p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := srv.Connect()
+	if err != nil {
+		return nil, nil, err
+	}
+	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: policy, Queue: 4096})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- iss.Run(ctx) }()
+	stop := func() { cancel(); <-done; nc.Close() }
+	select {
+	case <-iss.Ready():
+		return iss, stop, nil
+	case err := <-done:
+		cancel()
+		nc.Close()
+		return nil, nil, errors.Join(errors.New("bench: issuer stopped"), err)
+	}
+}
+
+type phase struct {
+	latencies []time.Duration
+	errors    int
+	firstErr  error
+	elapsed   time.Duration
+}
+
+func (p *phase) rate() float64 {
+	if p.elapsed <= 0 {
+		return 0
+	}
+	return float64(len(p.latencies)) / p.elapsed.Seconds()
+}
+
+func (p *phase) percentile(q float64) float64 {
+	if len(p.latencies) == 0 {
+		return 0
+	}
+	i := min(int(q*float64(len(p.latencies))), len(p.latencies)-1)
+	return float64(p.latencies[i]) / float64(time.Millisecond)
+}
+
+// run calls op from n workers until d has passed, and records each
+// successful call's latency.
+func run(ctx context.Context, d time.Duration, n int, op func(context.Context, int) error) *phase {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		all   []time.Duration
+		errs  atomic.Int64
+		first error
+		wg    sync.WaitGroup
+		start = time.Now()
+	)
+	for w := range n {
+		wg.Go(func() {
+			var mine []time.Duration
+			for ctx.Err() == nil {
+				t := time.Now()
+				err := op(context.WithoutCancel(ctx), w)
+				if ctx.Err() != nil && err != nil {
+					break // the phase ended under this call
+				}
+				if err != nil {
+					errs.Add(1)
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					continue
+				}
+				mine = append(mine, time.Since(t))
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	slices.Sort(all)
+	return &phase{latencies: all, errors: int(errs.Load()), firstErr: first, elapsed: time.Since(start)}
+}

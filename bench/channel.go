@@ -1,0 +1,293 @@
+package bench
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cohort-dev/cohort/client"
+	"github.com/cohort-dev/cohort/embednats"
+	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/manager"
+	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/unit"
+)
+
+// ChannelConfig configures the channel benchmark.
+type ChannelConfig struct {
+	Units       int           // default 5
+	Duration    time.Duration // each phase; default 5s
+	Concurrency int           // handshakes or calls in flight; default 8 × GOMAXPROCS
+	KEM         uint16        // default ML-KEM-768+X25519
+	JSON        bool
+	Out         io.Writer
+}
+
+// ChannelResult is what the channel benchmark measured.
+type ChannelResult struct {
+	Units             int     `json:"units"`
+	KEM               string  `json:"kem"`
+	Concurrency       int     `json:"concurrency"`
+	HandshakesPerS    float64 `json:"handshakes_per_s"`
+	HandshakeP50Ms    float64 `json:"handshake_p50_ms"`
+	HandshakeP99Ms    float64 `json:"handshake_p99_ms"`
+	UsableP50Ms       float64 `json:"usable_on_all_units_p50_ms"`
+	UsableP99Ms       float64 `json:"usable_on_all_units_p99_ms"`
+	SessionsMeasured  int     `json:"sessions_measured"`
+	SessionsNotOnAll  int     `json:"sessions_not_on_all_units"`
+	CallsPerS         float64 `json:"calls_per_s"`
+	CallP50Ms         float64 `json:"call_p50_ms"`
+	CallP99Ms         float64 `json:"call_p99_ms"`
+	CallBytes         int     `json:"call_bytes"`
+	TLSHandshakeP50Ms float64 `json:"tls13_full_handshake_p50_ms"`
+	TLSToAllUnitsMs   float64 `json:"tls13_to_all_units_p50_ms"`
+	Errors            int     `json:"errors"`
+	FirstError        string  `json:"first_error,omitempty"`
+}
+
+// Channel measures the cluster channel with Units units on one embedded
+// NATS server: handshakes a second, each durably stored before it is
+// answered, and how long until each new session is usable on every unit;
+// then calls a second and their latency with 1 KiB payloads; and, as the
+// baseline the channel replaces, full TLS 1.3 handshakes with each unit.
+func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
+	if cfg.Units <= 0 {
+		cfg.Units = 5
+	}
+	if cfg.Duration <= 0 {
+		cfg.Duration = 5 * time.Second
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 8 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.KEM == 0 {
+		cfg.KEM = messages.KEMMLKEM768X25519
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	dir, err := os.MkdirTemp("", "cohort-bench-channel-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(dir, "js")})
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Close()
+
+	m, err := sim.MeasurementHex(sim.UnitIdentity("bench"))
+	if err != nil {
+		return nil, err
+	}
+	iss, stopIssuer, err := startIssuerWith(ctx, srv, fmt.Appendf(nil,
+		"version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n    ip_addresses: [127.0.0.1]\nclusters:\n  - id: bench\n    task: bench\n", m))
+	if err != nil {
+		return nil, err
+	}
+	defer stopIssuer()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var parts sync.WaitGroup
+	defer parts.Wait()
+	defer cancel()
+	mnc, err := srv.Connect()
+	if err != nil {
+		return nil, err
+	}
+	defer mnc.Close()
+	mgr, err := manager.New(manager.Config{Conn: mnc, Root: iss.Root()})
+	if err != nil {
+		return nil, err
+	}
+	parts.Go(func() { _ = mgr.Run(ctx) })
+	<-mgr.Ready()
+
+	seen := newSightings()
+	pin, err := sim.Measure(sim.IssuerIdentity)
+	if err != nil {
+		return nil, err
+	}
+	platform, err := sim.New(sim.Config{Identity: sim.UnitIdentity("bench")})
+	if err != nil {
+		return nil, err
+	}
+	var units []*unit.Unit
+	for i := range cfg.Units {
+		nc, err := srv.Connect()
+		if err != nil {
+			return nil, err
+		}
+		defer nc.Close()
+		u, err := unit.New(unit.Config{
+			Conn: nc, Platform: platform, Task: "bench", IssuerMeasurement: pin, AllowSimulatedIssuer: true,
+			HTTPSAddr: "127.0.0.1:0", Name: fmt.Sprintf("b%d", i), Cluster: "bench", OnSession: seen.saw,
+		})
+		if err != nil {
+			return nil, err
+		}
+		parts.Go(func() { _ = u.Run(ctx) })
+		<-u.Ready()
+		units = append(units, u)
+	}
+	if err := waitStatus(ctx, mnc, func(s *manager.Status) bool { return s.Counts.Active == cfg.Units }); err != nil {
+		return nil, fmt.Errorf("bench: units did not join: %w", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(iss.Root())
+	cnc, err := srv.Connect()
+	if err != nil {
+		return nil, err
+	}
+	defer cnc.Close()
+	ccfg := client.Config{Conn: cnc, Cluster: "bench", Task: "bench", Roots: roots, KEM: cfg.KEM}
+	res := &ChannelResult{Units: cfg.Units, KEM: kemName(cfg.KEM), Concurrency: cfg.Concurrency, CallBytes: 1024}
+
+	// Handshakes.
+	var startsMu sync.Mutex
+	starts := map[string]time.Time{}
+	hs := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, _ int) error {
+		t := time.Now()
+		s, err := client.Dial(ctx, ccfg)
+		if err != nil {
+			return err
+		}
+		startsMu.Lock()
+		starts[hex.EncodeToString(s.ID)] = t
+		startsMu.Unlock()
+		return nil
+	})
+	res.HandshakesPerS, res.HandshakeP50Ms, res.HandshakeP99Ms = hs.rate(), hs.percentile(0.5), hs.percentile(0.99)
+	res.Errors += hs.errors
+	if hs.firstErr != nil {
+		res.FirstError = hs.firstErr.Error()
+	}
+	// Give the last sessions a moment to reach every unit, then read when each did.
+	sleepCtx(ctx, 200*time.Millisecond)
+	var usable []time.Duration
+	for id, start := range starts {
+		if at, ok := seen.onAll(id, cfg.Units); ok {
+			usable = append(usable, at.Sub(start))
+		} else {
+			res.SessionsNotOnAll++
+		}
+	}
+	slices.Sort(usable)
+	u := &phase{latencies: usable}
+	res.SessionsMeasured, res.UsableP50Ms, res.UsableP99Ms = len(usable), u.percentile(0.5), u.percentile(0.99)
+
+	// Calls: each worker its own session, 1 KiB a call.
+	sessions := make([]*client.Session, cfg.Concurrency)
+	for i := range sessions {
+		if sessions[i], err = client.Dial(ctx, ccfg); err != nil {
+			return nil, err
+		}
+	}
+	payload := make([]byte, 1024)
+	calls := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
+		_, err := sessions[w].Call(ctx, payload)
+		return err
+	})
+	res.CallsPerS, res.CallP50Ms, res.CallP99Ms = calls.rate(), calls.percentile(0.5), calls.percentile(0.99)
+	res.Errors += calls.errors
+	if calls.firstErr != nil && res.FirstError == "" {
+		res.FirstError = calls.firstErr.Error()
+	}
+
+	// The baseline: a full TLS 1.3 handshake with each unit, no resumption.
+	tlsConf := &tls.Config{RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+	var one, all []time.Duration
+	deadline := time.Now().Add(cfg.Duration / 2)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		t0 := time.Now()
+		for _, un := range units {
+			t := time.Now()
+			c, err := tls.Dial("tcp", un.Addr().String(), tlsConf)
+			if err != nil {
+				return nil, fmt.Errorf("bench: TLS baseline: %w", err)
+			}
+			one = append(one, time.Since(t))
+			c.Close()
+		}
+		all = append(all, time.Since(t0))
+	}
+	slices.Sort(one)
+	slices.Sort(all)
+	res.TLSHandshakeP50Ms = (&phase{latencies: one}).percentile(0.5)
+	res.TLSToAllUnitsMs = (&phase{latencies: all}).percentile(0.5)
+
+	if err := res.print(cfg.Out, cfg.JSON); err != nil {
+		return nil, err
+	}
+	if res.Errors > 0 {
+		return res, fmt.Errorf("bench: %d operations failed; first: %s", res.Errors, res.FirstError)
+	}
+	return res, nil
+}
+
+func (r *ChannelResult) print(w io.Writer, asJSON bool) error {
+	if asJSON {
+		e := json.NewEncoder(w)
+		e.SetIndent("", "  ")
+		return e.Encode(r)
+	}
+	_, err := fmt.Fprintf(w, `cohort bench channel: %d units, one embedded NATS server, KEM %s, %d in flight
+  handshakes       %8.0f /s   p50 %.2f ms   p99 %.2f ms   (each stored durably before it is answered)
+  usable on all    p50 %.2f ms   p99 %.2f ms   (%d sessions measured, %d not on every unit)
+  calls, 1 KiB     %8.0f /s   p50 %.2f ms   p99 %.2f ms
+  baseline         a full TLS 1.3 handshake %.2f ms (p50); one with each of the %d units %.2f ms
+  errors           %d
+`, r.Units, r.KEM, r.Concurrency, r.HandshakesPerS, r.HandshakeP50Ms, r.HandshakeP99Ms, r.UsableP50Ms, r.UsableP99Ms,
+		r.SessionsMeasured, r.SessionsNotOnAll, r.CallsPerS, r.CallP50Ms, r.CallP99Ms, r.TLSHandshakeP50Ms, r.Units, r.TLSToAllUnitsMs, r.Errors)
+	return err
+}
+
+// sightings records when each unit first held each session.
+type sightings struct {
+	mu sync.Mutex
+	m  map[string]*sighting
+}
+
+type sighting struct {
+	count int
+	last  time.Time
+}
+
+func newSightings() *sightings { return &sightings{m: map[string]*sighting{}} }
+
+func (s *sightings) saw(id []byte) {
+	now := time.Now()
+	k := hex.EncodeToString(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.m[k]
+	if e == nil {
+		e = &sighting{}
+		s.m[k] = e
+	}
+	e.count++
+	e.last = now
+}
+
+// onAll reports when the n-th unit came to hold session id.
+func (s *sightings) onAll(id string, n int) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.m[id]
+	if e == nil || e.count < n {
+		return time.Time{}, false
+	}
+	return e.last, true
+}

@@ -1,0 +1,676 @@
+// Command cohort runs cohort's roles and tools: the embedded development stack
+// (dev), a walkthrough (demo), the issuer, a unit, the user's trust step, the
+// simulated measurement of this build, and the benchmarks. Each subcommand
+// maps its flags to a package's Config and runs it; the logic lives in the
+// packages.
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cohort-dev/cohort/bench"
+	"github.com/cohort-dev/cohort/client"
+	"github.com/cohort-dev/cohort/dev"
+	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/events"
+	"github.com/cohort-dev/cohort/issuer"
+	"github.com/cohort-dev/cohort/issuerclient"
+	"github.com/cohort-dev/cohort/manager"
+	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/status"
+	"github.com/cohort-dev/cohort/unit"
+)
+
+const usage = `cohort: enclave replicas that behave as one trusted service, over NATS.
+
+Usage:
+  cohort dev [--data DIR] [--units N] [--nats-port PORT] [--https-base PORT]
+  cohort demo
+  cohort measure issuer | cohort measure unit --task NAME
+  cohort trust --nats URL --issuer-measurement HEX --out FILE
+  cohort issuer --nats URL --policy FILE --data DIR
+  cohort unit --nats URL --task NAME --https ADDR --issuer-measurement HEX [--cluster ID]
+  cohort manager --nats URL (--issuer-measurement HEX | --root FILE)
+  cohort status --nats URL [--json]
+  cohort events --nats URL [--follow] [--since DURATION] [--json]
+  cohort call --nats URL --cluster ID --trust root.pem [--task NAME] DATA...
+  cohort bench certify [--duration D] [--json]
+
+Run 'cohort COMMAND -h' for a command's flags.
+`
+
+// errUsage marks an error in how the command was called (exit code 2).
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	commands := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"dev": cmdDev, "demo": cmdDemo, "measure": cmdMeasure, "trust": cmdTrust,
+		"issuer": cmdIssuer, "unit": cmdUnit, "bench": cmdBench,
+		"manager": cmdManager, "status": cmdStatus, "events": cmdEvents, "call": cmdCall,
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintf(stderr, "cohort: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	err := cmd(ctx, args[1:], stdout, stderr)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "cohort %s: %v\n", args[0], err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "cohort %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+func flags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("cohort "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parse parses args and refuses stray arguments.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	return nil
+}
+
+func logLevel(fs *flag.FlagSet) *slog.LevelVar {
+	var lv slog.LevelVar
+	fs.TextVar(&lv, "log-level", &lv, "log level: debug, info, warn, error")
+	return &lv
+}
+
+func newLogger(w io.Writer, lv *slog.LevelVar) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
+}
+
+func required(fs *flag.FlagSet, names ...string) error {
+	for _, n := range names {
+		if fs.Lookup(n).Value.String() == "" {
+			return fmt.Errorf("%w: --%s is required", errUsage, n)
+		}
+	}
+	return nil
+}
+
+func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("dev", stderr)
+	data := fs.String("data", "", "data folder (JetStream, seal secret, policy); default a fresh temporary folder, removed on exit")
+	units := fs.Int("units", 3, "number of units of the demo task")
+	natsPort := fs.Int("nats-port", 4222, "NATS port on 127.0.0.1")
+	httpsBase := fs.Int("https-base", 8443, "HTTPS port of the first unit; the others count up from it")
+	lv := logLevel(fs)
+	lv.Set(slog.LevelWarn)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	dir := *data
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "cohort-dev-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	return dev.Run(ctx, dev.Config{
+		DataDir: dir, Units: *units, NATSPort: *natsPort, HTTPSBase: *httpsBase,
+		Out: stdout, Logger: newLogger(stderr, lv),
+	})
+}
+
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("demo", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	return dev.Demo(ctx, stdout)
+}
+
+func cmdMeasure(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: measure issuer | measure unit --task NAME", errUsage)
+	}
+	var identity string
+	switch args[0] {
+	case "issuer":
+		if err := parse(flags("measure issuer", stderr), args[1:]); err != nil {
+			return err
+		}
+		identity = sim.IssuerIdentity
+	case "unit":
+		fs := flags("measure unit", stderr)
+		task := fs.String("task", "", "the task the unit runs")
+		if err := parse(fs, args[1:]); err != nil {
+			return err
+		}
+		if !messages.ValidTaskName(*task) {
+			return fmt.Errorf("%w: --task %q is not a valid task name", errUsage, *task)
+		}
+		identity = sim.UnitIdentity(*task)
+	default:
+		return fmt.Errorf("%w: measure issuer | measure unit --task NAME", errUsage)
+	}
+	m, err := sim.MeasurementHex(identity)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, m)
+	return nil
+}
+
+func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("trust", stderr)
+	url := fs.String("nats", "", "NATS server URL")
+	pin := fs.String("issuer-measurement", "", "the issuer measurement to pin, hex")
+	out := fs.String("out", "", "where to write the root CA certificate, PEM")
+	allowSim := fs.Bool("allow-simulated", true, "accept an issuer on simulated attestation (this build verifies no other kind)")
+	policyHash := fs.String("policy-hash", "", "optional: the SHA-256 of the policy the issuer must serve, hex")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the issuer")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "nats", "issuer-measurement", "out"); err != nil {
+		return err
+	}
+	m, err := measurement(*pin)
+	if err != nil {
+		return err
+	}
+	ph, err := optionalHash("policy-hash", *policyHash)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*url, nats.Name("cohort trust"), nats.Timeout(*timeout))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *url, err)
+	}
+	defer nc.Close()
+	trust, err := issuerclient.VerifyIssuer(ctx, issuerclient.Config{
+		Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, PolicyHash: ph, Timeout: *timeout,
+	})
+	if err != nil {
+		return err
+	}
+	if trust.Simulated {
+		fmt.Fprintln(stderr, "WARNING: the issuer's evidence is SIMULATED. Anyone can forge simulated evidence: this root is fit for development only.")
+	}
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: trust.Root.Raw})
+	if err := os.WriteFile(*out, pemBytes, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "issuer verified: measurement %s, backend %s, policy sha256 %x\nroot CA %q written to %s\n",
+		*pin, trust.Backend, trust.PolicyHash, trust.Root.Subject.CommonName, *out)
+	return nil
+}
+
+func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := flags("issuer", stderr)
+	url := fs.String("nats", "", "NATS server URL")
+	policyPath := fs.String("policy", "", "policy file, YAML")
+	data := fs.String("data", "", "data folder (the simulated CPU's seal secret)")
+	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
+	replicas := fs.Int("replicas", 1, "JetStream replicas of the issuer's state")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9101")
+	lv := logLevel(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "nats", "policy", "data"); err != nil {
+		return err
+	}
+	raw, err := os.ReadFile(*policyPath)
+	if err != nil {
+		return err
+	}
+	policy, err := issuer.ParsePolicy(raw)
+	if err != nil {
+		return err
+	}
+	platform, err := issuerPlatform(*backend, *data)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*url, nats.Name("cohort issuer"), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *url, err)
+	}
+	defer nc.Close()
+	log := newLogger(stderr, lv)
+	reg, err := serveMetrics(ctx, *metricsAddr, log)
+	if err != nil {
+		return err
+	}
+	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: platform, Policy: policy, Replicas: *replicas, Metrics: reg, Logger: log})
+	if err != nil {
+		return err
+	}
+	return iss.Run(ctx)
+}
+
+func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := flags("unit", stderr)
+	url := fs.String("nats", "", "NATS server URL")
+	task := fs.String("task", "", "the task this unit runs")
+	https := fs.String("https", "", "HTTPS listen address, e.g. 127.0.0.1:8443")
+	pin := fs.String("issuer-measurement", "", "the issuer measurement to pin, hex")
+	name := fs.String("name", "", "this replica's name; default the HTTPS address")
+	cluster := fs.String("cluster", "", "the cluster to join at the manager; empty: join none")
+	id := fs.String("id", "", "this unit's id in its cluster; default derived from --name")
+	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
+	allowSim := fs.Bool("allow-simulated-issuer", true, "accept an issuer on simulated attestation")
+	policyHash := fs.String("policy-hash", "", "optional: the SHA-256 of the policy the issuer must serve, hex")
+	lv := logLevel(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "nats", "task", "https", "issuer-measurement"); err != nil {
+		return err
+	}
+	m, err := measurement(*pin)
+	if err != nil {
+		return err
+	}
+	ph, err := optionalHash("policy-hash", *policyHash)
+	if err != nil {
+		return err
+	}
+	platform, err := unitPlatform(*backend, *task)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*url, nats.Name("cohort unit "+*task), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *url, err)
+	}
+	defer nc.Close()
+	u, err := unit.New(unit.Config{
+		Conn: nc, Platform: platform, Task: *task, IssuerMeasurement: m, AllowSimulatedIssuer: *allowSim, PolicyHash: ph,
+		HTTPSAddr: *https, Name: *name, Cluster: *cluster, ID: *id, Logger: newLogger(stderr, lv),
+	})
+	if err != nil {
+		return err
+	}
+	return u.Run(ctx)
+}
+
+func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "members" {
+		return cmdBenchMembers(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "channel" {
+		return cmdBenchChannel(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) == 0 || args[0] != "certify" {
+		return fmt.Errorf("%w: bench certify [--duration D] [--json] | bench members [--units N] [--clusters N] [--json]", errUsage)
+	}
+	fs := flags("bench certify", stderr)
+	d := fs.Duration("duration", 5*time.Second, "how long each phase runs")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	conc := fs.Int("concurrency", 0, "round trips in flight; default 8 × GOMAXPROCS")
+	kem := fs.String("kem", "mlkem768x25519", "HPKE KEM for the report: mlkem768x25519 or x25519")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	kemID, err := kemFlag(*kem)
+	if err != nil {
+		return err
+	}
+	_, err = bench.Certify(ctx, bench.CertifyConfig{Duration: *d, Concurrency: *conc, KEM: kemID, JSON: *asJSON, Out: stdout})
+	return err
+}
+
+// optionalHash decodes an optional 32-byte hex flag; empty gives nil.
+func optionalHash(name, s string) ([]byte, error) {
+	if s == "" {
+		return nil, nil
+	}
+	h, err := hex.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(h) != 32 {
+		return nil, fmt.Errorf("%w: --%s must be 32 bytes of hex", errUsage, name)
+	}
+	return h, nil
+}
+
+func measurement(s string) ([]byte, error) {
+	m, err := hex.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(m) != 32 {
+		return nil, fmt.Errorf("%w: --issuer-measurement must be 32 bytes of hex (see 'cohort measure issuer')", errUsage)
+	}
+	return m, nil
+}
+
+func issuerPlatform(backend, dataDir string) (enclave.Platform, error) {
+	switch backend {
+	case "sim":
+		secret, err := sim.LoadOrCreateSealSecret(filepath.Join(dataDir, sim.SealSecretFile))
+		if err != nil {
+			return nil, err
+		}
+		return sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
+	case "sgx":
+		return sgxPlatform()
+	}
+	return nil, fmt.Errorf("%w: --backend %q: want sim or sgx", errUsage, backend)
+}
+
+func unitPlatform(backend, task string) (unit.Platform, error) {
+	switch backend {
+	case "sim":
+		return sim.New(sim.Config{Identity: sim.UnitIdentity(task)})
+	case "sgx":
+		return sgxPlatform()
+	}
+	return nil, fmt.Errorf("%w: --backend %q: want sim or sgx", errUsage, backend)
+}
+
+func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := flags("manager", stderr)
+	url := fs.String("nats", "", "NATS server URL")
+	pin := fs.String("issuer-measurement", "", "verify the issuer against this measurement and take its root")
+	rootFile := fs.String("root", "", "or: the issuer's root CA certificate, PEM (as 'cohort trust' writes it)")
+	interval := fs.Duration("heartbeat", time.Second, "heartbeat interval units are told to keep")
+	misses := fs.Int("misses", 3, "heartbeats missed in a row before a unit is evicted")
+	replicas := fs.Int("replicas", 1, "JetStream replicas of the members bucket and the event stream")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9102")
+	lv := logLevel(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "nats"); err != nil {
+		return err
+	}
+	if (*pin == "") == (*rootFile == "") {
+		return fmt.Errorf("%w: give one of --issuer-measurement and --root", errUsage)
+	}
+	nc, err := nats.Connect(*url, nats.Name("cohort manager"), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *url, err)
+	}
+	defer nc.Close()
+	var root *x509.Certificate
+	if *rootFile != "" {
+		if root, err = readRoot(*rootFile); err != nil {
+			return err
+		}
+	} else {
+		m, err := measurement(*pin)
+		if err != nil {
+			return err
+		}
+		trust, err := issuerclient.VerifyIssuer(ctx, issuerclient.Config{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: true})
+		if err != nil {
+			return err
+		}
+		root = trust.Root
+	}
+	log := newLogger(stderr, lv)
+	reg, err := serveMetrics(ctx, *metricsAddr, log)
+	if err != nil {
+		return err
+	}
+	mgr, err := manager.New(manager.Config{
+		Conn: nc, Root: root, Interval: *interval, Misses: *misses, Replicas: *replicas, Metrics: reg, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	return mgr.Run(ctx)
+}
+
+func readRoot(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return x509.ParseCertificate(blk.Bytes)
+}
+
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("status", stderr)
+	url := fs.String("nats", "", "NATS server URL")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the issuer and the manager")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "nats"); err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*url, nats.Name("cohort status"), nats.Timeout(*timeout))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *url, err)
+	}
+	defer nc.Close()
+	st, err := status.Fetch(ctx, nc, *timeout)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		e := json.NewEncoder(stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(st)
+	}
+	st.Print(stdout)
+	return nil
+}
+
+func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("events", stderr)
+	url := fs.String("nats", "", "NATS server URL")
+	follow := fs.Bool("follow", false, "keep printing new events until interrupted")
+	fs.BoolVar(follow, "f", false, "short for --follow")
+	since := fs.Duration("since", 0, "only events newer than this, e.g. 1h; default all")
+	asJSON := fs.Bool("json", false, "print each event as one JSON line")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "nats"); err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*url, nats.Name("cohort events"))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *url, err)
+	}
+	defer nc.Close()
+	err = events.Follow(ctx, nc, events.FollowConfig{Since: *since, Follow: *follow}, func(e *events.Event, err error) error {
+		switch {
+		case err != nil:
+			fmt.Fprintf(stderr, "skipping an event that does not decode: %v\n", err)
+		case *asJSON:
+			b, _ := json.Marshal(e)
+			fmt.Fprintln(stdout, string(b))
+		default:
+			fmt.Fprintln(stdout, e.String())
+		}
+		return nil
+	})
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// serveMetrics serves a fresh Prometheus registry on addr until ctx is done,
+// and returns the registry; with no addr it serves nothing and returns nil.
+func serveMetrics(ctx context.Context, addr string, log *slog.Logger) (prometheus.Registerer, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("metrics server", "err", err)
+		}
+	}()
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
+	log.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
+	return reg, nil
+}
+
+func cmdBenchMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("bench members", stderr)
+	units := fs.Int("units", 1000, "units that join")
+	clusters := fs.Int("clusters", 100, "clusters they join, one task each")
+	hb := fs.Duration("heartbeat", time.Second, "heartbeat interval")
+	steady := fs.Duration("steady", 10*time.Second, "how long steady state is measured")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	// The manager runs as a child process of this very binary, so that its
+	// CPU and memory are measured alone.
+	mgr := exec.CommandContext(ctx, exe, "manager")
+	mgr.Env = append(os.Environ(), childEnv...)
+	_, err = bench.Members(ctx, bench.MembersConfig{
+		Units: *units, Clusters: *clusters, Heartbeat: *hb, Steady: *steady, Manager: mgr, JSON: *asJSON, Out: stdout,
+	})
+	return err
+}
+
+// childEnv is added to the environment of child processes; tests set it so
+// that the test binary runs main for them.
+var childEnv []string
+
+func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("call", stderr)
+	url := fs.String("nats", "", "NATS server URL")
+	cluster := fs.String("cluster", "", "the cluster to call")
+	trustFile := fs.String("trust", "", "the issuer's root CA certificate, PEM (as 'cohort trust' writes it)")
+	task := fs.String("task", "", "the task the cluster must run; empty accepts any")
+	kem := fs.String("kem", "mlkem768x25519", "key agreement: mlkem768x25519 or x25519")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the handshake")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := required(fs, "nats", "cluster", "trust"); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return fmt.Errorf("%w: nothing to send: give DATA", errUsage)
+	}
+	kemID, err := kemFlag(*kem)
+	if err != nil {
+		return err
+	}
+	root, err := readRoot(*trustFile)
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	nc, err := nats.Connect(*url, nats.Name("cohort call"), nats.Timeout(*timeout))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", *url, err)
+	}
+	defer nc.Close()
+	s, err := client.Dial(ctx, client.Config{Conn: nc, Cluster: *cluster, Task: *task, Roots: roots, KEM: kemID, Timeout: *timeout})
+	if err != nil {
+		return err
+	}
+	a, err := s.Call(ctx, []byte(strings.Join(fs.Args(), " ")))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "session %x opened through unit %s; answered by unit %s\n", s.ID, s.Unit, a.Unit)
+	fmt.Fprintln(stdout, string(a.Data))
+	return nil
+}
+
+func kemFlag(s string) (uint16, error) {
+	switch strings.ToLower(s) {
+	case "mlkem768x25519", "x-wing", "xwing":
+		return messages.KEMMLKEM768X25519, nil
+	case "x25519":
+		return messages.KEMX25519, nil
+	}
+	return 0, fmt.Errorf("%w: --kem %q: want mlkem768x25519 or x25519", errUsage, s)
+}
+
+func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("bench channel", stderr)
+	units := fs.Int("units", 5, "units of the cluster")
+	d := fs.Duration("duration", 5*time.Second, "how long each phase runs")
+	conc := fs.Int("concurrency", 0, "handshakes or calls in flight; default 8 × GOMAXPROCS")
+	kem := fs.String("kem", "mlkem768x25519", "key agreement: mlkem768x25519 or x25519")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	kemID, err := kemFlag(*kem)
+	if err != nil {
+		return err
+	}
+	_, err = bench.Channel(ctx, bench.ChannelConfig{Units: *units, Duration: *d, Concurrency: *conc, KEM: kemID, JSON: *asJSON, Out: stdout})
+	return err
+}

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cohort-dev/cohort/dev"
+)
+
+// TestMain lets the test binary stand in for cohort in child processes
+// (the membership benchmark runs the manager as one).
+func TestMain(m *testing.M) {
+	if os.Getenv("COHORT_TEST_MAIN") == "1" {
+		main()
+	}
+	childEnv = []string{"COHORT_TEST_MAIN=1"}
+	os.Exit(m.Run())
+}
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestUsageErrorsExitTwo(t *testing.T) {
+	for _, args := range [][]string{
+		nil,
+		{"nosuch"},
+		{"trust"},
+		{"trust", "--nats", "nats://127.0.0.1:1", "--issuer-measurement", "zz", "--out", "x"},
+		{"measure"},
+		{"measure", "unit", "--task", "Not_A_Task"},
+		{"dev", "stray"},
+		{"bench"},
+		{"bench", "certify", "--kem", "rsa"},
+		{"issuer", "--nats", "nats://x"},
+		{"call", "--nats", "nats://x", "--cluster", "dev"},
+		{"call", "--nats", "nats://x", "--cluster", "dev", "--trust", "root.pem"},
+	} {
+		if code, _, stderr := runCmd(t, args...); code != 2 || stderr == "" {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and a message", args, code, stderr)
+		}
+	}
+	if code, out, _ := runCmd(t, "help"); code != 0 || !strings.Contains(out, "cohort dev") {
+		t.Errorf("help: exit %d, %q", code, out)
+	}
+}
+
+func TestMeasurePrintsHex(t *testing.T) {
+	hex64 := regexp.MustCompile(`^[0-9a-f]{64}\n$`)
+	code, issuer, _ := runCmd(t, "measure", "issuer")
+	if code != 0 || !hex64.MatchString(issuer) {
+		t.Fatalf("measure issuer: %d %q", code, issuer)
+	}
+	_, demo, _ := runCmd(t, "measure", "unit", "--task", "demo")
+	_, other, _ := runCmd(t, "measure", "unit", "--task", "other")
+	if !hex64.MatchString(demo) || demo == other || demo == issuer {
+		t.Fatalf("unit measurements: demo %q other %q", demo, other)
+	}
+}
+
+// trust against a running dev stack writes the root; a wrong pin is refused
+// and writes nothing.
+func TestTrustAgainstDevStack(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- dev.Run(ctx, dev.Config{DataDir: t.TempDir(), Units: 1, NATSPort: -1, HTTPSBase: -1, Out: &out})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("dev: %v", err)
+		}
+	})
+	url := waitFor(t, &out, regexp.MustCompile(`NATS\s+(nats://\S+)`))
+	dir := t.TempDir()
+	_, pin, _ := runCmd(t, "measure", "issuer")
+	pin = strings.TrimSpace(pin)
+
+	root := filepath.Join(dir, "root.pem")
+	code, stdout, stderr := runCmd(t, "trust", "--nats", url, "--issuer-measurement", pin, "--out", root)
+	if code != 0 {
+		t.Fatalf("trust: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "SIMULATED") || !strings.Contains(stdout, "written to") {
+		t.Errorf("trust output: %q / %q", stdout, stderr)
+	}
+	b, _ := os.ReadFile(root)
+	if blk, _ := pem.Decode(b); blk == nil || blk.Type != "CERTIFICATE" {
+		t.Fatalf("root.pem is not a PEM certificate: %q", b)
+	}
+
+	_, wrong, _ := runCmd(t, "measure", "unit", "--task", "demo")
+	bad := filepath.Join(dir, "bad.pem")
+	code, _, stderr = runCmd(t, "trust", "--nats", url, "--issuer-measurement", strings.TrimSpace(wrong), "--out", bad)
+	if code != 1 || !strings.Contains(stderr, "does not match the pinned measurement") {
+		t.Fatalf("wrong pin: exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(bad); !os.IsNotExist(err) {
+		t.Fatal("a refused trust wrote a file")
+	}
+	code, _, stderr = runCmd(t, "trust", "--nats", url, "--issuer-measurement", pin, "--out", bad, "--allow-simulated=false")
+	if code != 1 || !strings.Contains(stderr, "simulated") {
+		t.Fatalf("simulated not allowed: exit %d: %s", code, stderr)
+	}
+}
+
+// The benchmark's JSON carries the fields the issue names. Its figures are
+// not asserted: speed lives in the benchmark, not in tests.
+func TestBenchCertifyJSONShape(t *testing.T) {
+	code, out, stderr := runCmd(t, "bench", "certify", "--duration", "300ms", "--concurrency", "2", "--json")
+	if code != 0 {
+		t.Fatalf("bench: exit %d: %s", code, stderr)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("not JSON: %v: %q", err, out)
+	}
+	for _, k := range []string{"rate_per_s", "p50_ms", "p99_ms", "crypto_ceiling_per_s"} {
+		if _, ok := m[k].(float64); !ok {
+			t.Errorf("field %s missing or not a number: %v", k, m[k])
+		}
+	}
+}
+
+// The membership benchmark runs end to end with a manager process; its
+// figures are not asserted here.
+func TestBenchMembersJSONShape(t *testing.T) {
+	code, out, stderr := runCmd(t, "bench", "members", "--units", "20", "--clusters", "4", "--heartbeat", "200ms", "--steady", "500ms", "--json")
+	if code != 0 {
+		t.Fatalf("bench members: exit %d: %s", code, stderr)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("not JSON: %v: %q", err, out)
+	}
+	for _, k := range []string{"join_storm_s", "view_complete_s", "manager_cpu_percent_of_one_core", "manager_rss_mb"} {
+		if _, ok := m[k].(float64); !ok {
+			t.Errorf("field %s missing or not a number: %v", k, m[k])
+		}
+	}
+	if m["active_at_end"] != float64(20) {
+		t.Errorf("active at the end: %v, want 20", m["active_at_end"])
+	}
+}
+
+func TestDemoExitsZero(t *testing.T) {
+	code, out, stderr := runCmd(t, "demo")
+	if code != 0 || !strings.Contains(out, "cohort demo: done.") {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, out, stderr)
+	}
+}
+
+// waitFor polls a buffer until re matches, and returns its first group.
+func waitFor(t *testing.T, b *syncBuffer, re *regexp.Regexp) string {
+	t.Helper()
+	end := time.Now().Add(60 * time.Second)
+	for time.Now().Before(end) {
+		if m := re.FindStringSubmatch(b.String()); m != nil {
+			return m[1]
+		}
+		select {
+		case <-b.changed():
+		case <-time.After(time.Second):
+		}
+	}
+	t.Fatalf("no %v in output: %q", re, b.String())
+	return ""
+}

@@ -1,0 +1,168 @@
+// Package events is cohort's audit stream: what happened to units and
+// certificates, kept in JetStream for operators to follow with
+// `cohort events -f` or `nats stream view cohort_events`.
+//
+// Events are JSON, one object a message, on subjects
+// cohort.v1.events.<kind> (cohort.v1.events.unit.joined, …), so that the
+// standard nats tools and jq read them as they are. The stream keeps them
+// under limits (age, bytes, message size) and drops the oldest first.
+//
+// Guarantees:
+//   - An event carries no secret: no key, no token, no sealed blob; only
+//     names, measurements, addresses, codes and reasons.
+//   - Publishing never blocks the caller's request path: events are
+//     published asynchronously with a bounded number in flight; an event that
+//     cannot be published is counted and logged, and the work it describes
+//     goes on.
+//   - Decode is strict (unknown fields refused, sizes capped) and fuzzed.
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// Stream and subjects.
+const (
+	StreamName    = "cohort_events"
+	SubjectPrefix = "cohort.v1.events."
+	SubjectAll    = SubjectPrefix + ">"
+	Version       = 1
+	MaxEventSize  = 4 << 10
+	MaxReason     = 512
+)
+
+// Kinds of events.
+const (
+	UnitJoined         = "unit.joined"
+	UnitLeft           = "unit.left"
+	UnitEvicted        = "unit.evicted"
+	UnitJoinRefused    = "unit.join_refused"
+	CertificateIssued  = "certificate.issued"
+	CertificateRefused = "certificate.refused"
+	SessionOpened      = "session.opened"
+	SessionClosed      = "session.closed"
+)
+
+var kinds = map[string]bool{
+	UnitJoined: true, UnitLeft: true, UnitEvicted: true, UnitJoinRefused: true,
+	CertificateIssued: true, CertificateRefused: true, SessionOpened: true, SessionClosed: true,
+}
+
+// Event is one entry of the audit stream.
+type Event struct {
+	V           int       `json:"v"`
+	Time        time.Time `json:"time"`
+	Kind        string    `json:"kind"`
+	Source      string    `json:"source"` // who published it: "issuer", or "manager/<id>"
+	Cluster     string    `json:"cluster,omitempty"`
+	Task        string    `json:"task,omitempty"`
+	Unit        string    `json:"unit,omitempty"`
+	Measurement string    `json:"measurement,omitempty"` // hex
+	Addr        string    `json:"addr,omitempty"`
+	Code        string    `json:"code,omitempty"`   // the refusal's code
+	Reason      string    `json:"reason,omitempty"` // the refusal's reason
+	Simulated   bool      `json:"simulated,omitempty"`
+}
+
+// Subject is the event's subject.
+func (e *Event) Subject() string { return SubjectPrefix + e.Kind }
+
+// Encode checks and encodes an event.
+func (e *Event) Encode() ([]byte, error) {
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // '<', '>' and '&' as themselves: events are not HTML
+	if err := enc.Encode(e); err != nil {
+		return nil, fmt.Errorf("events: encode: %w", err)
+	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	if len(b) > MaxEventSize {
+		return nil, fmt.Errorf("events: event is %d bytes, at most %d", len(b), MaxEventSize)
+	}
+	return b, nil
+}
+
+// Decode strictly decodes an event.
+func Decode(data []byte) (*Event, error) {
+	if len(data) > MaxEventSize {
+		return nil, fmt.Errorf("events: event is %d bytes, at most %d", len(data), MaxEventSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var e Event
+	if err := dec.Decode(&e); err != nil {
+		return nil, fmt.Errorf("events: decode: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("events: decode: trailing data")
+	}
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	e.Time = e.Time.UTC()
+	return &e, nil
+}
+
+func (e *Event) validate() error {
+	if e.V != Version {
+		return fmt.Errorf("events: version %d, want %d", e.V, Version)
+	}
+	if !kinds[e.Kind] {
+		return fmt.Errorf("events: unknown kind %q", e.Kind)
+	}
+	if e.Source == "" || e.Time.IsZero() {
+		return errors.New("events: source and time are required")
+	}
+	if y := e.Time.UTC().Year(); y < 1970 || y > 9999 {
+		return fmt.Errorf("events: time in year %d", y)
+	}
+	// The caps keep any valid event within MaxEventSize once encoded: control
+	// characters are refused, so a byte encodes as at most two ('"', '\\').
+	for _, f := range []struct {
+		name, value string
+		max         int
+	}{
+		{"source", e.Source, 80}, {"cluster", e.Cluster, 63}, {"task", e.Task, 63}, {"unit", e.Unit, 64},
+		{"measurement", e.Measurement, 128}, {"addr", e.Addr, 255}, {"code", e.Code, 64}, {"reason", e.Reason, MaxReason},
+	} {
+		if len(f.value) > f.max {
+			return fmt.Errorf("events: %s is %d bytes, at most %d", f.name, len(f.value), f.max)
+		}
+		if strings.ContainsFunc(f.value, unicode.IsControl) {
+			return fmt.Errorf("events: %s has a control character", f.name)
+		}
+	}
+	return nil
+}
+
+// String renders an event on one line for people.
+func (e *Event) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %-20s", e.Time.UTC().Format(time.RFC3339Nano), e.Kind)
+	for _, kv := range [][2]string{
+		{"cluster", e.Cluster}, {"task", e.Task}, {"unit", e.Unit}, {"addr", e.Addr},
+		{"code", e.Code}, {"measurement", e.Measurement},
+	} {
+		if kv[1] != "" {
+			fmt.Fprintf(&b, " %s=%s", kv[0], kv[1])
+		}
+	}
+	if e.Simulated {
+		b.WriteString(" simulated")
+	}
+	if e.Reason != "" {
+		fmt.Fprintf(&b, " reason=%q", e.Reason)
+	}
+	fmt.Fprintf(&b, " source=%s", e.Source)
+	return b.String()
+}

@@ -1,0 +1,139 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cohort-dev/cohort/channel"
+	"github.com/cohort-dev/cohort/client"
+	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// requestCode sends raw bytes and returns the refusal code of the answer, or
+// "" for an answer that is not a refusal.
+func requestCode(t *testing.T, nc *nats.Conn, subject string, data []byte) messages.Code {
+	t.Helper()
+	msg, err := nc.Request(subject, data, deadline)
+	if err != nil {
+		t.Fatalf("%s: %v", subject, err)
+	}
+	code := msg.Header.Get("Nats-Service-Error-Code")
+	if code != "" {
+		if e := messages.DecodeError(code, msg.Data); e.Reason == "" {
+			t.Errorf("%s: refusal %s names no reason", subject, code)
+		}
+	}
+	return messages.Code(code)
+}
+
+// Forged, truncated and oversized handshakes, calls and session records are
+// refused with a reason and change nothing; a unit of another cluster cannot
+// open this cluster's session records.
+func TestChannelRefusesBadInput(t *testing.T) {
+	c := startCluster(t, 2, "b", nil)
+	nc, units, roots := c.nc, c.units, c.roots
+	user := connect(t, c.srv)
+	s, err := client.Dial(context.Background(), client.Config{Conn: user, Cluster: "c1", Roots: roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both units hold the session", func() bool { return units[0].HasSession(s.ID) && units[1].HasSession(s.ID) })
+	call := recordCall(t, user, s)
+
+	otherCluster, _ := messages.Marshal(&messages.Hello{V: messages.Version, Cluster: "o1", KEM: messages.KEMX25519, PublicKey: make([]byte, 32), Nonce: make([]byte, 32), Time: time.Now().UnixNano()})
+	var forged messages.Call
+	mustDecode(t, call, &forged)
+	forged.Seq, forged.Ciphertext = 1<<40, bytes.Repeat([]byte{7}, len(forged.Ciphertext))
+	forgedCall, _ := messages.Marshal(&forged)
+	unknown := forged
+	unknown.Session = bytes.Repeat([]byte{9}, messages.SessionIDSize)
+	unknownCall, _ := messages.Marshal(&unknown)
+	for _, tc := range []struct {
+		name, subject string
+		data          []byte
+		code          messages.Code
+	}{
+		{"garbage hello", messages.HandshakeSubject("c1"), []byte("garbage"), messages.CodeMalformed},
+		{"oversized hello", messages.HandshakeSubject("c1"), make([]byte, messages.MaxHello+1), messages.CodeMalformed},
+		{"hello for another cluster", messages.HandshakeSubject("c1"), otherCluster, messages.CodeWrongCluster},
+		{"garbage call", messages.CallSubject("c1"), []byte{0x81, 0xa1, 'v'}, messages.CodeMalformed},
+		{"truncated call", messages.CallSubject("c1"), call[:len(call)/2], messages.CodeMalformed},
+		{"oversized call", messages.CallSubject("c1"), make([]byte, messages.MaxCall+1), messages.CodeMalformed},
+		{"forged call", messages.CallSubject("c1"), forgedCall, messages.CodeAuth},
+		{"call of an unknown session", messages.CallSubject("c1"), unknownCall, messages.CodeNoSession},
+		{"replayed call", messages.CallSubject("c1"), call, messages.CodeReplay},
+		{"session record from no member", messages.SubjectSession, mustMarshal(t, &messages.SessionRecord{
+			V: messages.Version, Cluster: "c1", Session: bytes.Repeat([]byte{1}, 16), Epoch: 1, Expires: time.Now().Add(time.Hour).UnixNano(),
+			Sealed: []byte("forged"), Unit: "nobody", Token: make([]byte, 32),
+		}), messages.CodeUnknownUnit},
+		{"garbage session record", messages.SubjectSession, []byte("garbage"), messages.CodeMalformed},
+		{"oversized session record", messages.SubjectSession, make([]byte, messages.MaxSessionRecord+1), messages.CodeTooLarge},
+	} {
+		if got := requestCode(t, user, tc.subject, tc.data); got != tc.code {
+			t.Errorf("%s: code %q, want %s", tc.name, got, tc.code)
+		}
+	}
+	// The session still works: nothing above changed it.
+	if _, err := s.Call(context.Background(), []byte("still here")); err != nil {
+		t.Fatalf("the session after the bad input: %v", err)
+	}
+
+	// A forged record stored by a member (a unit's token is no secret from
+	// NATS) opens on no unit: the cluster key seals records, not the manager.
+	forgedID := bytes.Repeat([]byte{0x42}, messages.SessionIDSize)
+	if _, err := client.Dial(context.Background(), client.Config{Conn: user, Cluster: "c1", Roots: roots}); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	if _, err := js.Publish(context.Background(), messages.SessionSubject("c1", forgedID), mustMarshal(t, &messages.SessionRecord{
+		V: messages.Version, Cluster: "c1", Session: forgedID, Epoch: 1, Expires: time.Now().Add(time.Hour).UnixNano(), Sealed: bytes.Repeat([]byte{3}, 64),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if code := requestCode(t, user, messages.CallSubject("c1"), mustMarshal(t, &messages.Call{
+		V: messages.Version, Session: forgedID, Seq: 1, Time: time.Now().UnixNano(), Ciphertext: bytes.Repeat([]byte{1}, 32),
+	})); code != messages.CodeNoSession {
+		t.Errorf("a call of a forged session: %q, want %s", code, messages.CodeNoSession)
+	}
+	for _, u := range units {
+		if u.HasSession(forgedID) {
+			t.Fatal("a unit took a forged session record")
+		}
+	}
+
+	// A unit of another cluster holds another key: this cluster's record does
+	// not open under it.
+	st, err := js.Stream(context.Background(), messages.SessionsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := st.GetLastMsgForSubject(context.Background(), messages.SessionSubject("c1", s.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec messages.SessionRecord
+	mustDecode(t, raw.Data, &rec)
+	other, err := clusterCertifier(t, nc, sim.UnitIdentity("other"), "o1").Certify(context.Background(), "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := channel.OpenRecord(other.ClusterKey.Key, rec.Epoch, rec.Cluster, rec.Session, rec.Sealed); !errors.Is(err, channel.ErrAuth) {
+		t.Fatalf("another cluster's key opened this cluster's record: %v", err)
+	}
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := messages.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

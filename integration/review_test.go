@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/issuer"
+	"github.com/cohort-dev/cohort/issuerclient"
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// Stopping the issuer while requests pour in neither panics nor races (run
+// under -race): workers never touch a request after its handler returned,
+// and the queue is never closed under a running handler.
+func TestIssuerStopsCleanlyUnderLoad(t *testing.T) {
+	srv := startNATS(t, t.TempDir())
+	nc := connect(t, srv)
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	c := certifier(t, connect(t, srv), sim.UnitIdentity("demo"))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var answered atomic.Int64
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				_, req, err := c.Prepare("demo")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := nc.Request(messages.SubjectCertify, req, time.Second); err == nil {
+					answered.Add(1)
+				}
+			}
+		})
+	}
+	eventually(t, "requests answered", func() bool { return answered.Load() > 50 })
+	iss.stop()
+	cancel()
+	wg.Wait()
+}
+
+// State sealed under one policy does not open under another: whoever starts
+// the issuer cannot put a policy of their choosing in front of the root.
+func TestIssuerStateIsBoundToItsPolicy(t *testing.T) {
+	srv := startNATS(t, t.TempDir())
+	nc := connect(t, srv)
+	secret := sealSecret(t)
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), secret).stop()
+
+	// The same policy, but for one more cluster of the demo task.
+	changed := parsePolicy(t, append(policyYAML(t, true, time.Hour), "  - id: rogue\n    task: demo\n"...))
+	p, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
+	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: changed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	if err := iss.Run(ctx); err == nil || !strings.Contains(err.Error(), "under another policy") {
+		t.Fatalf("Run under a changed policy: %v, want a refusal naming the policy", err)
+	}
+}
+
+// debugVerifier verifies real simulated evidence and reports it as coming
+// from a debug enclave, which the simulated platform cannot produce.
+type debugVerifier struct{ enclave.Verifier }
+
+func (v debugVerifier) Verify(ev []byte) (enclave.Claims, error) {
+	c, err := v.Verifier.Verify(ev)
+	c.Debug = true
+	return c, err
+}
+
+func TestVerifyIssuerRefusesDebugAndUnpinnedPolicy(t *testing.T) {
+	srv := startNATS(t, t.TempDir())
+	nc := connect(t, srv)
+	policy := parsePolicy(t, policyYAML(t, true, time.Hour))
+	startIssuer(t, nc, policy, sealSecret(t))
+	base := issuerclient.Config{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: measure(t, sim.IssuerIdentity), AllowSimulated: true}
+
+	debug := base
+	debug.Verifier = debugVerifier{sim.Verifier()}
+	if _, err := issuerclient.VerifyIssuer(context.Background(), debug); !errors.Is(err, issuerclient.ErrDebug) {
+		t.Errorf("debug issuer: %v, want %v", err, issuerclient.ErrDebug)
+	}
+	pinned := base
+	hash := policy.Hash()
+	pinned.PolicyHash = hash[:]
+	if _, err := issuerclient.VerifyIssuer(context.Background(), pinned); err != nil {
+		t.Errorf("the right policy pin: %v", err)
+	}
+	pinned.PolicyHash = bytes.Repeat([]byte{1}, 32)
+	if _, err := issuerclient.VerifyIssuer(context.Background(), pinned); !errors.Is(err, issuerclient.ErrPolicy) {
+		t.Errorf("another policy pin: %v, want %v", err, issuerclient.ErrPolicy)
+	}
+}
+
+// Refusals are not authenticated: a forged one, answered by anybody on NATS,
+// must not stop a unit that already serves. It keeps its pair, retries, and
+// renews once the forger is gone.
+func TestForgedRefusalDoesNotStopServingUnit(t *testing.T) {
+	srv := startNATS(t, t.TempDir())
+	nc := connect(t, srv)
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, 3*time.Second)), sealSecret(t))
+	cfg := unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo"))
+	u := startUnit(t, cfg)
+	first := u.Pair().Leaf.SerialNumber
+
+	forger := connect(t, srv)
+	var forged atomic.Int64
+	refuse := func(m *nats.Msg) {
+		e, _ := messages.Marshal(messages.Refusal(messages.CodeMeasurement, "forged"))
+		reply := nats.NewMsg(m.Reply)
+		reply.Header.Set("Nats-Service-Error-Code", string(messages.CodeMeasurement))
+		reply.Data = e
+		if forger.PublishMsg(reply) == nil {
+			forged.Add(1)
+		}
+	}
+	subs := make([]*nats.Subscription, 0, 2)
+	for _, subject := range []string{messages.SubjectEvidence, messages.SubjectCertify} {
+		s, err := forger.Subscribe(subject, refuse)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, s)
+	}
+	if err := forger.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the forger answered renewals", func() bool { return forged.Load() >= 3 })
+	for _, s := range subs {
+		if err := s.Unsubscribe(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the unit renewed after the forger left", func() bool {
+		return u.Pair().Leaf.SerialNumber.Cmp(first) != 0
+	})
+	select {
+	case <-u.Ready():
+	default:
+		t.Fatal("unit not serving")
+	}
+}

@@ -1,0 +1,194 @@
+package issuer
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/big"
+	"net/url"
+	"time"
+
+	"github.com/cohort-dev/cohort/identity"
+)
+
+const (
+	organization     = "cohort"
+	simulatedUnit    = "SIMULATED attestation - not for production"
+	maxBackdate      = 5 * time.Minute
+	issuerRenewShare = 0.6 // the issuer reissues a task certificate past this share of its life
+)
+
+// credential is a key and the certificate for it.
+type credential struct {
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+}
+
+func newKey() (*ecdsa.PrivateKey, error) {
+	// Go ignores the reader for key generation and uses its own CSPRNG.
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	return k, nil
+}
+
+// serialNumber draws a positive 128-bit serial from r.
+func serialNumber(r io.Reader) (*big.Int, error) {
+	var b [16]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return nil, fmt.Errorf("draw serial number: %w", err)
+	}
+	b[0] &= 0x7f
+	b[0] |= 0x40 // never zero, always 16 bytes
+	return new(big.Int).SetBytes(b[:]), nil
+}
+
+func keyID(k *ecdsa.PublicKey) []byte {
+	raw, _ := k.Bytes()
+	s := sha256.Sum256(raw)
+	return s[:20]
+}
+
+// window returns the validity of a certificate made at now: backdated a little
+// for clock skew, at most 5 minutes and at most a tenth of the lifetime.
+func window(now time.Time, lifetime time.Duration) (time.Time, time.Time) {
+	back := min(maxBackdate, lifetime/10)
+	nb := now.Add(-back).UTC().Truncate(time.Second)
+	return nb, nb.Add(lifetime)
+}
+
+// newRoot makes the self-signed root CA.
+func newRoot(r io.Reader, now time.Time, lifetime time.Duration, simulated bool) (*credential, error) {
+	key, err := newKey()
+	if err != nil {
+		return nil, err
+	}
+	serial, err := serialNumber(r)
+	if err != nil {
+		return nil, err
+	}
+	nb, na := window(now, lifetime)
+	subject := pkix.Name{CommonName: "cohort root CA", Organization: []string{organization}}
+	if simulated {
+		subject.CommonName = "cohort root CA (SIMULATED)"
+		subject.OrganizationalUnit = []string{simulatedUnit}
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               subject,
+		NotBefore:             nb,
+		NotAfter:              na,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+		SubjectKeyId:          keyID(&key.PublicKey),
+	}
+	der, err := x509.CreateCertificate(r, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("create root certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse root certificate: %w", err)
+	}
+	return &credential{key: key, cert: cert}, nil
+}
+
+// issueTask makes the task certificate for key, signed by the root. Every
+// replica of the task receives this certificate and key.
+func issueTask(r io.Reader, now time.Time, root *credential, t *TaskPolicy, key *ecdsa.PrivateKey, lifetime time.Duration, simulated bool) (*x509.Certificate, error) {
+	serial, err := serialNumber(r)
+	if err != nil {
+		return nil, err
+	}
+	id := identity.Identity{Kind: identity.KindTask, Name: t.Name, Measurements: t.measurements, Simulated: simulated, Clusters: t.clusters}
+	ext, err := id.Extension()
+	if err != nil {
+		return nil, err
+	}
+	nb, na := window(now, lifetime)
+	if na.After(root.cert.NotAfter) {
+		na = root.cert.NotAfter
+	}
+	subject := pkix.Name{CommonName: t.Name, Organization: []string{organization}}
+	if simulated {
+		subject.OrganizationalUnit = []string{simulatedUnit}
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               subject,
+		NotBefore:             nb,
+		NotAfter:              na,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		DNSNames:              t.DNSNames,
+		IPAddresses:           t.ips,
+		URIs:                  []*url.URL{id.URI()},
+		SubjectKeyId:          keyID(&key.PublicKey),
+		ExtraExtensions:       []pkix.Extension{ext},
+	}
+	der, err := x509.CreateCertificate(r, tmpl, root.cert, &key.PublicKey, root.key)
+	if err != nil {
+		return nil, fmt.Errorf("create certificate for task %q: %w", t.Name, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse certificate for task %q: %w", t.Name, err)
+	}
+	return cert, nil
+}
+
+// taskSpec digests everything a task certificate is made from, so that a
+// restarted issuer can tell whether the stored certificate still matches the
+// policy and the root.
+func taskSpec(root *x509.Certificate, t *TaskPolicy, lifetime time.Duration, simulated bool) []byte {
+	h := sha256.New()
+	field := func(b []byte) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	field([]byte("cohort task spec v2"))
+	field(root.Raw)
+	field([]byte(t.Name))
+	for _, m := range t.measurements {
+		field(m)
+	}
+	field(nil)
+	for _, n := range t.DNSNames {
+		field([]byte(n))
+	}
+	field(nil)
+	for _, ip := range t.ips {
+		field(ip.To16())
+	}
+	field(nil)
+	for _, c := range t.clusters {
+		field([]byte(c))
+	}
+	field(nil)
+	field(binary.BigEndian.AppendUint64(nil, uint64(lifetime)))
+	if simulated {
+		field([]byte{1})
+	} else {
+		field([]byte{0})
+	}
+	return h.Sum(nil)
+}
+
+// reissueAt is when the issuer makes a new certificate for a task: before
+// units renew (at two thirds of the lifetime), so that they receive a fresh one.
+func reissueAt(c *x509.Certificate) time.Time {
+	life := c.NotAfter.Sub(c.NotBefore)
+	return c.NotBefore.Add(time.Duration(float64(life) * issuerRenewShare))
+}

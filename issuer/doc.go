@@ -1,0 +1,30 @@
+// Package issuer is cohort's certificate issuer: the trusted service, running
+// in an enclave, that turns attested evidence into certificates.
+//
+// It serves two NATS endpoints as a nats.go micro service (see package
+// messages for the subjects and types):
+//
+//   - evidence: the issuer's own evidence, whose report data binds its root
+//     certificate, the hash of its policy and the caller's nonce. Users and
+//     units check it against the issuer measurement they pin before they
+//     trust the root.
+//   - certify: a unit's request for its task's certificate pair. The issuer
+//     checks the request's shape, its time and nonce (no replays), the
+//     evidence, that the evidence binds the whole request (the unit's
+//     ephemeral public key and nonce included), and the policy; then answers
+//     with the chain and the task's private key HPKE-sealed to the request's
+//     ephemeral key, the report signed by the root key.
+//
+// Guarantees:
+//   - Every replica of a task receives the same key and certificate, created
+//     once and kept, sealed, in JetStream key-value; a restarted issuer, or a
+//     second one on the same bucket, gives back the same root and the same
+//     task certificates. Concurrent issuers agree through compare-and-set.
+//   - A refusal is a typed messages.Error naming the reason; it changes no
+//     state and hands out nothing.
+//   - Secrets leave the issuer only sealed: to the enclave (state) or to the
+//     requesting unit's attested ephemeral key (reports). They are never
+//     logged.
+//   - The certify path takes no global lock: requests run on a bounded worker
+//     pool; a full queue answers "overloaded" at once.
+package issuer

@@ -1,0 +1,65 @@
+package issuer
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// FuzzParsePolicy: ParsePolicy never panics, refuses with ErrPolicy, and what
+// it accepts is a policy within every bound.
+func FuzzParsePolicy(f *testing.F) {
+	f.Add(policyYAML(true))
+	f.Add(policyYAML(false))
+	f.Add(fmt.Appendf(nil, "version: 1\ntasks:\n  - name: a\n    measurements: [%x]\n", m1))
+	f.Add(fmt.Appendf(nil, "version: 1\nvalidity: {root: 2h, task: 2s}\ntasks: [{name: a, signer: %x}]\n", signer))
+	f.Add([]byte("version: 1\ntasks:\n  - &t {name: a, measurements: [" + fmt.Sprintf("%x", m1) + "]}\n  - *t\n"))
+	f.Add([]byte("a: &a [x, x, x]\nb: &b [*a, *a, *a]\nc: [*b, *b, *b]\n"))
+	f.Add([]byte("version: 1\ntasks: !!binary aGVsbG8=\n"))
+	f.Add([]byte(""))
+	f.Add([]byte("{"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := ParsePolicy(data)
+		if err != nil {
+			if !errors.Is(err, ErrPolicy) || p != nil {
+				t.Fatalf("refusal: %+v, %v", p, err)
+			}
+			return
+		}
+		if p.Version != currentPolicyVersion || len(p.Tasks) == 0 || len(p.Tasks) > maxTasks {
+			t.Fatalf("accepted version %d with %d tasks", p.Version, len(p.Tasks))
+		}
+		if p.Validity.Task < minTaskValidity || p.Validity.Task > p.Validity.Root || p.Validity.Root > maxValidity {
+			t.Fatalf("accepted validity %+v", p.Validity)
+		}
+		if p.Hash() != sha256.Sum256(data) {
+			t.Fatal("hash is not the file's")
+		}
+		for i := range p.Tasks {
+			task := &p.Tasks[i]
+			if got, ok := p.Task(task.Name); !ok || got != task {
+				t.Fatalf("task %q is not found by name", task.Name)
+			}
+			if !messages.ValidTaskName(task.Name) {
+				t.Fatalf("accepted task name %q", task.Name)
+			}
+			if len(task.measurements) == 0 && task.signer == nil {
+				t.Fatalf("task %q accepts no code", task.Name)
+			}
+			for _, m := range task.measurements {
+				if len(m) != measurementSize {
+					t.Fatalf("measurement of %d bytes", len(m))
+				}
+			}
+			if task.signer != nil && len(task.signer) != measurementSize {
+				t.Fatalf("signer of %d bytes", len(task.signer))
+			}
+			if len(task.DNSNames)+len(task.ips) > maxNames || len(task.ips) != len(task.IPAddresses) {
+				t.Fatalf("task %q: %d names, %d of %d addresses parsed", task.Name, len(task.DNSNames), len(task.ips), len(task.IPAddresses))
+			}
+		}
+	})
+}

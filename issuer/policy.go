@@ -1,0 +1,252 @@
+package issuer
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// Policy bounds, so that a policy file cannot make the issuer hold or do an
+// unbounded amount.
+const (
+	MaxPolicySize        = 1 << 20
+	maxTasks             = 1024
+	maxClusters          = 4096
+	maxTaskClusters      = 64
+	maxTaskMeasurements  = 64
+	maxNames             = 32
+	maxNameLen           = 253
+	minTaskValidity      = 2 * time.Second
+	defaultRootValidity  = 10 * 365 * 24 * time.Hour
+	defaultTaskValidity  = 30 * 24 * time.Hour
+	maxValidity          = 20 * 365 * 24 * time.Hour
+	measurementSize      = 32
+	currentPolicyVersion = 1
+)
+
+// ErrPolicy: the policy file is invalid. The wrapped text says where.
+var ErrPolicy = errors.New("invalid policy")
+
+// Policy is the issuer's manifest: which tasks exist, which code may run them,
+// and how long certificates live. Its hash is bound into the issuer's evidence,
+// so users and units can check which policy is in force.
+type Policy struct {
+	Version int `yaml:"version"`
+	// AcceptSimulated lets units with simulated evidence be certified. Never
+	// set it in production: anyone can forge simulated evidence.
+	AcceptSimulated bool         `yaml:"accept_simulated"`
+	Validity        Validity     `yaml:"validity"`
+	Tasks           []TaskPolicy `yaml:"tasks"`
+	Clusters        []Cluster    `yaml:"clusters"`
+
+	hash   [32]byte
+	byName map[string]*TaskPolicy
+}
+
+// Cluster is a set of units of one task that serve as one: they join the
+// manager under the cluster's id and share its cluster key. A task's
+// certificate names the clusters of that task, and a unit may join only those.
+type Cluster struct {
+	ID   string `yaml:"id"`
+	Task string `yaml:"task"`
+}
+
+// Validity sets certificate lifetimes. Zero means the default.
+type Validity struct {
+	Root time.Duration `yaml:"root"` // default 10 years
+	Task time.Duration `yaml:"task"` // default 30 days
+}
+
+// TaskPolicy says which enclaves may hold a task's certificate and what the
+// certificate names. A unit is accepted when its measurement is one of
+// Measurements, or, when Signer is set, when its signer and product match and
+// its security version is at least MinSecurityVersion.
+type TaskPolicy struct {
+	Name               string   `yaml:"name"`
+	Measurements       []string `yaml:"measurements"` // hex
+	Signer             string   `yaml:"signer"`       // hex
+	ProductID          uint16   `yaml:"product_id"`
+	MinSecurityVersion uint16   `yaml:"min_security_version"`
+	AllowDebug         bool     `yaml:"allow_debug"`
+	DNSNames           []string `yaml:"dns_names"`
+	IPAddresses        []string `yaml:"ip_addresses"`
+
+	measurements [][]byte
+	signer       []byte
+	ips          []net.IP
+	clusters     []string
+}
+
+// ParsePolicy parses and checks a YAML policy. Unknown fields are errors.
+func ParsePolicy(data []byte) (*Policy, error) {
+	if len(data) > MaxPolicySize {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrPolicy, len(data), MaxPolicySize)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	p := &Policy{}
+	if err := dec.Decode(p); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
+	}
+	// The hash covers the whole file, so the whole file must be the policy.
+	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: more than one YAML document", ErrPolicy)
+	}
+	if err := p.check(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
+	}
+	p.hash = sha256.Sum256(data)
+	return p, nil
+}
+
+func (p *Policy) check() error {
+	if p.Version != currentPolicyVersion {
+		return fmt.Errorf("version %d, want %d", p.Version, currentPolicyVersion)
+	}
+	if err := checkValidity("validity.root", &p.Validity.Root, defaultRootValidity, time.Hour); err != nil {
+		return err
+	}
+	if err := checkValidity("validity.task", &p.Validity.Task, defaultTaskValidity, minTaskValidity); err != nil {
+		return err
+	}
+	if p.Validity.Task > p.Validity.Root {
+		return errors.New("validity.task is longer than validity.root")
+	}
+	if len(p.Tasks) == 0 || len(p.Tasks) > maxTasks {
+		return fmt.Errorf("%d tasks, want 1 to %d", len(p.Tasks), maxTasks)
+	}
+	p.byName = make(map[string]*TaskPolicy, len(p.Tasks))
+	for i := range p.Tasks {
+		t := &p.Tasks[i]
+		if err := t.check(); err != nil {
+			return fmt.Errorf("tasks[%d]: %w", i, err)
+		}
+		if _, dup := p.byName[t.Name]; dup {
+			return fmt.Errorf("tasks[%d]: task %q declared twice", i, t.Name)
+		}
+		p.byName[t.Name] = t
+	}
+	if len(p.Clusters) > maxClusters {
+		return fmt.Errorf("%d clusters, at most %d", len(p.Clusters), maxClusters)
+	}
+	ids := make(map[string]bool, len(p.Clusters))
+	for i, c := range p.Clusters {
+		if !messages.ValidTaskName(c.ID) {
+			return fmt.Errorf("clusters[%d]: id %q: want lower-case letters, digits and inner hyphens", i, c.ID)
+		}
+		if ids[c.ID] {
+			return fmt.Errorf("clusters[%d]: cluster %q declared twice", i, c.ID)
+		}
+		ids[c.ID] = true
+		t, ok := p.byName[c.Task]
+		if !ok {
+			return fmt.Errorf("clusters[%d]: cluster %q names task %q, which the policy does not declare", i, c.ID, c.Task)
+		}
+		if len(t.clusters) >= maxTaskClusters {
+			return fmt.Errorf("clusters[%d]: task %q has more than %d clusters", i, c.Task, maxTaskClusters)
+		}
+		t.clusters = append(t.clusters, c.ID)
+	}
+	return nil
+}
+
+func checkValidity(name string, d *time.Duration, def, lo time.Duration) error {
+	if *d == 0 {
+		*d = def
+	}
+	if *d < lo || *d > maxValidity {
+		return fmt.Errorf("%s is %v, want %v to %v", name, *d, lo, maxValidity)
+	}
+	return nil
+}
+
+func (t *TaskPolicy) check() error {
+	if !messages.ValidTaskName(t.Name) {
+		return fmt.Errorf("name %q: want lower-case letters, digits and inner hyphens, at most %d", t.Name, messages.MaxTaskName)
+	}
+	if len(t.Measurements) == 0 && t.Signer == "" {
+		return fmt.Errorf("task %q accepts no code: give measurements or a signer", t.Name)
+	}
+	if len(t.Measurements) > maxTaskMeasurements {
+		return fmt.Errorf("task %q: %d measurements, at most %d", t.Name, len(t.Measurements), maxTaskMeasurements)
+	}
+	for _, m := range t.Measurements {
+		b, err := hex.DecodeString(m)
+		if err != nil || len(b) != measurementSize {
+			return fmt.Errorf("task %q: measurement %q is not %d bytes of hex", t.Name, m, measurementSize)
+		}
+		t.measurements = append(t.measurements, b)
+	}
+	if t.Signer != "" {
+		b, err := hex.DecodeString(t.Signer)
+		if err != nil || len(b) != measurementSize {
+			return fmt.Errorf("task %q: signer is not %d bytes of hex", t.Name, measurementSize)
+		}
+		t.signer = b
+	}
+	if len(t.DNSNames)+len(t.IPAddresses) > maxNames {
+		return fmt.Errorf("task %q: more than %d DNS names and addresses", t.Name, maxNames)
+	}
+	for _, n := range t.DNSNames {
+		if n == "" || len(n) > maxNameLen {
+			return fmt.Errorf("task %q: DNS name %q out of bounds", t.Name, n)
+		}
+	}
+	for _, a := range t.IPAddresses {
+		ip := net.ParseIP(a)
+		if ip == nil {
+			return fmt.Errorf("task %q: %q is not an IP address", t.Name, a)
+		}
+		t.ips = append(t.ips, ip)
+	}
+	return nil
+}
+
+// Hash is the SHA-256 of the policy file as given: `sha256sum policy.yaml`.
+func (p *Policy) Hash() [32]byte { return p.hash }
+
+// ClusterIDs returns the ids of the clusters that run the task.
+func (t *TaskPolicy) ClusterIDs() []string { return slices.Clone(t.clusters) }
+
+// Task returns the named task's policy.
+func (p *Policy) Task(name string) (*TaskPolicy, bool) {
+	t, ok := p.byName[name]
+	return t, ok
+}
+
+// accept decides whether evidence claims may hold the task's certificate. It
+// returns a refusal naming the reason, or nil.
+func (p *Policy) accept(task string, c enclave.Claims) *messages.Error {
+	t, ok := p.byName[task]
+	if !ok {
+		return messages.Refusal(messages.CodeUnknownTask, "the policy names no task %q", task)
+	}
+	if c.Simulated && !p.AcceptSimulated {
+		return messages.Refusal(messages.CodeSimulated, "evidence is simulated and the policy does not accept simulated attestation")
+	}
+	if c.Debug && !t.AllowDebug {
+		return messages.Refusal(messages.CodeDebug, "the enclave runs in debug mode and task %q does not allow it", task)
+	}
+	if slices.ContainsFunc(t.measurements, func(m []byte) bool { return bytes.Equal(m, c.UniqueID) }) {
+		return nil
+	}
+	if t.signer != nil && bytes.Equal(t.signer, c.SignerID) && t.ProductID == c.ProductID {
+		if c.SecurityVersion < t.MinSecurityVersion {
+			return messages.Refusal(messages.CodeSecurityVersion, "security version %d is below task %q's minimum %d",
+				c.SecurityVersion, task, t.MinSecurityVersion)
+		}
+		return nil
+	}
+	return messages.Refusal(messages.CodeMeasurement, "measurement %x is not accepted for task %q", c.UniqueID, task)
+}

@@ -1,0 +1,260 @@
+package issuerclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/hpke"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/identity"
+	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/service"
+)
+
+// CertifierConfig configures a Certifier.
+type CertifierConfig struct {
+	Client   Config           // how to reach the issuer (Verifier and the pin are not used by Certify)
+	Trust    *Trust           // required: the verified issuer
+	Attester enclave.Attester // required: this enclave's attester
+	// KEM is the HPKE KEM the secrets are sealed with; default
+	// messages.KEMMLKEM768X25519 (post-quantum hybrid).
+	KEM uint16
+	// Cluster, if set, asks for that cluster's key with the pair.
+	Cluster string
+	Now     func() time.Time // default time.Now
+}
+
+// Certifier obtains task certificate pairs from the issuer. It is safe for
+// concurrent use.
+type Certifier struct {
+	cfg CertifierConfig
+	kem hpke.KEM
+	// verified caches the last chain that verified, so that the replicas'
+	// shared certificate is verified once, not on every request. Reusing it is
+	// safe: the same bytes against the same root verify the same way, and the
+	// validity window is checked on every use.
+	verified atomic.Pointer[verifiedLeaf]
+}
+
+type verifiedLeaf struct {
+	der  []byte
+	leaf *x509.Certificate
+	id   identity.Identity
+}
+
+// Pair is a task's certificate pair as the issuer handed it out, with its
+// cluster's key when one was asked for.
+type Pair struct {
+	Task       string
+	Chain      [][]byte // DER, leaf first, root last
+	Leaf       *x509.Certificate
+	Key        *ecdsa.PrivateKey
+	Identity   identity.Identity
+	ClusterKey *ClusterKey // nil unless the request named a cluster
+}
+
+// ClusterKey is the key every unit of a cluster shares. It never leaves the
+// enclave in the clear.
+type ClusterKey struct {
+	Cluster string
+	Epoch   uint32
+	Key     []byte
+}
+
+// TLSCertificate returns the pair for a tls.Config. The chain it presents
+// stops short of the root, which the peer already holds.
+func (p *Pair) TLSCertificate() tls.Certificate {
+	return tls.Certificate{Certificate: p.Chain[:len(p.Chain)-1], PrivateKey: p.Key, Leaf: p.Leaf}
+}
+
+// NewCertifier checks cfg and returns a Certifier.
+func NewCertifier(cfg CertifierConfig) (*Certifier, error) {
+	if cfg.Client.Conn == nil {
+		return nil, errors.New("issuerclient: CertifierConfig.Client.Conn is required")
+	}
+	if cfg.Trust == nil || cfg.Attester == nil {
+		return nil, errors.New("issuerclient: CertifierConfig.Trust and Attester are required")
+	}
+	if cfg.KEM == 0 {
+		cfg.KEM = messages.KEMMLKEM768X25519
+	}
+	if cfg.Client.Timeout <= 0 {
+		cfg.Client.Timeout = defaultTimeout
+	}
+	if cfg.Client.Rand == nil {
+		cfg.Client.Rand = rand.Reader
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	kem, err := hpke.NewKEM(cfg.KEM)
+	if err != nil {
+		return nil, fmt.Errorf("issuerclient: %w", err)
+	}
+	return &Certifier{cfg: cfg, kem: kem}, nil
+}
+
+// Certify asks the issuer for the task's certificate pair.
+func (c *Certifier) Certify(ctx context.Context, task string) (*Pair, error) {
+	p, req, err := c.Prepare(task)
+	if err != nil {
+		return nil, err
+	}
+	reply, err := service.Request(ctx, c.cfg.Client.Conn, messages.SubjectCertify, req, c.cfg.Client.Timeout)
+	if err != nil {
+		return nil, fmt.Errorf("issuerclient: certify %q: %w", task, err)
+	}
+	return p.Open(reply)
+}
+
+// Pending is a certify request on its way: it holds the ephemeral key that
+// alone can open the answer.
+type Pending struct {
+	c           *Certifier
+	task        string
+	cluster     string
+	key         hpke.PrivateKey
+	requestHash [messages.HashSize]byte
+}
+
+// Prepare builds a certify request: a fresh ephemeral key pair and nonce, and
+// evidence that binds the whole request. It returns the encoded request.
+func (c *Certifier) Prepare(task string) (*Pending, []byte, error) {
+	key, err := c.kem.GenerateKey()
+	if err != nil {
+		return nil, nil, fmt.Errorf("issuerclient: ephemeral key: %w", err)
+	}
+	nonce := make([]byte, messages.NonceSize)
+	if _, err := io.ReadFull(c.cfg.Client.Rand, nonce); err != nil {
+		return nil, nil, fmt.Errorf("issuerclient: draw nonce: %w", err)
+	}
+	body, err := messages.Marshal(&messages.CertifyBody{
+		V: messages.Version, Task: task, Cluster: c.cfg.Cluster, KEM: c.cfg.KEM, PublicKey: key.PublicKey().Bytes(),
+		Nonce: nonce, Time: c.cfg.Now().UnixNano(),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	ev, err := c.cfg.Attester.Attest(messages.CertifyBinding(body))
+	if err != nil {
+		return nil, nil, fmt.Errorf("issuerclient: attest: %w", err)
+	}
+	req, err := messages.Marshal(&messages.CertifyRequest{V: messages.Version, Body: body, Evidence: ev})
+	if err != nil {
+		return nil, nil, err
+	}
+	return &Pending{c: c, task: task, cluster: c.cfg.Cluster, key: key, requestHash: messages.RequestHash(body)}, req, nil
+}
+
+// Open checks the issuer's reply to this request and returns the pair.
+func (p *Pending) Open(reply []byte) (*Pair, error) {
+	pair, err := p.open(reply)
+	if err != nil {
+		return nil, fmt.Errorf("issuerclient: certify %q: %w", p.task, err)
+	}
+	return pair, nil
+}
+
+func (p *Pending) open(reply []byte) (*Pair, error) {
+	var m messages.CertifyReply
+	if err := messages.Decode(reply, messages.MaxCertifyReply, &m); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnauthentic, err)
+	}
+	trust := p.c.cfg.Trust
+	if !trust.verifyReportSignature(m.Body, m.Signature) {
+		return nil, fmt.Errorf("%w: the report is not signed by the issuer's root", ErrUnauthentic)
+	}
+	var body messages.ReportBody
+	if err := messages.Decode(m.Body, messages.MaxReportBody, &body); err != nil {
+		return nil, fmt.Errorf("%w: report: %w", ErrUnauthentic, err)
+	}
+	if !bytes.Equal(body.RequestHash, p.requestHash[:]) || body.Task != p.task {
+		return nil, fmt.Errorf("%w: the report answers another request", ErrUnauthentic)
+	}
+	if !bytes.Equal(body.Chain[len(body.Chain)-1], trust.Root.Raw) {
+		return nil, fmt.Errorf("%w: the chain does not end at the verified root", ErrUnauthentic)
+	}
+	plain, err := hpke.Open(p.key, hpke.HKDFSHA256(), hpke.AES256GCM(), messages.SecretsInfo(p.requestHash[:]), body.Sealed)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the sealed secrets do not open with this request's key", ErrUnauthentic)
+	}
+	var secrets messages.Secrets
+	err = messages.Decode(plain, messages.MaxSecrets, &secrets)
+	clear(plain)
+	if err != nil {
+		return nil, fmt.Errorf("%w: sealed secrets do not decode", ErrUnauthentic)
+	}
+	if secrets.Cluster != p.cluster {
+		return nil, fmt.Errorf("%w: the secrets are for cluster %q, asked for %q", ErrUnauthentic, secrets.Cluster, p.cluster)
+	}
+	var ck *ClusterKey
+	if p.cluster != "" {
+		ck = &ClusterKey{Cluster: secrets.Cluster, Epoch: secrets.ClusterEpoch, Key: secrets.ClusterKey}
+	}
+	k, err := x509.ParsePKCS8PrivateKey(secrets.TaskKey)
+	clear(secrets.TaskKey)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the sealed task key does not parse", ErrUnauthentic)
+	}
+	key, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%w: the task key is not ECDSA", ErrUnauthentic)
+	}
+	v, err := p.c.verifyChain(body.Chain)
+	if err != nil {
+		return nil, err
+	}
+	if !key.PublicKey.Equal(v.leaf.PublicKey) {
+		return nil, fmt.Errorf("%w: the task key does not match the certificate", ErrUnauthentic)
+	}
+	if v.id.Name != p.task {
+		return nil, fmt.Errorf("%w: the certificate names task %q, asked for %q", ErrUnauthentic, v.id.Name, p.task)
+	}
+	return &Pair{Task: p.task, Chain: body.Chain, Leaf: v.leaf, Key: key, Identity: v.id, ClusterKey: ck}, nil
+}
+
+// verifyChain verifies a chain to the trusted root, or reuses the last
+// verification of the same leaf.
+func (c *Certifier) verifyChain(chain [][]byte) (*verifiedLeaf, error) {
+	now := c.cfg.Now()
+	if v := c.verified.Load(); v != nil && bytes.Equal(v.der, chain[0]) {
+		if now.Before(v.leaf.NotBefore) || now.After(v.leaf.NotAfter) {
+			return nil, fmt.Errorf("%w: the certificate is outside its validity", ErrUnauthentic)
+		}
+		return v, nil
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: leaf certificate: %w", ErrUnauthentic, err)
+	}
+	inter := x509.NewCertPool()
+	for _, der := range chain[1 : len(chain)-1] {
+		ic, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("%w: intermediate certificate: %w", ErrUnauthentic, err)
+		}
+		inter.AddCert(ic)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots: c.cfg.Trust.roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}); err != nil {
+		return nil, fmt.Errorf("%w: the chain does not verify to the root: %w", ErrUnauthentic, err)
+	}
+	id, err := identity.FromCertificate(leaf)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnauthentic, err)
+	}
+	v := &verifiedLeaf{der: bytes.Clone(chain[0]), leaf: leaf, id: id}
+	c.verified.Store(v)
+	return v, nil
+}

@@ -1,0 +1,158 @@
+// Package issuerclient is the client side of the issuer's protocol: checking
+// the issuer's evidence against a pinned measurement (VerifyIssuer), and
+// obtaining a task's certificate pair (Certifier). Units, `cohort trust` and
+// the benchmark use it.
+//
+// Guarantees:
+//   - A Trust is returned only for an issuer whose evidence verifies, whose
+//     measurement equals the pinned one, and whose evidence binds the root,
+//     the policy hash and this call's fresh nonce. A simulated issuer is
+//     refused unless the caller allows it.
+//   - A Pair is returned only when the report is signed by that root, answers
+//     this very request, opens with this request's ephemeral key, and holds a
+//     chain that verifies to the root with a leaf that matches the key and
+//     names the task asked for.
+//   - The ephemeral private key never leaves the process, and the task key is
+//     never logged or returned in an error.
+package issuerclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/service"
+)
+
+// Errors callers branch on. Refusals from the issuer come back as
+// *messages.Error and match the messages sentinels.
+var (
+	// ErrMeasurement: the issuer's measurement is not the pinned one.
+	ErrMeasurement = errors.New("issuer measurement does not match the pinned measurement")
+	// ErrSimulated: the issuer's evidence is simulated and that was not allowed.
+	ErrSimulated = errors.New("issuer evidence is simulated and simulated issuers are not allowed")
+	// ErrDebug: the issuer runs in a debug enclave, whose memory its host can read.
+	ErrDebug = errors.New("issuer runs in a debug enclave")
+	// ErrPolicy: the issuer serves another policy than the pinned one.
+	ErrPolicy = errors.New("issuer policy does not match the pinned policy hash")
+	// ErrUnauthentic: evidence or a report does not check out.
+	ErrUnauthentic = errors.New("issuer reply is not authentic")
+)
+
+const (
+	defaultTimeout  = 5 * time.Second
+	measurementSize = 32
+)
+
+// Config says how to reach and recognise the issuer.
+type Config struct {
+	Conn              *nats.Conn       // required
+	Verifier          enclave.Verifier // required: checks the issuer's evidence
+	IssuerMeasurement []byte           // required: the pinned measurement, 32 bytes
+	AllowSimulated    bool             // accept a simulated issuer (development only)
+	AllowDebug        bool             // accept an issuer in a debug enclave (development only)
+	PolicyHash        []byte           // optional: the SHA-256 of the policy the issuer must serve
+	Timeout           time.Duration    // per request; default 5s
+	Rand              io.Reader        // nonces; default crypto/rand
+}
+
+func (c *Config) fill() error {
+	switch {
+	case c.Conn == nil:
+		return errors.New("issuerclient: Config.Conn is required")
+	case c.Verifier == nil:
+		return errors.New("issuerclient: Config.Verifier is required")
+	case len(c.IssuerMeasurement) != measurementSize:
+		return fmt.Errorf("issuerclient: the pinned issuer measurement is %d bytes, want %d", len(c.IssuerMeasurement), measurementSize)
+	case c.PolicyHash != nil && len(c.PolicyHash) != messages.HashSize:
+		return fmt.Errorf("issuerclient: the pinned policy hash is %d bytes, want %d", len(c.PolicyHash), messages.HashSize)
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = defaultTimeout
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	return nil
+}
+
+// Trust is a verified issuer: its root and the policy in force.
+type Trust struct {
+	Root       *x509.Certificate
+	PolicyHash []byte
+	Backend    string // from the verified evidence, not from the reply
+	Simulated  bool
+	roots      *x509.CertPool
+}
+
+// VerifyIssuer fetches the issuer's evidence with a fresh nonce and checks it.
+func VerifyIssuer(ctx context.Context, cfg Config) (*Trust, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, messages.NonceSize)
+	if _, err := io.ReadFull(cfg.Rand, nonce); err != nil {
+		return nil, fmt.Errorf("issuerclient: draw nonce: %w", err)
+	}
+	data, err := messages.Marshal(&messages.EvidenceRequest{V: messages.Version, Nonce: nonce})
+	if err != nil {
+		return nil, err
+	}
+	reply, err := service.Request(ctx, cfg.Conn, messages.SubjectEvidence, data, cfg.Timeout)
+	if err != nil {
+		return nil, fmt.Errorf("issuerclient: issuer evidence: %w", err)
+	}
+	var m messages.EvidenceReply
+	if err := messages.Decode(reply, messages.MaxEvidenceReply, &m); err != nil {
+		return nil, fmt.Errorf("issuerclient: issuer evidence: %w: %w", ErrUnauthentic, err)
+	}
+	claims, err := cfg.Verifier.Verify(m.Evidence)
+	if err != nil {
+		return nil, fmt.Errorf("issuerclient: issuer evidence: %w: %w", ErrUnauthentic, err)
+	}
+	if claims.Simulated && !cfg.AllowSimulated {
+		return nil, fmt.Errorf("issuerclient: %w", ErrSimulated)
+	}
+	if claims.Debug && !cfg.AllowDebug {
+		return nil, fmt.Errorf("issuerclient: %w", ErrDebug)
+	}
+	if !bytes.Equal(claims.UniqueID, cfg.IssuerMeasurement) {
+		return nil, fmt.Errorf("issuerclient: %w: the issuer measures %x, pinned %x", ErrMeasurement, claims.UniqueID, cfg.IssuerMeasurement)
+	}
+	if claims.ReportData != messages.EvidenceBinding(m.Root, m.PolicyHash, nonce) {
+		return nil, fmt.Errorf("issuerclient: %w: the evidence does not bind the root, the policy and this nonce", ErrUnauthentic)
+	}
+	if cfg.PolicyHash != nil && !bytes.Equal(cfg.PolicyHash, m.PolicyHash) {
+		return nil, fmt.Errorf("issuerclient: %w: the issuer serves policy %x, pinned %x", ErrPolicy, m.PolicyHash, cfg.PolicyHash)
+	}
+	root, err := x509.ParseCertificate(m.Root)
+	if err != nil {
+		return nil, fmt.Errorf("issuerclient: %w: root certificate: %w", ErrUnauthentic, err)
+	}
+	if !root.IsCA {
+		return nil, fmt.Errorf("issuerclient: %w: the root is not a CA certificate", ErrUnauthentic)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	return &Trust{Root: root, PolicyHash: m.PolicyHash, Backend: claims.Backend, Simulated: claims.Simulated, roots: pool}, nil
+}
+
+// verifyReportSignature checks the root's signature over a report body.
+func (t *Trust) verifyReportSignature(body, sig []byte) bool {
+	pub, ok := t.Root.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return false
+	}
+	d := messages.ReportDigest(body)
+	return ecdsa.VerifyASN1(pub, d[:], sig)
+}

@@ -1,0 +1,606 @@
+// Package manager is cohort's cluster manager: the untrusted coordinator that
+// knows which units are alive in which cluster and is where operators look.
+// It runs outside any enclave and holds no secret: it verifies what it can,
+// signatures chaining to the issuer's public root, and refuses the rest.
+//
+// Membership. A unit joins with a message signed by its task key and carrying
+// its certificate; the manager checks the chain to the root, that the
+// certificate covers the cluster named and the measurement claimed, the
+// signature and the time, then records the member in the JetStream key-value
+// bucket DefaultBucket with compare-and-set, and answers with a token.
+// Heartbeats carry the token; a unit missing Misses heartbeats in a row is
+// evicted (deleted with compare-and-set), and one that comes back joins again.
+//
+// Every manager mirrors the bucket through a watch and hears every heartbeat
+// (heartbeats use no queue group), so a restarted manager, or two at once,
+// carry on from the bucket: a restarted manager gives each member it loads a
+// full grace period, and of two managers that decide the same eviction only
+// the one whose delete succeeds reports it.
+//
+// Every join, leave, eviction and refusal is an event on the audit stream
+// (package events); refusals name their reason and change no membership.
+package manager
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cohort-dev/cohort/events"
+	"github.com/cohort-dev/cohort/identity"
+	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/service"
+)
+
+// Version is the manager service's version as nats micro reports it.
+const Version = "0.1.0"
+
+// DefaultBucket is the JetStream key-value bucket of the members.
+const DefaultBucket = "cohort_members"
+
+const (
+	maxMember  = 4 << 10
+	memberV    = 1
+	chainCache = 1024
+	maxMisses  = 1000
+	// A status reply must fit NATS's default 1 MiB message: at most
+	// statusLimit units, each under 700 bytes of JSON with every field at
+	// its cap, plus their clusters' headers. A larger view is marked
+	// Truncated.
+	statusLimit = 1200
+	maxStatus   = 1 << 20
+)
+
+// Config configures a Manager. Zero fields take the defaults noted.
+type Config struct {
+	Conn *nats.Conn        // required
+	Root *x509.Certificate // required: the issuer's root, to verify units' chains
+
+	Interval time.Duration // heartbeat interval units are told; default 1s
+	Misses   int           // heartbeats missed in a row before eviction; default 3
+
+	Bucket   string // members bucket; default DefaultBucket
+	Replicas int    // JetStream replicas of the bucket and the event stream; default 1
+	ID       string // this manager's id in events and records; default random
+
+	Workers      int           // join workers; default 2 × GOMAXPROCS
+	Queue        int           // joins waiting for a worker; default 4096
+	MaxClockSkew time.Duration // how far a join's time may be off; default 2m
+
+	Metrics prometheus.Registerer // registers the manager's metrics; nil for none
+
+	Logger *slog.Logger
+	Now    func() time.Time
+	Rand   io.Reader // tokens
+}
+
+func (c *Config) fill() error {
+	if c.Conn == nil || c.Root == nil {
+		return errors.New("manager: Config.Conn and Config.Root are required")
+	}
+	if c.Interval <= 0 {
+		c.Interval = time.Second
+	}
+	if c.Misses <= 0 {
+		c.Misses = 3
+	}
+	if c.Misses > maxMisses {
+		return fmt.Errorf("manager: Config.Misses is %d, at most %d", c.Misses, maxMisses)
+	}
+	if c.Bucket == "" {
+		c.Bucket = DefaultBucket
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	if c.ID == "" {
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(c.Rand, b); err != nil {
+			return fmt.Errorf("manager: draw id: %w", err)
+		}
+		c.ID = hex.EncodeToString(b)
+	}
+	if c.Workers <= 0 {
+		c.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	if c.Queue <= 0 {
+		c.Queue = 4096
+	}
+	if c.MaxClockSkew <= 0 {
+		c.MaxClockSkew = 2 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	c.Logger = c.Logger.With("component", "manager", "manager_id", c.ID)
+	return nil
+}
+
+// Manager is the cluster manager.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	table  *Table
+	roots  *x509.CertPool
+	ready  chan struct{}
+	kv     jetstream.KeyValue
+	js     jetstream.JetStream
+	events *events.Publisher
+	stats  Stats
+
+	joinLatency prometheus.Histogram
+
+	chainsMu sync.Mutex
+	chains   map[[32]byte]*verifiedLeaf // leaf hash → verified identity
+}
+
+type verifiedLeaf struct {
+	leaf *x509.Certificate
+	id   identity.Identity
+}
+
+// Stats counts what the manager did, for metrics and tests.
+type Stats struct {
+	Joins, JoinsRefused, Heartbeats, HeartbeatsUnknown, Leaves, Evictions atomic.Int64
+}
+
+// New checks cfg and returns a manager ready to Run.
+func New(cfg Config) (*Manager, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(cfg.Root)
+	m := &Manager{
+		cfg: cfg, log: cfg.Logger, table: NewTable(cfg.Interval, cfg.Misses), roots: roots,
+		ready: make(chan struct{}), chains: make(map[[32]byte]*verifiedLeaf), joinLatency: newJoinLatency(),
+	}
+	if cfg.Metrics != nil {
+		if err := m.register(cfg.Metrics); err != nil {
+			return nil, fmt.Errorf("manager: metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// Ready is closed once the manager has loaded the members and serves.
+func (m *Manager) Ready() <-chan struct{} { return m.ready }
+
+// Table is the manager's view of the members.
+func (m *Manager) Table() *Table { return m.table }
+
+// Stats returns the manager's counters.
+func (m *Manager) Stats() *Stats { return &m.stats }
+
+// Run loads the members, serves until ctx is done, and returns.
+func (m *Manager) Run(ctx context.Context) error {
+	js, err := jetstream.New(m.cfg.Conn)
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	m.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:       m.cfg.Bucket,
+		Description:  "cohort cluster members: units, their cluster, task, measurement and HTTPS address",
+		History:      1,
+		MaxValueSize: maxMember,
+		Storage:      jetstream.FileStorage,
+		Replicas:     m.cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("manager: members bucket %q: %w", m.cfg.Bucket, err)
+	}
+	if err := events.EnsureStream(ctx, js, events.StreamConfig{Replicas: m.cfg.Replicas}); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	m.js = js
+	if err := m.ensureSessions(ctx); err != nil {
+		return err
+	}
+	if m.events, err = events.NewPublisher(m.cfg.Conn, "manager/"+m.cfg.ID, m.log, m.cfg.Now); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	synced := make(chan struct{})
+	watchErr := make(chan error, 1)
+	wg.Go(func() { watchErr <- m.watch(ctx, synced) })
+	select {
+	case <-synced:
+	case err := <-watchErr:
+		return fmt.Errorf("manager: watch members: %w", err)
+	case <-ctx.Done():
+		return nil
+	}
+
+	pool := service.NewPool(m.cfg.Conn, m.cfg.Workers, m.cfg.Queue, m.log)
+	defer pool.Close()
+	svc, err := micro.AddService(m.cfg.Conn, micro.Config{
+		Name:        messages.ManagerService,
+		Version:     Version,
+		Description: "cohort manager: cluster membership, heartbeats and the operators' view",
+		QueueGroup:  messages.ManagerQueue,
+		Metadata:    map[string]string{"id": m.cfg.ID, "interval": m.cfg.Interval.String(), "protocol": fmt.Sprint(messages.Version)},
+	})
+	if err != nil {
+		return fmt.Errorf("manager: start service: %w", err)
+	}
+	defer service.Stop(svc, m.log)
+	g := svc.AddGroup("cohort.v1.manager")
+	for _, ep := range []struct {
+		name string
+		h    micro.Handler
+		opts []micro.EndpointOpt
+	}{
+		{"join", pool.Handler(func(data []byte) ([]byte, *messages.Error) { return m.serveJoin(ctx, data) }), nil},
+		{"heartbeat", micro.HandlerFunc(m.serveHeartbeat), []micro.EndpointOpt{micro.WithEndpointQueueGroupDisabled()}},
+		{"leave", pool.Handler(func(data []byte) ([]byte, *messages.Error) { return m.serveLeave(ctx, data) }), nil},
+		{"status", pool.Handler(m.serveStatus), nil},
+		{"session", pool.Handler(func(data []byte) ([]byte, *messages.Error) { return m.serveSession(ctx, data) }), nil},
+	} {
+		if err := g.AddEndpoint(ep.name, ep.h, ep.opts...); err != nil {
+			return fmt.Errorf("manager: add %s endpoint: %w", ep.name, err)
+		}
+	}
+	wg.Go(func() { m.sweep(ctx) })
+	// The server must know the subscriptions before anyone is told to ask.
+	if err := m.cfg.Conn.Flush(); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	m.log.Info("manager serving", "members", len(m.table.Snapshot(m.cfg.Now())), "interval", m.cfg.Interval, "misses", m.cfg.Misses)
+	close(m.ready)
+	select {
+	case <-ctx.Done():
+	case err := <-watchErr:
+		if ctx.Err() == nil {
+			return fmt.Errorf("manager: watch members: %w", err)
+		}
+	}
+	flush, stop := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer stop()
+	_ = m.events.Flush(flush)
+	return nil
+}
+
+// watch mirrors the members bucket into the table. It closes synced once the
+// bucket's current content is loaded.
+func (m *Manager) watch(ctx context.Context, synced chan<- struct{}) error {
+	w, err := m.kv.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	loaded := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("watch ended")
+			}
+			if e == nil {
+				if !loaded {
+					loaded = true
+					close(synced)
+				}
+				continue
+			}
+			m.apply(e)
+		}
+	}
+}
+
+func (m *Manager) apply(e jetstream.KeyValueEntry) {
+	switch e.Operation() {
+	case jetstream.KeyValueDelete, jetstream.KeyValuePurge:
+		m.table.Remove(e.Key(), e.Revision())
+	case jetstream.KeyValuePut:
+		mem, err := decodeMember(e.Value())
+		if err != nil || Key(mem.Cluster, mem.Unit) != e.Key() {
+			m.log.Warn("ignoring a member record that does not decode", "key", e.Key(), "err", err)
+			return
+		}
+		m.table.Put(*mem, e.Revision(), m.cfg.Now())
+	}
+}
+
+func decodeMember(b []byte) (*Member, error) {
+	var mem Member
+	if err := messages.Unmarshal(b, maxMember, &mem); err != nil {
+		return nil, err
+	}
+	if mem.V != memberV || !messages.ValidTaskName(mem.Cluster) || !messages.ValidTaskName(mem.Task) || !messages.ValidUnitID(mem.Unit) ||
+		len(mem.Token) != messages.TokenSize || !messages.ValidAddr(mem.Addr) || len(mem.Measurement) != messages.HashSize ||
+		len(mem.Manager) > 64 {
+		return nil, errors.New("member record out of bounds")
+	}
+	return &mem, nil
+}
+
+// sweep evicts members that missed their heartbeats. It looks ten times an
+// interval, so that an eviction comes at most a tenth of an interval after
+// the third missed heartbeat; a look is a scan of the table, microseconds
+// for thousands of members.
+func (m *Manager) sweep(ctx context.Context) {
+	t := time.NewTicker(max(m.cfg.Interval/10, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, ev := range m.table.Due(m.cfg.Now()) {
+			key := Key(ev.Member.Cluster, ev.Member.Unit)
+			err := m.kv.Delete(ctx, key, jetstream.LastRevision(ev.Rev))
+			if err != nil {
+				// Another manager evicted it, or the unit joined again: not ours
+				// to report. Take what the bucket holds now, so that a stale
+				// entry cannot linger in the table.
+				m.log.Debug("eviction skipped", "key", key, "err", err)
+				m.reconcile(ctx, key, ev.Rev)
+				continue
+			}
+			m.table.Remove(key, ev.Rev)
+			m.stats.Evictions.Add(1)
+			m.log.Info("unit evicted", "cluster", ev.Member.Cluster, "unit", ev.Member.Unit, "silent", ev.Silent.Round(time.Millisecond))
+			m.events.Publish(events.Event{
+				Kind: events.UnitEvicted, Cluster: ev.Member.Cluster, Task: ev.Member.Task, Unit: ev.Member.Unit,
+				Addr: ev.Member.Addr, Reason: fmt.Sprintf("no heartbeat for %v (%d missed)", ev.Silent.Round(time.Millisecond), m.cfg.Misses),
+			})
+		}
+	}
+}
+
+// reconcile makes the table's entry for key agree with the bucket after a
+// compare-and-set on revision rev failed.
+func (m *Manager) reconcile(ctx context.Context, key string, rev uint64) {
+	e, err := m.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		m.table.Remove(key, rev)
+	case err == nil:
+		m.apply(e)
+	}
+}
+
+func (m *Manager) serveJoin(ctx context.Context, data []byte) ([]byte, *messages.Error) {
+	start := time.Now()
+	reply, body, refusal := m.join(ctx, data)
+	m.observeJoin(time.Since(start))
+	if refusal != nil {
+		m.stats.JoinsRefused.Add(1)
+		ev := events.Event{Kind: events.UnitJoinRefused, Code: string(refusal.Code), Reason: refusal.Reason}
+		if body != nil { // as claimed: the refusal says whether it checked out
+			ev.Cluster, ev.Task, ev.Unit, ev.Addr = body.Cluster, body.Task, body.Unit, body.Addr
+		}
+		m.events.Publish(ev)
+		m.log.Info("join refused", "code", refusal.Code, "reason", refusal.Reason)
+		return nil, refusal
+	}
+	return encode(reply)
+}
+
+func encode(m any) ([]byte, *messages.Error) {
+	b, err := messages.Marshal(m)
+	if err != nil {
+		return nil, messages.Refusal(messages.CodeInternal, "encoding the reply failed")
+	}
+	return b, nil
+}
+
+// join decides a join request; it returns the reply, or a refusal and the
+// body as far as it decoded.
+func (m *Manager) join(ctx context.Context, data []byte) (*messages.JoinReply, *messages.JoinBody, *messages.Error) {
+	var r messages.JoinRequest
+	if err := messages.Decode(data, messages.MaxJoinRequest, &r); err != nil {
+		return nil, nil, service.DecodeRefusal("join", err)
+	}
+	var body messages.JoinBody
+	if err := messages.Decode(r.Body, messages.MaxJoinBody, &body); err != nil {
+		return nil, nil, service.DecodeRefusal("join body", err)
+	}
+	now := m.cfg.Now()
+	if skew := now.Sub(time.Unix(0, body.Time)); skew > m.cfg.MaxClockSkew || skew < -m.cfg.MaxClockSkew {
+		return nil, &body, messages.Refusal(messages.CodeStale, "join time is %v from the manager's clock, more than %v", skew.Round(time.Millisecond), m.cfg.MaxClockSkew)
+	}
+	v, err := m.verifyChain(body.Chain, now)
+	if err != nil {
+		return nil, &body, messages.Refusal(messages.CodeCertificate, "%v", err)
+	}
+	if v.id.Name != body.Task {
+		return nil, &body, messages.Refusal(messages.CodeCertificate, "the certificate is for task %q, the join names %q", v.id.Name, body.Task)
+	}
+	if !v.id.InCluster(body.Cluster) {
+		return nil, &body, messages.Refusal(messages.CodeClusterNotCovered, "the certificate of task %q does not cover cluster %q (it covers %v)", body.Task, body.Cluster, v.id.Clusters)
+	}
+	if len(v.id.Measurements) > 0 && !containsBytes(v.id.Measurements, body.Measurement) {
+		return nil, &body, messages.Refusal(messages.CodeMeasurement, "measurement %x is not one the certificate names for task %q", body.Measurement, body.Task)
+	}
+	pub, ok := v.leaf.PublicKey.(*ecdsa.PublicKey)
+	digest := messages.JoinDigest(r.Body)
+	if !ok || !ecdsa.VerifyASN1(pub, digest[:], r.Signature) {
+		return nil, &body, messages.Refusal(messages.CodeSignature, "the join is not signed by the certificate's key")
+	}
+
+	token := make([]byte, messages.TokenSize)
+	if _, err := io.ReadFull(m.cfg.Rand, token); err != nil {
+		return nil, &body, messages.Refusal(messages.CodeInternal, "drawing a token failed")
+	}
+	mem := Member{
+		V: memberV, Cluster: body.Cluster, Unit: body.Unit, Task: body.Task, Measurement: body.Measurement,
+		Addr: body.Addr, Token: token, Joined: now.UnixNano(), Manager: m.cfg.ID,
+	}
+	rev, rejoined, err := m.store(ctx, &mem)
+	if err != nil {
+		m.log.Error("store member", "err", err)
+		return nil, &body, messages.Refusal(messages.CodeInternal, "storing the membership failed")
+	}
+	m.table.Put(mem, rev, now)
+	m.stats.Joins.Add(1)
+	m.log.Info("unit joined", "cluster", mem.Cluster, "unit", mem.Unit, "task", mem.Task, "addr", mem.Addr, "rejoined", rejoined)
+	m.events.Publish(events.Event{
+		Kind: events.UnitJoined, Cluster: mem.Cluster, Task: mem.Task, Unit: mem.Unit, Addr: mem.Addr,
+		Measurement: hex.EncodeToString(mem.Measurement), Simulated: v.id.Simulated,
+	})
+	return &messages.JoinReply{V: messages.Version, Token: token, Interval: int64(m.cfg.Interval), Misses: uint16(m.cfg.Misses)}, &body, nil
+}
+
+// store writes a member with compare-and-set: created if new, else updated
+// over the revision read (a unit joining again replaces its old record).
+func (m *Manager) store(ctx context.Context, mem *Member) (uint64, bool, error) {
+	b, err := messages.Marshal(mem)
+	if err != nil {
+		return 0, false, err
+	}
+	key := Key(mem.Cluster, mem.Unit)
+	for range 5 {
+		rev, err := m.kv.Create(ctx, key, b)
+		if err == nil {
+			return rev, false, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, false, err
+		}
+		cur, err := m.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // deleted meanwhile: create again
+		}
+		if err != nil {
+			return 0, false, err
+		}
+		rev, err = m.kv.Update(ctx, key, b, cur.Revision())
+		if err == nil {
+			return rev, true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return 0, false, err
+		}
+	}
+	return 0, false, errors.New("the member record kept changing under compare-and-set")
+}
+
+func (m *Manager) verifyChain(chain [][]byte, now time.Time) (*verifiedLeaf, error) {
+	h := sha256.Sum256(bytes.Join(chain, nil))
+	m.chainsMu.Lock()
+	v, ok := m.chains[h]
+	m.chainsMu.Unlock()
+	if ok {
+		if now.Before(v.leaf.NotBefore) || now.After(v.leaf.NotAfter) {
+			return nil, errors.New("the certificate is outside its validity")
+		}
+		return v, nil
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("leaf certificate: %w", err)
+	}
+	inter := x509.NewCertPool()
+	for _, der := range chain[1:] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("intermediate certificate: %w", err)
+		}
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots: m.roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return nil, fmt.Errorf("the chain does not verify to the issuer's root: %w", err)
+	}
+	id, err := identity.FromCertificate(leaf)
+	if err != nil {
+		return nil, err
+	}
+	v = &verifiedLeaf{leaf: leaf, id: id}
+	m.chainsMu.Lock()
+	if len(m.chains) >= chainCache {
+		clear(m.chains) // replicas share certificates: the cache refills with the few in use
+	}
+	m.chains[h] = v
+	m.chainsMu.Unlock()
+	return v, nil
+}
+
+func containsBytes(list [][]byte, b []byte) bool {
+	for _, x := range list {
+		if bytes.Equal(x, b) {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *Manager) serveHeartbeat(req micro.Request) {
+	var hb messages.Heartbeat
+	if err := messages.Decode(req.Data(), messages.MaxHeartbeat, &hb); err != nil {
+		service.RespondError(req, service.DecodeRefusal("heartbeat", err), m.log)
+		return
+	}
+	known := m.table.Heartbeat(hb.Cluster, hb.Unit, hb.Token, m.cfg.Now())
+	m.stats.Heartbeats.Add(1)
+	if !known {
+		m.stats.HeartbeatsUnknown.Add(1)
+	}
+	service.Respond(req, &messages.HeartbeatReply{V: messages.Version, Known: known}, m.log)
+}
+
+func (m *Manager) serveLeave(ctx context.Context, data []byte) ([]byte, *messages.Error) {
+	var l messages.Heartbeat
+	if err := messages.Decode(data, messages.MaxHeartbeat, &l); err != nil {
+		return nil, service.DecodeRefusal("leave", err)
+	}
+	mem, rev, ok := m.table.Lookup(l.Cluster, l.Unit, l.Token)
+	if !ok {
+		return nil, messages.Refusal(messages.CodeUnknownUnit, "no member %s of cluster %s with that token", l.Unit, l.Cluster)
+	}
+	key := Key(l.Cluster, l.Unit)
+	if err := m.kv.Delete(ctx, key, jetstream.LastRevision(rev)); err != nil {
+		return nil, messages.Refusal(messages.CodeUnknownUnit, "the member changed meanwhile")
+	}
+	m.table.Remove(key, rev)
+	m.stats.Leaves.Add(1)
+	m.log.Info("unit left", "cluster", mem.Cluster, "unit", mem.Unit)
+	m.events.Publish(events.Event{Kind: events.UnitLeft, Cluster: mem.Cluster, Task: mem.Task, Unit: mem.Unit, Addr: mem.Addr})
+	return encode(&messages.HeartbeatReply{V: messages.Version, Known: true})
+}
+
+// serveStatus answers with the status as JSON; the request's payload is
+// ignored.
+func (m *Manager) serveStatus([]byte) ([]byte, *messages.Error) {
+	b, err := json.Marshal(m.Status())
+	if err != nil {
+		return nil, messages.Refusal(messages.CodeInternal, "encoding the status failed")
+	}
+	return b, nil
+}

@@ -1,0 +1,35 @@
+// Package messages defines cohort's wire protocol: the NATS subjects, the
+// message types that travel on them, their size limits and the error codes a
+// service answers with.
+//
+// Every message is a msgpack map (github.com/vmihailenco/msgpack/v5, pinned at
+// v5.3.6) that carries the protocol version in field "v". Decoding is strict
+// and the same for every type:
+//
+//   - the payload is refused before it is parsed when it exceeds the type's
+//     size cap;
+//   - a structural pre-scan refuses any length header that claims more bytes
+//     or elements than remain in the payload, any array or map of more than
+//     maxItems entries, and any nesting deeper than maxDepth, so that no
+//     header can make the decoder allocate much beyond the payload's size;
+//   - the payload decodes into a concrete struct only; an unknown field, a
+//     trailing byte or a wrong type is an error;
+//   - the payload must be the canonical encoding of what it decodes to, the
+//     bytes Marshal makes of it: fields in declaration order, each once,
+//     minimal headers, numbers within their field's range. Every message has
+//     one encoding, and no number is silently wrapped;
+//   - the version must be Version, and every variable-length field is checked
+//     against its cap by the type's Validate method.
+//
+// A decode error never changes anything: callers decode first and act after.
+//
+// # Versions
+//
+// Version is bumped whenever a message gains, loses or changes a field, and
+// every bump is recorded here:
+//
+//   - 1: the replica-certificate protocol: issuer evidence and certify.
+//   - 2: a certify request may name the unit's cluster, and the sealed
+//     secrets then carry that cluster's key and epoch; the manager's
+//     membership messages (join, heartbeat, leave).
+package messages

@@ -1,0 +1,126 @@
+package messages
+
+import (
+	"errors"
+	"fmt"
+	"unicode/utf8"
+)
+
+// Code is the typed reason a service gives for refusing a request. Codes are
+// part of the wire protocol: add new ones, never rename or reuse one.
+type Code string
+
+// The codes. Each names one reason, so that an operator reading a refusal, or
+// a caller branching on it, knows exactly what was wrong.
+const (
+	CodeMalformed       Code = "malformed"                // the payload does not decode
+	CodeTooLarge        Code = "too_large"                // the payload exceeds the subject's cap
+	CodeVersion         Code = "unsupported_version"      // the protocol version is not Version
+	CodeEvidence        Code = "evidence_invalid"         // the evidence does not verify
+	CodeBinding         Code = "binding_mismatch"         // the evidence's report data does not bind the request
+	CodeUnknownTask     Code = "unknown_task"             // the policy names no such task
+	CodeMeasurement     Code = "measurement_not_accepted" // the policy does not accept the unit's measurement
+	CodeSimulated       Code = "simulated_not_accepted"   // simulated evidence, and the policy refuses it
+	CodeDebug           Code = "debug_not_accepted"       // a debug enclave, and the policy refuses it
+	CodeSecurityVersion Code = "security_version_too_low" // below the policy's minimum security version
+	CodeStale           Code = "stale_request"            // the request's time is outside the accepted window
+	CodeReplay          Code = "replayed_request"         // the request's nonce was seen before
+	CodeUnsupportedKEM  Code = "unsupported_kem"          // the HPKE KEM is not one the issuer accepts
+	CodeOverloaded      Code = "overloaded"               // the service's queue is full; retry later
+	CodeInternal        Code = "internal"                 // the service failed; nothing was handed out
+	CodeUnauthentic     Code = "issuer_unauthentic"       // (client side) the issuer's evidence or report does not check out
+)
+
+const (
+	maxReasonLen      = 512
+	maxCodeLen        = 64
+	errorPayloadLimit = 1024
+	unknownCode       = "unknown"
+)
+
+// Error is the reply a service sends instead of the requested message. On NATS
+// it travels as a micro error reply: the code in the Nats-Service-Error-Code
+// header and this message, encoded, as the payload.
+//
+// Error values match each other under errors.Is by code, so a caller writes
+// errors.Is(err, messages.ErrMeasurement).
+type Error struct {
+	V      uint16 `msgpack:"v"`
+	Code   Code   `msgpack:"code"`
+	Reason string `msgpack:"reason"`
+}
+
+// Sentinels for the codes callers branch on.
+var (
+	ErrMeasurement = &Error{Code: CodeMeasurement}
+	ErrBinding     = &Error{Code: CodeBinding}
+	ErrEvidence    = &Error{Code: CodeEvidence}
+	ErrSimulated   = &Error{Code: CodeSimulated}
+	ErrUnknownTask = &Error{Code: CodeUnknownTask}
+	ErrReplay      = &Error{Code: CodeReplay}
+	ErrStale       = &Error{Code: CodeStale}
+	ErrOverloaded  = &Error{Code: CodeOverloaded}
+	ErrUnauthentic = &Error{Code: CodeUnauthentic}
+)
+
+// Refusal returns an Error with the given code and a formatted reason.
+func Refusal(code Code, format string, args ...any) *Error {
+	return &Error{V: Version, Code: code, Reason: truncate(fmt.Sprintf(format, args...), maxReasonLen)}
+}
+
+func (e *Error) Error() string {
+	if e.Reason == "" {
+		return string(e.Code)
+	}
+	return string(e.Code) + ": " + e.Reason
+}
+
+// Is reports whether target is an *Error with the same code.
+func (e *Error) Is(target error) bool {
+	var t *Error
+	return errors.As(target, &t) && t.Code == e.Code
+}
+
+// Validate bounds the code and the reason.
+func (e *Error) Validate() error {
+	if e.V != Version {
+		return fmt.Errorf("%w: %d", ErrVersion, e.V)
+	}
+	if e.Code == "" || len(e.Code) > maxCodeLen || len(e.Reason) > maxReasonLen {
+		return fmt.Errorf("%w: error code or reason out of bounds", ErrField)
+	}
+	return nil
+}
+
+// DecodeError decodes an error reply. A reply that does not decode becomes an
+// Error with the code the header named and the decode failure as its reason,
+// so that a caller always gets a typed error back.
+func DecodeError(headerCode string, data []byte) *Error {
+	var e Error
+	if err := Decode(data, errorPayloadLimit, &e); err != nil {
+		if headerCode == "" {
+			headerCode = unknownCode
+		}
+		code := Code(truncate(headerCode, maxCodeLen))
+		if code == "" {
+			code = unknownCode
+		}
+		return &Error{V: Version, Code: code, Reason: truncate("undecodable error reply: "+err.Error(), maxReasonLen)}
+	}
+	return &e
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence. A
+// sequence is at most utf8.UTFMax bytes, so it backs up at most that far; in
+// bytes that are not UTF-8 at all it cuts at n.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for back := 0; back < utf8.UTFMax && back <= n; back++ {
+		if utf8.RuneStart(s[n-back]) {
+			return s[:n-back]
+		}
+	}
+	return s[:n]
+}

@@ -1,0 +1,352 @@
+// Package unit is a compute unit: one replica of a task, running in an
+// enclave. It verifies the issuer against the measurement it pins, attests to
+// it, obtains its task's certificate pair (the same for every replica), serves
+// HTTPS with it, and renews it at two thirds of its lifetime.
+//
+// Guarantees:
+//   - The unit trusts no root and no key until the issuer's evidence has been
+//     checked against the pinned measurement; every renewal checks it again.
+//   - HTTPS starts only once a pair is held; a renewal swaps the pair without
+//     dropping connections; a failed renewal keeps the current pair and
+//     retries with backoff.
+//   - Before it holds a pair, a refusal that retrying cannot change (the
+//     policy does not accept this code, the issuer is not the pinned one) ends
+//     Run with that error. Once it holds one, nothing from NATS ends it:
+//     refusals are not authenticated, so a forged one must not take a serving
+//     replica down; it keeps its pair and retries.
+package unit
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/issuerclient"
+	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/service"
+)
+
+// Platform is what a unit needs of its enclave: attesting itself, verifying
+// the issuer, and knowing its own measurement (which its join names).
+type Platform interface {
+	enclave.Attester
+	enclave.Verifier
+	Measurement() []byte
+}
+
+// Config configures a Unit. Zero fields take the defaults noted.
+type Config struct {
+	Conn                 *nats.Conn // required
+	Platform             Platform   // required
+	Task                 string     // required
+	IssuerMeasurement    []byte     // required: the issuer measurement this unit pins
+	PolicyHash           []byte     // optional: the issuer policy this unit pins
+	AllowSimulatedIssuer bool       // accept a simulated issuer (development only)
+	HTTPSAddr            string     // required: where to serve HTTPS, e.g. 127.0.0.1:8443
+	Name                 string     // this replica's name in logs and the default page; default the HTTPS address
+	Cluster              string     // the cluster to join at the manager; empty: join none
+	ID                   string     // this unit's id in its cluster; default derived from Name
+	Handler              http.Handler
+	App                  App             // answers the cluster channel's calls; default an echo
+	OnSession            func(id []byte) // observes each session the unit comes to hold (benchmarks, tests); must not block
+	KEM                  uint16          // HPKE KEM for the report; default ML-KEM-768+X25519
+	SessionTTL           time.Duration   // how long a channel session lives; default 1h
+	CallTimeout          time.Duration   // how long the task may take over one call; default 30s
+	Workers              int             // channel workers; default 2 × GOMAXPROCS
+	RetryMin             time.Duration   // first retry after a failure; default 500ms
+	RetryMax             time.Duration   // longest wait between retries; default 30s
+	Timeout              time.Duration   // per issuer request; default 5s
+	Logger               *slog.Logger
+	Now                  func() time.Time
+}
+
+func (c *Config) fill() error {
+	switch {
+	case c.Conn == nil:
+		return errors.New("unit: Config.Conn is required")
+	case c.Platform == nil:
+		return errors.New("unit: Config.Platform is required")
+	case !messages.ValidTaskName(c.Task):
+		return fmt.Errorf("unit: task name %q is not valid", c.Task)
+	case len(c.IssuerMeasurement) != 32:
+		return fmt.Errorf("unit: the pinned issuer measurement is %d bytes, want 32", len(c.IssuerMeasurement))
+	case c.HTTPSAddr == "":
+		return errors.New("unit: Config.HTTPSAddr is required")
+	}
+	if c.ID == "" {
+		// Replicas on several hosts often serve on the same address
+		// (0.0.0.0:8443): the host name keeps their default ids apart.
+		name := c.Name
+		if name == "" {
+			host, _ := os.Hostname()
+			name = host + "-" + c.HTTPSAddr
+		}
+		c.ID = unitID(name)
+	}
+	if c.Name == "" {
+		c.Name = c.HTTPSAddr
+	}
+	if c.Cluster != "" && !messages.ValidTaskName(c.Cluster) {
+		return fmt.Errorf("unit: cluster id %q is not valid", c.Cluster)
+	}
+	if !messages.ValidUnitID(c.ID) {
+		return fmt.Errorf("unit: unit id %q is not valid: letters, digits, '-' and '_', at most %d", c.ID, messages.MaxUnitID)
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 5 * time.Second
+	}
+	if c.SessionTTL <= 0 {
+		c.SessionTTL = defaultSessionTTL
+	}
+	if c.CallTimeout <= 0 {
+		c.CallTimeout = 30 * time.Second
+	}
+	if c.Workers <= 0 {
+		c.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = 500 * time.Millisecond
+	}
+	if c.RetryMax < c.RetryMin {
+		c.RetryMax = max(30*time.Second, c.RetryMin)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	c.Logger = c.Logger.With("component", "unit", "task", c.Task, "unit", c.Name)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Unit is one replica of a task.
+type Unit struct {
+	cfg   Config
+	log   *slog.Logger
+	ready chan struct{}
+	addr  atomic.Pointer[net.TCPAddr]
+	pair  atomic.Pointer[issuerclient.Pair]
+	cert  atomic.Pointer[tls.Certificate]
+
+	running  atomic.Bool
+	token    atomic.Pointer[[]byte] // membership token, once joined
+	pool     *service.Pool
+	js       jetstream.JetStream
+	sessions sessionTable
+}
+
+// New checks cfg and returns a unit ready to Run.
+func New(cfg Config) (*Unit, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	u := &Unit{cfg: cfg, log: cfg.Logger, ready: make(chan struct{})}
+	if u.cfg.Handler == nil {
+		u.cfg.Handler = http.HandlerFunc(u.hello)
+	}
+	if u.cfg.App == nil {
+		u.cfg.App = u.echo
+	}
+	return u, nil
+}
+
+// Ready is closed once the unit holds a pair and serves HTTPS.
+func (u *Unit) Ready() <-chan struct{} { return u.ready }
+
+// Addr is the HTTPS listener's address. Valid after Ready.
+func (u *Unit) Addr() *net.TCPAddr { return u.addr.Load() }
+
+// Pair is the certificate pair in service. Valid after Ready.
+func (u *Unit) Pair() *issuerclient.Pair { return u.pair.Load() }
+
+// Run obtains the pair, serves HTTPS and renews until ctx is done.
+func (u *Unit) Run(ctx context.Context) error {
+	if !u.running.CompareAndSwap(false, true) {
+		return errors.New("unit: Run called twice")
+	}
+	if err := u.renew(ctx); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", u.cfg.HTTPSAddr)
+	if err != nil {
+		return fmt.Errorf("unit: listen on %s: %w", u.cfg.HTTPSAddr, err)
+	}
+	u.addr.Store(ln.Addr().(*net.TCPAddr))
+	tlsConf := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return u.cert.Load(), nil },
+	}
+	if ck := u.pair.Load().ClusterKey; ck != nil {
+		// Every unit of the cluster derives the same ticket key, so a TLS
+		// session begun on one replica resumes on another.
+		key, err := TicketKey(ck)
+		if err != nil {
+			return fmt.Errorf("unit: %w", err)
+		}
+		tlsConf.SetSessionTicketKeys([][32]byte{key})
+	}
+	srv := &http.Server{
+		Handler:           u.cfg.Handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(u.log.Handler(), slog.LevelDebug),
+		TLSConfig:         tlsConf,
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(ln, "", "") }()
+	u.log.Info("unit serving HTTPS", "addr", ln.Addr().String(), "serial", u.serial())
+	var member sync.WaitGroup
+	if u.cfg.Cluster != "" {
+		member.Go(func() { u.membership(ctx) })
+	}
+	if ck := u.pair.Load().ClusterKey; ck != nil {
+		if u.js, err = jetstream.New(u.cfg.Conn); err != nil {
+			return fmt.Errorf("unit: %w", err)
+		}
+		u.pool = service.NewPool(u.cfg.Conn, u.cfg.Workers, 1024, u.log)
+		defer u.pool.Close()
+		member.Go(func() {
+			if err := u.serveChannel(ctx, ck); err != nil {
+				u.log.Error("cluster channel", "err", err)
+			}
+		})
+	}
+	close(u.ready)
+
+	err = u.renewLoop(ctx)
+	member.Wait() // it has left the cluster before HTTPS stops
+	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if serr := srv.Shutdown(shutdown); serr != nil {
+		u.log.Warn("https shutdown", "err", serr)
+	}
+	if serr := <-served; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = fmt.Errorf("unit: https: %w", serr)
+	}
+	return err
+}
+
+// renewLoop renews the pair at two thirds of its life until ctx is done.
+func (u *Unit) renewLoop(ctx context.Context) error {
+	for {
+		delay := max(RenewalDelay(u.cfg.Now(), u.pair.Load().Leaf), u.cfg.RetryMin) // never spin on a certificate that is already due
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		if err := u.renew(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// renew verifies the issuer and obtains a pair, retrying transient failures
+// with backoff until ctx is done. It returns a terminal refusal at once.
+func (u *Unit) renew(ctx context.Context) error {
+	for failures := 0; ; failures++ {
+		pair, err := u.obtain(ctx)
+		if err == nil {
+			old := u.pair.Swap(pair)
+			cert := pair.TLSCertificate()
+			u.cert.Store(&cert)
+			if old != nil {
+				u.log.Info("renewed certificate", "serial", u.serial(), "not_after", pair.Leaf.NotAfter)
+			}
+			return nil
+		}
+		if Terminal(err) && u.pair.Load() == nil {
+			u.log.Error("issuer refused this unit", "err", err)
+			return fmt.Errorf("unit: %w", err)
+		}
+		wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
+		u.log.Warn("obtaining certificate failed; retrying", "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("unit: stopped before obtaining a certificate: %w", err)
+		case <-t.C:
+		}
+	}
+}
+
+func (u *Unit) obtain(ctx context.Context) (*issuerclient.Pair, error) {
+	client := issuerclient.Config{
+		Conn: u.cfg.Conn, Verifier: u.cfg.Platform, IssuerMeasurement: u.cfg.IssuerMeasurement,
+		AllowSimulated: u.cfg.AllowSimulatedIssuer, PolicyHash: u.cfg.PolicyHash, Timeout: u.cfg.Timeout,
+	}
+	trust, err := issuerclient.VerifyIssuer(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{
+		Client: client, Trust: trust, Attester: u.cfg.Platform, KEM: u.cfg.KEM, Cluster: u.cfg.Cluster, Now: u.cfg.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.Certify(ctx, u.cfg.Task)
+}
+
+func (u *Unit) serial() string {
+	p := u.pair.Load()
+	return hex.EncodeToString(p.Leaf.SerialNumber.Bytes())
+}
+
+func (u *Unit) hello(w http.ResponseWriter, _ *http.Request) {
+	p := u.pair.Load()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, "cohort unit %s of task %s; certificate serial %x, valid until %s\n",
+		u.cfg.Name, u.cfg.Task, p.Leaf.SerialNumber, p.Leaf.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// Terminal reports whether an error from obtaining a pair is one that retrying
+// cannot change.
+func Terminal(err error) bool {
+	for _, target := range []error{
+		issuerclient.ErrMeasurement, issuerclient.ErrSimulated, issuerclient.ErrDebug, issuerclient.ErrPolicy,
+		messages.ErrMeasurement, messages.ErrSimulated, messages.ErrUnknownTask,
+		&messages.Error{Code: messages.CodeDebug}, &messages.Error{Code: messages.CodeSecurityVersion},
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
+}
+
+// TicketKey derives the TLS session-ticket key of a cluster from its key and
+// epoch. The label keeps it apart from every other use of the cluster key.
+func TicketKey(ck *issuerclient.ClusterKey) ([32]byte, error) {
+	var k [32]byte
+	info := fmt.Sprintf("cohort/v1 tls session tickets\x00%s\x00%d", ck.Cluster, ck.Epoch)
+	b, err := hkdf.Key(sha256.New, ck.Key, nil, info, len(k))
+	if err != nil {
+		return k, fmt.Errorf("derive ticket key: %w", err)
+	}
+	copy(k[:], b)
+	clear(b)
+	return k, nil
+}
