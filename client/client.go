@@ -138,7 +138,7 @@ func finish(cfg Config, c *channel.Client, hello, data []byte) (*Session, error)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnauthentic, err)
 	}
-	if (cfg.Task != "" && id.Name != cfg.Task) || !id.InCluster(cfg.Cluster) {
+	if id.Kind != identity.KindTask || (cfg.Task != "" && id.Name != cfg.Task) || !id.InCluster(cfg.Cluster) {
 		return nil, fmt.Errorf("%w: the certificate is for task %q of clusters %v; want task %q of cluster %q",
 			ErrUnauthentic, id.Name, id.Clusters, cfg.Task, cfg.Cluster)
 	}

@@ -9,7 +9,8 @@ import (
 // FuzzParse: Parse never panics, and what it accepts is within bounds and
 // survives Extension → Parse unchanged.
 func FuzzParse(f *testing.F) {
-	for _, id := range []Identity{demo(), {Kind: KindTask, Name: "x"}, {Kind: KindTask, Name: "m", Measurements: measurements(maxMeasurements)}} {
+	for _, id := range []Identity{demo(), {Kind: KindTask, Name: "x"}, {Kind: KindTask, Name: "m", Measurements: measurements(maxMeasurements)},
+		{Kind: KindGroup, Name: "g", Tasks: []string{"a", "b"}}} {
 		ext, err := id.Extension()
 		if err != nil {
 			f.Fatal(err)
@@ -24,7 +25,8 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(value) > maxExtension || id.Kind != KindTask || id.Name == "" || len(id.Name) > 63 || len(id.Measurements) > maxMeasurements {
+		if len(value) > maxExtension || (id.Kind != KindTask && id.Kind != KindGroup) || id.Name == "" || len(id.Name) > 63 ||
+			len(id.Measurements) > maxMeasurements || len(id.Tasks) > maxTasks || (id.Kind == KindGroup) != (len(id.Tasks) > 0) {
 			t.Fatalf("accepted out of bounds: %d bytes, %+v", len(value), id)
 		}
 		ext, err := id.Extension()

@@ -1,11 +1,15 @@
 // Package identity defines what a cohort certificate says about its holder:
-// the task (later, the group) it was issued for, the measurements the issuer's
-// policy accepted for it, and whether the attestation behind it was simulated.
+// the task or the group it was issued for, the measurements the issuer's
+// policy accepted for a task, the member tasks of a group, and whether the
+// attestation behind it was simulated.
 //
 // The identity travels twice in every certificate the issuer makes: as a URI
-// SAN (urn:cohort:task:NAME), which any TLS stack shows, and as a non-critical
-// extension (OID), which carries the measurements too. FromCertificate reads
-// the extension and checks that the URI SAN agrees with it.
+// SAN (urn:cohort:task:NAME or urn:cohort:group:ID), which any TLS stack
+// shows, and as a non-critical extension (OID), which carries the rest.
+// FromCertificate reads the extension and checks that the URI SAN agrees.
+//
+// Extension versions: 1 carried a task only; 2 adds the kind "group" and the
+// member tasks.
 package identity
 
 import (
@@ -27,12 +31,19 @@ import (
 // odds are 2^-97), so it cannot collide with one.
 var OID = asn1.ObjectIdentifier{2, 25, 624278307}
 
-// KindTask is the kind of a task certificate, shared by every replica of a task.
-const KindTask = "task"
+// Kinds of identity.
+const (
+	// KindTask is a task certificate, shared by every replica of a task.
+	KindTask = "task"
+	// KindGroup is a group certificate, shared by the units of every task of
+	// a group. It names the member tasks, not which of them holds it.
+	KindGroup = "group"
+)
 
 const (
-	extensionVersion = 1
+	extensionVersion = 2
 	maxMeasurements  = 64
+	maxTasks         = 64 // member tasks of a group
 	maxExtension     = 8 << 10
 	measurementSize  = 32
 	maxClusters      = 64
@@ -48,7 +59,11 @@ type Identity struct {
 	Measurements [][]byte // the measurements the policy accepted for this task
 	Simulated    bool     // issued under a policy that accepts simulated attestation
 	Clusters     []string // the clusters whose units run this task: the only ones they may join
+	Tasks        []string // a group's member tasks; empty for a task
 }
+
+// HasTask reports whether the group identity counts task among its members.
+func (id Identity) HasTask(task string) bool { return slices.Contains(id.Tasks, task) }
 
 // InCluster reports whether the identity covers cluster.
 func (id Identity) InCluster(cluster string) bool { return slices.Contains(id.Clusters, cluster) }
@@ -60,6 +75,7 @@ type extension struct {
 	Measurements [][]byte
 	Simulated    bool
 	Clusters     []string // PrintableString: cluster ids are [a-z0-9-]
+	Tasks        []string // PrintableString: task names are [a-z0-9-]
 }
 
 // URI is the identity's URI SAN.
@@ -70,7 +86,7 @@ func (id Identity) URI() *url.URL {
 // Extension encodes the identity as a certificate extension. It refuses what
 // Parse would refuse.
 func (id Identity) Extension() (pkix.Extension, error) {
-	if err := check(id.Kind, id.Name, id.Measurements, id.Clusters); err != nil {
+	if err := check(id.Kind, id.Name, id.Measurements, id.Clusters, id.Tasks); err != nil {
 		return pkix.Extension{}, err
 	}
 	ms := id.Measurements
@@ -81,7 +97,11 @@ func (id Identity) Extension() (pkix.Extension, error) {
 	if cs == nil {
 		cs = []string{}
 	}
-	v, err := asn1.Marshal(extension{extensionVersion, id.Kind, id.Name, ms, id.Simulated, cs})
+	ts := id.Tasks
+	if ts == nil {
+		ts = []string{}
+	}
+	v, err := asn1.Marshal(extension{extensionVersion, id.Kind, id.Name, ms, id.Simulated, cs, ts})
 	if err != nil {
 		return pkix.Extension{}, fmt.Errorf("identity: encode extension: %w", err)
 	}
@@ -104,22 +124,48 @@ func Parse(value []byte) (Identity, error) {
 	if e.Version != extensionVersion {
 		return Identity{}, fmt.Errorf("identity: extension version %d, want %d", e.Version, extensionVersion)
 	}
-	if err := check(e.Kind, e.Name, e.Measurements, e.Clusters); err != nil {
+	if err := check(e.Kind, e.Name, e.Measurements, e.Clusters, e.Tasks); err != nil {
 		return Identity{}, err
 	}
-	id := Identity{Kind: e.Kind, Name: e.Name, Measurements: e.Measurements, Simulated: e.Simulated}
+	id := Identity{Kind: e.Kind, Name: e.Name, Simulated: e.Simulated}
+	if len(e.Measurements) > 0 {
+		id.Measurements = e.Measurements
+	}
 	if len(e.Clusters) > 0 {
 		id.Clusters = e.Clusters
+	}
+	if len(e.Tasks) > 0 {
+		id.Tasks = e.Tasks
 	}
 	return id, nil
 }
 
-func check(kind, name string, measurements [][]byte, clusters []string) error {
-	if kind != KindTask {
-		return fmt.Errorf("identity: kind %q, want %q", kind, KindTask)
+func check(kind, name string, measurements [][]byte, clusters, tasks []string) error {
+	switch kind {
+	case KindTask:
+		if len(tasks) != 0 {
+			return errors.New("identity: a task identity names member tasks")
+		}
+	case KindGroup:
+		if len(measurements) != 0 || len(clusters) != 0 {
+			return errors.New("identity: a group identity names measurements or clusters")
+		}
+		if len(tasks) == 0 || len(tasks) > maxTasks {
+			return fmt.Errorf("identity: a group of %d tasks, want 1 to %d", len(tasks), maxTasks)
+		}
+		for i, t := range tasks {
+			if !messages.ValidTaskName(t) {
+				return fmt.Errorf("identity: %q is not a valid task name", t)
+			}
+			if slices.Contains(tasks[:i], t) {
+				return fmt.Errorf("identity: task %q named twice", t)
+			}
+		}
+	default:
+		return fmt.Errorf("identity: kind %q, want %q or %q", kind, KindTask, KindGroup)
 	}
 	if !messages.ValidTaskName(name) {
-		return fmt.Errorf("identity: %q is not a valid task name", name)
+		return fmt.Errorf("identity: %q is not a valid %s name", name, kind)
 	}
 	if len(measurements) > maxMeasurements {
 		return fmt.Errorf("identity: %d measurements, at most %d", len(measurements), maxMeasurements)

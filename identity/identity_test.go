@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/url"
 	"reflect"
@@ -105,20 +106,28 @@ func TestParseRefuses(t *testing.T) {
 		}
 		return b
 	}
-	good := enc(extension{extensionVersion, KindTask, "demo", measurements(1), false, []string{}})
+	none := []string{}
+	good := enc(extension{extensionVersion, KindTask, "demo", measurements(1), false, none, none})
 	for name, value := range map[string][]byte{
-		"empty":             nil,
-		"garbage":           []byte("not asn.1"),
-		"trailing":          append(bytes.Clone(good), 0x05, 0x00),
-		"truncated":         good[:len(good)-1],
-		"version 2":         enc(extension{2, KindTask, "demo", measurements(1), false, []string{}}),
-		"version 0":         enc(extension{0, KindTask, "demo", measurements(1), false, []string{}}),
-		"other kind":        enc(extension{extensionVersion, "group", "demo", measurements(1), false, []string{}}),
-		"empty name":        enc(extension{extensionVersion, KindTask, "", measurements(1), false, []string{}}),
-		"long name":         enc(extension{extensionVersion, KindTask, strings.Repeat("n", 64), measurements(1), false, []string{}}),
-		"many measurements": enc(extension{extensionVersion, KindTask, "demo", measurements(maxMeasurements + 1), false, []string{}}),
-		"oversize":          bytes.Repeat([]byte{0}, maxExtension+1),
-		"huge length":       {0x30, 0x84, 0xff, 0xff, 0xff, 0xff},
+		"empty":                     nil,
+		"garbage":                   []byte("not asn.1"),
+		"trailing":                  append(bytes.Clone(good), 0x05, 0x00),
+		"truncated":                 good[:len(good)-1],
+		"version 3":                 enc(extension{3, KindTask, "demo", measurements(1), false, none, none}),
+		"version 0":                 enc(extension{0, KindTask, "demo", measurements(1), false, none, none}),
+		"other kind":                enc(extension{extensionVersion, "party", "demo", measurements(1), false, none, none}),
+		"empty name":                enc(extension{extensionVersion, KindTask, "", measurements(1), false, none, none}),
+		"long name":                 enc(extension{extensionVersion, KindTask, strings.Repeat("n", 64), measurements(1), false, none, none}),
+		"many measurements":         enc(extension{extensionVersion, KindTask, "demo", measurements(maxMeasurements + 1), false, none, none}),
+		"task naming tasks":         enc(extension{extensionVersion, KindTask, "demo", nil, false, none, []string{"a"}}),
+		"group without tasks":       enc(extension{extensionVersion, KindGroup, "g", nil, false, none, none}),
+		"group with measurements":   enc(extension{extensionVersion, KindGroup, "g", measurements(1), false, none, []string{"a"}}),
+		"group with clusters":       enc(extension{extensionVersion, KindGroup, "g", nil, false, []string{"c"}, []string{"a"}}),
+		"group naming a task twice": enc(extension{extensionVersion, KindGroup, "g", nil, false, none, []string{"a", "b", "a"}}),
+		"group bad task name":       enc(extension{extensionVersion, KindGroup, "g", nil, false, none, []string{"A"}}),
+		"group of too many":         enc(extension{extensionVersion, KindGroup, "g", nil, false, none, taskNames(maxTasks + 1)}),
+		"oversize":                  bytes.Repeat([]byte{0}, maxExtension+1),
+		"huge length":               {0x30, 0x84, 0xff, 0xff, 0xff, 0xff},
 	} {
 		if id, err := Parse(value); err == nil {
 			t.Errorf("%s: accepted as %+v", name, id)
@@ -188,5 +197,40 @@ func TestClustersRoundTrip(t *testing.T) {
 	}
 	if _, err := (Identity{Kind: KindTask, Name: "demo", Clusters: []string{"Not Valid"}}).Extension(); err == nil {
 		t.Error("an invalid cluster id was encoded")
+	}
+}
+
+func taskNames(n int) []string {
+	ts := make([]string, n)
+	for i := range ts {
+		ts[i] = fmt.Sprintf("t%d", i)
+	}
+	return ts
+}
+
+func TestGroupRoundTrip(t *testing.T) {
+	id := Identity{Kind: KindGroup, Name: "mpc", Tasks: []string{"alpha", "beta", "gamma"}, Simulated: true}
+	c := certificate(t, []pkix.Extension{mustExtension(t, id)}, id.URI())
+	got, err := FromCertificate(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, id) {
+		t.Fatalf("got %+v, want %+v", got, id)
+	}
+	if got.URI().String() != "urn:cohort:group:mpc" {
+		t.Errorf("URI %s", got.URI())
+	}
+	if !got.HasTask("beta") || got.HasTask("delta") {
+		t.Errorf("HasTask wrong for %v", got.Tasks)
+	}
+	many := Identity{Kind: KindGroup, Name: "big", Tasks: taskNames(maxTasks)}
+	if _, err := many.Extension(); err != nil {
+		t.Errorf("a group of %d tasks: %v", maxTasks, err)
+	}
+	// A task certificate's URI does not stand for the group of the same name.
+	task := Identity{Kind: KindTask, Name: "mpc"}
+	if c := certificate(t, []pkix.Extension{mustExtension(t, id)}, task.URI()); func() error { _, err := FromCertificate(c); return err }() == nil {
+		t.Error("a group extension with a task URI was accepted")
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"fmt"
+	"hash"
 	"io"
 	"math/big"
+	"net"
 	"net/url"
 	"time"
 
@@ -105,11 +107,24 @@ func newRoot(r io.Reader, now time.Time, lifetime time.Duration, simulated bool)
 // issueTask makes the task certificate for key, signed by the root. Every
 // replica of the task receives this certificate and key.
 func issueTask(r io.Reader, now time.Time, root *credential, t *TaskPolicy, key *ecdsa.PrivateKey, lifetime time.Duration, simulated bool) (*x509.Certificate, error) {
+	id := identity.Identity{Kind: identity.KindTask, Name: t.Name, Measurements: t.measurements, Simulated: simulated, Clusters: t.clusters}
+	return issueLeaf(r, now, root, id, t.Name, key, lifetime, t.DNSNames, t.ips)
+}
+
+// issueGroup makes the group certificate for key, signed by the root. The
+// units of every task of the group receive this certificate and key.
+func issueGroup(r io.Reader, now time.Time, root *credential, g *Group, key *ecdsa.PrivateKey, lifetime time.Duration, simulated bool) (*x509.Certificate, error) {
+	id := identity.Identity{Kind: identity.KindGroup, Name: g.ID, Tasks: g.Tasks, Simulated: simulated}
+	return issueLeaf(r, now, root, id, "group "+g.ID, key, lifetime, nil, nil)
+}
+
+// issueLeaf makes a certificate for key carrying id, signed by the root, for
+// TLS client and server authentication.
+func issueLeaf(r io.Reader, now time.Time, root *credential, id identity.Identity, cn string, key *ecdsa.PrivateKey, lifetime time.Duration, dns []string, ips []net.IP) (*x509.Certificate, error) {
 	serial, err := serialNumber(r)
 	if err != nil {
 		return nil, err
 	}
-	id := identity.Identity{Kind: identity.KindTask, Name: t.Name, Measurements: t.measurements, Simulated: simulated, Clusters: t.clusters}
 	ext, err := id.Extension()
 	if err != nil {
 		return nil, err
@@ -118,8 +133,8 @@ func issueTask(r io.Reader, now time.Time, root *credential, t *TaskPolicy, key 
 	if na.After(root.cert.NotAfter) {
 		na = root.cert.NotAfter
 	}
-	subject := pkix.Name{CommonName: t.Name, Organization: []string{organization}}
-	if simulated {
+	subject := pkix.Name{CommonName: cn, Organization: []string{organization}}
+	if id.Simulated {
 		subject.OrganizationalUnit = []string{simulatedUnit}
 	}
 	tmpl := &x509.Certificate{
@@ -130,60 +145,84 @@ func issueTask(r io.Reader, now time.Time, root *credential, t *TaskPolicy, key 
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
-		DNSNames:              t.DNSNames,
-		IPAddresses:           t.ips,
+		DNSNames:              dns,
+		IPAddresses:           ips,
 		URIs:                  []*url.URL{id.URI()},
 		SubjectKeyId:          keyID(&key.PublicKey),
 		ExtraExtensions:       []pkix.Extension{ext},
 	}
 	der, err := x509.CreateCertificate(r, tmpl, root.cert, &key.PublicKey, root.key)
 	if err != nil {
-		return nil, fmt.Errorf("create certificate for task %q: %w", t.Name, err)
+		return nil, fmt.Errorf("create certificate for %s %q: %w", id.Kind, id.Name, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("parse certificate for task %q: %w", t.Name, err)
+		return nil, fmt.Errorf("parse certificate for %s %q: %w", id.Kind, id.Name, err)
 	}
 	return cert, nil
+}
+
+// specHash digests what a certificate is made from, field by field, each
+// length-prefixed; a nil field ends a list.
+type specHash struct{ h hash.Hash }
+
+func newSpec(label string) specHash {
+	s := specHash{sha256.New()}
+	s.field([]byte(label))
+	return s
+}
+
+func (s specHash) field(b []byte) {
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+	s.h.Write(n[:])
+	s.h.Write(b)
+}
+
+func (s specHash) strings(list []string) {
+	for _, v := range list {
+		s.field([]byte(v))
+	}
+	s.field(nil)
+}
+
+func (s specHash) end(lifetime time.Duration, simulated bool) []byte {
+	s.field(binary.BigEndian.AppendUint64(nil, uint64(lifetime)))
+	if simulated {
+		s.field([]byte{1})
+	} else {
+		s.field([]byte{0})
+	}
+	return s.h.Sum(nil)
 }
 
 // taskSpec digests everything a task certificate is made from, so that a
 // restarted issuer can tell whether the stored certificate still matches the
 // policy and the root.
 func taskSpec(root *x509.Certificate, t *TaskPolicy, lifetime time.Duration, simulated bool) []byte {
-	h := sha256.New()
-	field := func(b []byte) {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
-		h.Write(n[:])
-		h.Write(b)
-	}
-	field([]byte("cohort task spec v2"))
-	field(root.Raw)
-	field([]byte(t.Name))
+	s := newSpec("cohort task spec v2")
+	s.field(root.Raw)
+	s.field([]byte(t.Name))
 	for _, m := range t.measurements {
-		field(m)
+		s.field(m)
 	}
-	field(nil)
-	for _, n := range t.DNSNames {
-		field([]byte(n))
-	}
-	field(nil)
+	s.field(nil)
+	s.strings(t.DNSNames)
 	for _, ip := range t.ips {
-		field(ip.To16())
+		s.field(ip.To16())
 	}
-	field(nil)
-	for _, c := range t.clusters {
-		field([]byte(c))
-	}
-	field(nil)
-	field(binary.BigEndian.AppendUint64(nil, uint64(lifetime)))
-	if simulated {
-		field([]byte{1})
-	} else {
-		field([]byte{0})
-	}
-	return h.Sum(nil)
+	s.field(nil)
+	s.strings(t.clusters)
+	return s.end(lifetime, simulated)
+}
+
+// groupSpec is taskSpec for a group certificate.
+func groupSpec(root *x509.Certificate, g *Group, lifetime time.Duration, simulated bool) []byte {
+	s := newSpec("cohort group spec v1")
+	s.field(root.Raw)
+	s.field([]byte(g.ID))
+	s.strings(g.Tasks)
+	return s.end(lifetime, simulated)
 }
 
 // reissueAt is when the issuer makes a new certificate for a task: before

@@ -13,13 +13,21 @@
 //     evidence, that the evidence binds the whole request (the unit's
 //     ephemeral public key and nonce included), and the policy; then answers
 //     with the chain and the task's private key HPKE-sealed to the request's
-//     ephemeral key, the report signed by the root key.
+//     ephemeral key, the report signed by the root key. A request may name
+//     the unit's cluster (its key is added to the sealed secrets) and groups
+//     of its task (each group's certificate and key are added).
 //
 // Guarantees:
 //   - Every replica of a task receives the same key and certificate, created
 //     once and kept, sealed, in JetStream key-value; a restarted issuer, or a
 //     second one on the same bucket, gives back the same root and the same
 //     task certificates. Concurrent issuers agree through compare-and-set.
+//   - Likewise every unit of every task of a group receives the group's one
+//     key and certificate, made when the issuer first loads a policy that
+//     declares the group, never on request. The certificate names the group
+//     and its member tasks and allows TLS client and server authentication.
+//   - A request naming a group its task is not a member of, or one the
+//     policy does not declare, is refused whole, with the group named.
 //   - A refusal is a typed messages.Error naming the reason; it changes no
 //     state and hands out nothing.
 //   - Secrets leave the issuer only sealed: to the enclave (state) or to the

@@ -111,29 +111,36 @@ type Issuer struct {
 	// Set before ready is closed, read-only after.
 	store    *store
 	root     *credential
-	tasks    map[string]*taskSlot
+	tasks    map[string]*slot
+	groups   map[string]*slot
 	clusters map[string]*clusterKey
 }
 
-// taskSlot holds a task's current credential. The certify path reads it
-// without a lock; reissue serialises writers of one task only.
-type taskSlot struct {
-	policy *TaskPolicy
-	spec   []byte
-	mu     sync.Mutex
-	rev    uint64    // guarded by mu
-	retry  time.Time // guarded by mu: no reissue attempt before this, after a failure
-	fails  int       // guarded by mu: reissues failed in a row
-	cur    atomic.Pointer[taskCred]
+// slot holds the current credential of a task or a group. The certify path
+// reads it without a lock; reissue serialises the writers of one slot only.
+type slot struct {
+	kind  string // "task" or "group", for logs
+	name  string // the task's name or the group's id
+	key   string // its key in the state bucket
+	spec  []byte
+	issue func(*ecdsa.PrivateKey) (*x509.Certificate, error)
+	// clusters are the clusters of a task, whose secrets set precomputes.
+	clusters []string
+	mu       sync.Mutex
+	rev      uint64    // guarded by mu
+	retry    time.Time // guarded by mu: no reissue attempt before this, after a failure
+	fails    int       // guarded by mu: reissues failed in a row
+	cur      atomic.Pointer[held]
 }
 
-// taskCred is an immutable snapshot of a task's credential, with everything
-// the certify path needs precomputed.
-type taskCred struct {
-	cred *credential
-	// secrets holds the encoded messages.Secrets for a request naming no
-	// cluster (key "") and for each cluster of the task. It stays in the
-	// enclave.
+// held is an immutable snapshot of a slot's credential, with everything the
+// certify path needs precomputed. It stays in the enclave.
+type held struct {
+	name  string // the slot's name
+	cred  *credential
+	pkcs8 []byte // the private key, PKCS #8
+	// secrets holds, for a task, the encoded messages.Secrets of a request
+	// naming no group: for no cluster (key "") and for each of its clusters.
 	secrets   map[string][]byte
 	reissueAt time.Time
 }
@@ -165,6 +172,16 @@ func (i *Issuer) Root() *x509.Certificate { return i.root.cert }
 // TaskCertificate returns the current certificate of a task. Valid after Ready.
 func (i *Issuer) TaskCertificate(task string) (*x509.Certificate, bool) {
 	s, ok := i.tasks[task]
+	if !ok {
+		return nil, false
+	}
+	return s.cur.Load().cred.cert, true
+}
+
+// GroupCertificate returns the current certificate of a group. Valid after
+// Ready.
+func (i *Issuer) GroupCertificate(group string) (*x509.Certificate, bool) {
+	s, ok := i.groups[group]
 	if !ok {
 		return nil, false
 	}
@@ -208,7 +225,8 @@ func (i *Issuer) Run(ctx context.Context) error {
 	if err := g.AddEndpoint("certify", certify); err != nil {
 		return fmt.Errorf("issuer: add certify endpoint: %w", err)
 	}
-	attrs := []any{"backend", i.cfg.Platform.Name(), "root", fingerprint(i.root.cert), "policy_hash", hex.EncodeToString(hash[:]), "tasks", len(i.tasks)}
+	attrs := []any{"backend", i.cfg.Platform.Name(), "root", fingerprint(i.root.cert), "policy_hash", hex.EncodeToString(hash[:]),
+		"tasks", len(i.tasks), "groups", len(i.groups), "clusters", len(i.clusters)}
 	if i.cfg.Platform.Simulated() {
 		attrs = append(attrs, "attestation", "SIMULATED")
 	}
@@ -227,9 +245,10 @@ func (i *Issuer) Run(ctx context.Context) error {
 	return nil
 }
 
-// load reads the root and the task credentials from the state bucket,
-// creating what is missing and reissuing task certificates that no longer
-// match the policy or are due.
+// load reads the root, the cluster keys and the task and group credentials
+// from the state bucket, creating what is missing and reissuing certificates
+// that no longer match the policy or are due. Everything the policy declares
+// exists once load returns: nothing is made on first request.
 func (i *Issuer) load(ctx context.Context) error {
 	js, err := jetstream.New(i.cfg.Conn)
 	if err != nil {
@@ -260,14 +279,36 @@ func (i *Issuer) load(ctx context.Context) error {
 			return fmt.Errorf("issuer: cluster %q: %w", c.ID, err)
 		}
 	}
-	i.tasks = make(map[string]*taskSlot, len(i.cfg.Policy.Tasks))
-	for k := range i.cfg.Policy.Tasks {
-		t := &i.cfg.Policy.Tasks[k]
-		s := &taskSlot{policy: t, spec: taskSpec(i.root.cert, t, i.cfg.Policy.Validity.Task, i.cfg.Policy.AcceptSimulated)}
-		if err := i.loadTask(ctx, s); err != nil {
+	p := i.cfg.Policy
+	i.tasks = make(map[string]*slot, len(p.Tasks))
+	for k := range p.Tasks {
+		t := &p.Tasks[k]
+		s := &slot{
+			kind: "task", name: t.Name, key: taskKeyPrefix + t.Name, clusters: t.clusters,
+			spec: taskSpec(i.root.cert, t, p.Validity.Task, p.AcceptSimulated),
+			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
+				return issueTask(i.cfg.Rand, i.cfg.Now(), i.root, t, key, p.Validity.Task, p.AcceptSimulated)
+			},
+		}
+		if err := i.loadSlot(ctx, s); err != nil {
 			return fmt.Errorf("issuer: task %q: %w", t.Name, err)
 		}
 		i.tasks[t.Name] = s
+	}
+	i.groups = make(map[string]*slot, len(p.Groups))
+	for k := range p.Groups {
+		g := &p.Groups[k]
+		s := &slot{
+			kind: "group", name: g.ID, key: groupKeyPrefix + g.ID,
+			spec: groupSpec(i.root.cert, g, p.Validity.Group, p.AcceptSimulated),
+			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
+				return issueGroup(i.cfg.Rand, i.cfg.Now(), i.root, g, key, p.Validity.Group, p.AcceptSimulated)
+			},
+		}
+		if err := i.loadSlot(ctx, s); err != nil {
+			return fmt.Errorf("issuer: group %q: %w", g.ID, err)
+		}
+		i.groups[g.ID] = s
 	}
 	return nil
 }
@@ -323,117 +364,132 @@ func (i *Issuer) loadCluster(ctx context.Context, id string) (*clusterKey, error
 	}
 }
 
-func (i *Issuer) loadTask(ctx context.Context, s *taskSlot) error {
-	name := taskKeyPrefix + s.policy.Name
+// loadSlot loads a task's or a group's credential, creating it when the
+// state has none and reissuing its certificate, with the same key, when the
+// policy changed or it is due.
+func (i *Issuer) loadSlot(ctx context.Context, s *slot) error {
 	for {
-		c, spec, rev, err := i.store.load(ctx, name)
+		c, spec, rev, err := i.store.load(ctx, s.key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			key, err := newKey()
 			if err != nil {
 				return err
 			}
-			if c, err = i.issue(s, key); err != nil {
+			if c, err = s.make(key); err != nil {
 				return err
 			}
-			if rev, err = i.store.put(ctx, name, c, s.spec, 0); errors.Is(err, errExists) {
+			if rev, err = i.store.put(ctx, s.key, c, s.spec, 0); errors.Is(err, errExists) {
 				continue
 			} else if err != nil {
 				return err
 			}
-			i.log.Info("created task key and certificate", "task", s.policy.Name, "cert", fingerprint(c.cert))
+			i.log.Info("created "+s.kind+" key and certificate", s.kind, s.name, "cert", fingerprint(c.cert))
 		case err != nil:
 			return err
 		case string(spec) != string(s.spec) || !i.cfg.Now().Before(reissueAt(c.cert)):
 			// The policy changed, or the certificate is due: same key, new certificate.
-			if c, err = i.issue(s, c.key); err != nil {
+			if c, err = s.make(c.key); err != nil {
 				return err
 			}
-			if rev, err = i.store.put(ctx, name, c, s.spec, rev); errors.Is(err, errExists) {
+			if rev, err = i.store.put(ctx, s.key, c, s.spec, rev); errors.Is(err, errExists) {
 				continue
 			} else if err != nil {
 				return err
 			}
-			i.log.Info("reissued task certificate", "task", s.policy.Name, "cert", fingerprint(c.cert))
+			i.log.Info("reissued "+s.kind+" certificate", s.kind, s.name, "cert", fingerprint(c.cert))
 		}
 		s.rev = rev
 		return i.set(s, c)
 	}
 }
 
-func (i *Issuer) issue(s *taskSlot, key *ecdsa.PrivateKey) (*credential, error) {
-	cert, err := issueTask(i.cfg.Rand, i.cfg.Now(), i.root, s.policy, key, i.cfg.Policy.Validity.Task, i.cfg.Policy.AcceptSimulated)
+// make issues the slot's certificate for key.
+func (s *slot) make(key *ecdsa.PrivateKey) (*credential, error) {
+	cert, err := s.issue(key)
 	if err != nil {
 		return nil, err
 	}
 	return &credential{key: key, cert: cert}, nil
 }
 
-// set makes c the task's current credential, with its secrets for a
-// request naming no cluster and for each cluster of the task.
-func (i *Issuer) set(s *taskSlot, c *credential) error {
+// set makes c the slot's current credential. For a task it precomputes the
+// secrets of a request naming no group, for no cluster and for each of the
+// task's clusters.
+func (i *Issuer) set(s *slot, c *credential) error {
 	pk, err := x509.MarshalPKCS8PrivateKey(c.key)
 	if err != nil {
-		return fmt.Errorf("marshal task key: %w", err)
+		return fmt.Errorf("marshal %s key: %w", s.kind, err)
 	}
-	all := map[string][]byte{}
-	for _, id := range append([]string{""}, s.policy.ClusterIDs()...) {
-		sec := &messages.Secrets{V: messages.Version, TaskKey: pk}
-		if ck := i.clusters[id]; ck != nil {
-			sec.Cluster, sec.ClusterEpoch, sec.ClusterKey = id, ck.Epoch, ck.Key
-		}
-		if all[id], err = messages.Marshal(sec); err != nil {
-			return err
+	h := &held{name: s.name, cred: c, pkcs8: pk, reissueAt: reissueAt(c.cert)}
+	if s.kind == "task" {
+		h.secrets = map[string][]byte{}
+		for _, id := range append([]string{""}, s.clusters...) {
+			if h.secrets[id], err = messages.Marshal(i.secrets(h, id, nil)); err != nil {
+				return err
+			}
 		}
 	}
-	s.cur.Store(&taskCred{cred: c, secrets: all, reissueAt: reissueAt(c.cert)})
+	s.cur.Store(h)
 	return nil
 }
 
-// current returns the task's credential, reissuing it first when it is due.
+// secrets assembles the secrets of a report for a task's credential, the
+// cluster the request named (if any) and the groups it named.
+func (i *Issuer) secrets(task *held, cluster string, groups []*held) *messages.Secrets {
+	sec := &messages.Secrets{V: messages.Version, TaskKey: task.pkcs8}
+	if ck := i.clusters[cluster]; ck != nil {
+		sec.Cluster, sec.ClusterEpoch, sec.ClusterKey = cluster, ck.Epoch, ck.Key
+	}
+	for _, g := range groups {
+		sec.Groups = append(sec.Groups, messages.GroupKey{ID: g.name, Key: g.pkcs8})
+	}
+	return sec
+}
+
+// current returns the slot's credential, reissuing it first when it is due.
 // Only one request reissues; the others meanwhile get the current
 // certificate, which stays valid until its NotAfter, well after it is due. A
 // reissue that fails is tried again after a backoff, never on every request.
-func (i *Issuer) current(ctx context.Context, s *taskSlot) *taskCred {
-	tc := s.cur.Load()
+func (i *Issuer) current(ctx context.Context, s *slot) *held {
+	h := s.cur.Load()
 	now := i.cfg.Now()
-	if now.Before(tc.reissueAt) || !s.mu.TryLock() {
-		return tc
+	if now.Before(h.reissueAt) || !s.mu.TryLock() {
+		return h
 	}
 	defer s.mu.Unlock()
-	if tc = s.cur.Load(); now.Before(tc.reissueAt) || now.Before(s.retry) {
-		return tc // reissued meanwhile, or backing off after a failure
+	if h = s.cur.Load(); now.Before(h.reissueAt) || now.Before(s.retry) {
+		return h // reissued meanwhile, or backing off after a failure
 	}
 	ctx, cancel := context.WithTimeout(ctx, reissueTimeout)
 	defer cancel()
-	if err := i.reissue(ctx, s, tc); err != nil {
+	if err := i.reissue(ctx, s, h); err != nil {
 		s.fails++
 		s.retry = now.Add(min(time.Second<<min(s.fails, 6), time.Minute))
-		i.log.Error("reissue task certificate", "task", s.policy.Name, "err", err, "retry_at", s.retry)
-		return tc
+		i.log.Error("reissue "+s.kind+" certificate", s.kind, s.name, "err", err, "retry_at", s.retry)
+		return h
 	}
 	s.fails = 0
 	return s.cur.Load()
 }
 
-// reissue makes the next certificate of a task, or adopts the one another
+// reissue makes the next certificate of a slot, or adopts the one another
 // issuer stored first. Called with s.mu held.
-func (i *Issuer) reissue(ctx context.Context, s *taskSlot, tc *taskCred) error {
-	name := taskKeyPrefix + s.policy.Name
-	c, err := i.issue(s, tc.cred.key)
+func (i *Issuer) reissue(ctx context.Context, s *slot, h *held) error {
+	c, err := s.make(h.cred.key)
 	if err != nil {
 		return err
 	}
-	rev, err := i.store.put(ctx, name, c, s.spec, s.rev)
+	rev, err := i.store.put(ctx, s.key, c, s.spec, s.rev)
 	if errors.Is(err, errExists) {
-		if c, _, rev, err = i.store.load(ctx, name); err != nil {
+		if c, _, rev, err = i.store.load(ctx, s.key); err != nil {
 			return err
 		}
 	} else if err != nil {
 		return err
 	}
 	s.rev = rev
-	i.log.Info("reissued task certificate", "task", s.policy.Name, "cert", fingerprint(c.cert))
+	i.log.Info("reissued "+s.kind+" certificate", s.kind, s.name, "cert", fingerprint(c.cert))
 	return i.set(s, c)
 }
 
@@ -540,15 +596,28 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 		return nil, messages.Refusal(messages.CodeBinding, "the evidence's report data does not bind this request")
 	}
 	// Task names are answered only to verified evidence that binds the request.
-	slot, ok := i.tasks[body.Task]
+	task, ok := i.tasks[body.Task]
 	if !ok {
 		return nil, messages.Refusal(messages.CodeUnknownTask, "the policy names no task %q", body.Task)
 	}
 	if refusal := i.cfg.Policy.accept(body.Task, claims); refusal != nil {
 		return nil, refusal
 	}
-	if body.Cluster != "" && !slices.Contains(slot.policy.clusters, body.Cluster) {
-		return nil, messages.Refusal(messages.CodeClusterNotCovered, "task %q does not run cluster %q (it runs %v)", body.Task, body.Cluster, slot.policy.clusters)
+	if body.Cluster != "" && !slices.Contains(task.clusters, body.Cluster) {
+		return nil, messages.Refusal(messages.CodeClusterNotCovered, "task %q does not run cluster %q (it runs %v)", body.Task, body.Cluster, task.clusters)
+	}
+	// Every group is checked before anything is handed out: one the unit
+	// may not hold refuses the whole request.
+	groups := make([]*slot, len(body.Groups))
+	for k, id := range body.Groups {
+		g, ok := i.cfg.Policy.Group(id)
+		if !ok {
+			return nil, messages.Refusal(messages.CodeUnknownGroup, "the policy names no group %q", id)
+		}
+		if !g.Has(body.Task) {
+			return nil, messages.Refusal(messages.CodeNotInGroup, "task %q is not a member of group %q (its tasks are %v)", body.Task, id, g.Tasks)
+		}
+		groups[k] = i.groups[id]
 	}
 	switch i.replay.check(body.Nonce, now) {
 	case replaySeen:
@@ -557,17 +626,29 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 		return nil, messages.Refusal(messages.CodeOverloaded, "too many recent requests to track replays")
 	}
 
-	tc := i.current(ctx, slot)
-	secrets := tc.secrets[body.Cluster] // present: the cluster was checked above
+	th := i.current(ctx, task)
+	secrets := th.secrets[body.Cluster] // present: the cluster was checked above
+	var groupCerts []messages.GroupCert
+	if len(groups) > 0 {
+		gh := make([]*held, len(groups))
+		for k, g := range groups {
+			gh[k] = i.current(ctx, g)
+			groupCerts = append(groupCerts, messages.GroupCert{ID: gh[k].name, Cert: gh[k].cred.cert.Raw})
+		}
+		if secrets, err = messages.Marshal(i.secrets(th, body.Cluster, gh)); err != nil {
+			return nil, messages.Refusal(messages.CodeInternal, "encoding the secrets failed")
+		}
+		defer clear(secrets)
+	}
 	requestHash := messages.RequestHash(req.Body)
 	sealed, err := hpke.Seal(pub, hpke.HKDFSHA256(), hpke.AES256GCM(), messages.SecretsInfo(requestHash[:]), secrets)
 	if err != nil {
 		i.log.Error("seal report", "task", body.Task, "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "sealing the report failed")
 	}
-	chain := [][]byte{tc.cred.cert.Raw, i.root.cert.Raw}
+	chain := [][]byte{th.cred.cert.Raw, i.root.cert.Raw}
 	rb, err := messages.Marshal(&messages.ReportBody{
-		V: messages.Version, RequestHash: requestHash[:], Task: body.Task, Chain: chain, Sealed: sealed,
+		V: messages.Version, RequestHash: requestHash[:], Task: body.Task, Chain: chain, Groups: groupCerts, Sealed: sealed,
 	})
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the report failed")

@@ -24,6 +24,9 @@ const (
 	maxTasks             = 1024
 	maxClusters          = 4096
 	maxTaskClusters      = 64
+	maxGroups            = 1024
+	maxGroupTasks        = 64 // as identity allows
+	maxTaskGroups        = 64
 	maxTaskMeasurements  = 64
 	maxNames             = 32
 	maxNameLen           = 253
@@ -49,10 +52,24 @@ type Policy struct {
 	Validity        Validity     `yaml:"validity"`
 	Tasks           []TaskPolicy `yaml:"tasks"`
 	Clusters        []Cluster    `yaml:"clusters"`
+	Groups          []Group      `yaml:"groups"`
 
-	hash   [32]byte
-	byName map[string]*TaskPolicy
+	hash    [32]byte
+	byName  map[string]*TaskPolicy
+	byGroup map[string]*Group
 }
+
+// Group is a set of different tasks, one per party of a multi-party
+// computation say, that share one certificate and key: the units of any of
+// its tasks may ask for the pair and use it for mutual TLS with one another.
+// The issuer makes the pair when the group is declared.
+type Group struct {
+	ID    string   `yaml:"id"`
+	Tasks []string `yaml:"tasks"`
+}
+
+// Has reports whether task is a member of the group.
+func (g *Group) Has(task string) bool { return slices.Contains(g.Tasks, task) }
 
 // Cluster is a set of units of one task that serve as one: they join the
 // manager under the cluster's id and share its cluster key. A task's
@@ -64,8 +81,9 @@ type Cluster struct {
 
 // Validity sets certificate lifetimes. Zero means the default.
 type Validity struct {
-	Root time.Duration `yaml:"root"` // default 10 years
-	Task time.Duration `yaml:"task"` // default 30 days
+	Root  time.Duration `yaml:"root"`  // default 10 years
+	Task  time.Duration `yaml:"task"`  // default 30 days
+	Group time.Duration `yaml:"group"` // default: as Task
 }
 
 // TaskPolicy says which enclaves may hold a task's certificate and what the
@@ -86,6 +104,7 @@ type TaskPolicy struct {
 	signer       []byte
 	ips          []net.IP
 	clusters     []string
+	groups       []string
 }
 
 // ParsePolicy parses and checks a YAML policy. Unknown fields are errors.
@@ -120,8 +139,11 @@ func (p *Policy) check() error {
 	if err := checkValidity("validity.task", &p.Validity.Task, defaultTaskValidity, minTaskValidity); err != nil {
 		return err
 	}
-	if p.Validity.Task > p.Validity.Root {
-		return errors.New("validity.task is longer than validity.root")
+	if err := checkValidity("validity.group", &p.Validity.Group, p.Validity.Task, minTaskValidity); err != nil {
+		return err
+	}
+	if p.Validity.Task > p.Validity.Root || p.Validity.Group > p.Validity.Root {
+		return errors.New("validity.task or validity.group is longer than validity.root")
 	}
 	if len(p.Tasks) == 0 || len(p.Tasks) > maxTasks {
 		return fmt.Errorf("%d tasks, want 1 to %d", len(p.Tasks), maxTasks)
@@ -157,6 +179,40 @@ func (p *Policy) check() error {
 			return fmt.Errorf("clusters[%d]: task %q has more than %d clusters", i, c.Task, maxTaskClusters)
 		}
 		t.clusters = append(t.clusters, c.ID)
+	}
+	return p.checkGroups()
+}
+
+func (p *Policy) checkGroups() error {
+	if len(p.Groups) > maxGroups {
+		return fmt.Errorf("%d groups, at most %d", len(p.Groups), maxGroups)
+	}
+	p.byGroup = make(map[string]*Group, len(p.Groups))
+	for i := range p.Groups {
+		g := &p.Groups[i]
+		if !messages.ValidTaskName(g.ID) {
+			return fmt.Errorf("groups[%d]: id %q: want lower-case letters, digits and inner hyphens", i, g.ID)
+		}
+		if _, dup := p.byGroup[g.ID]; dup {
+			return fmt.Errorf("groups[%d]: group %q declared twice", i, g.ID)
+		}
+		if len(g.Tasks) < 2 || len(g.Tasks) > maxGroupTasks {
+			return fmt.Errorf("groups[%d]: group %q has %d tasks, want 2 to %d (a group joins different tasks)", i, g.ID, len(g.Tasks), maxGroupTasks)
+		}
+		for k, name := range g.Tasks {
+			t, ok := p.byName[name]
+			if !ok {
+				return fmt.Errorf("groups[%d]: group %q names task %q, which the policy does not declare", i, g.ID, name)
+			}
+			if slices.Contains(g.Tasks[:k], name) {
+				return fmt.Errorf("groups[%d]: group %q names task %q twice", i, g.ID, name)
+			}
+			if len(t.groups) >= maxTaskGroups {
+				return fmt.Errorf("groups[%d]: task %q is in more than %d groups", i, name, maxTaskGroups)
+			}
+			t.groups = append(t.groups, g.ID)
+		}
+		p.byGroup[g.ID] = g
 	}
 	return nil
 }
@@ -218,6 +274,15 @@ func (p *Policy) Hash() [32]byte { return p.hash }
 
 // ClusterIDs returns the ids of the clusters that run the task.
 func (t *TaskPolicy) ClusterIDs() []string { return slices.Clone(t.clusters) }
+
+// GroupIDs returns the ids of the groups the task is a member of.
+func (t *TaskPolicy) GroupIDs() []string { return slices.Clone(t.groups) }
+
+// Group returns the group with the given id.
+func (p *Policy) Group(id string) (*Group, bool) {
+	g, ok := p.byGroup[id]
+	return g, ok
+}
 
 // Task returns the named task's policy.
 func (p *Policy) Task(name string) (*TaskPolicy, bool) {

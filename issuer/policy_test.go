@@ -89,6 +89,7 @@ func TestParsePolicyValid(t *testing.T) {
 
 func TestParsePolicyRefuses(t *testing.T) {
 	task := fmt.Sprintf("tasks:\n  - name: demo\n    measurements: [%x]\n", m1)
+	two := task + fmt.Sprintf("  - name: other\n    measurements: [%x]\n", m2)
 	names := func(n int) string {
 		s := make([]string, n)
 		for i := range s {
@@ -143,6 +144,14 @@ func TestParsePolicyRefuses(t *testing.T) {
 		"validity as a bare number": "version: 1\nvalidity:\n  task: 3600\n" + task,
 		"product id out of range":   fmt.Sprintf("version: 1\ntasks:\n  - name: demo\n    signer: %x\n    product_id: 65536\n", signer),
 		"tab indentation":           "version: 1\ntasks:\n\t- name: demo\n",
+		"group of unknown task":     "version: 1\n" + task + "groups:\n  - id: g\n    tasks: [demo, nosuch]\n",
+		"group of one task":         "version: 1\n" + task + "groups:\n  - id: g\n    tasks: [demo]\n",
+		"group naming a task twice": "version: 1\n" + task + "groups:\n  - id: g\n    tasks: [demo, demo]\n",
+		"duplicate group":           "version: 1\n" + two + "groups:\n  - id: g\n    tasks: [demo, other]\n  - id: g\n    tasks: [other, demo]\n",
+		"bad group id":              "version: 1\n" + two + "groups:\n  - id: G!\n    tasks: [demo, other]\n",
+		"unknown group field":       "version: 1\n" + two + "groups:\n  - id: g\n    tasks: [demo, other]\n    size: 2\n",
+		"group longer than root":    "version: 1\nvalidity:\n  root: 2h\n  group: 3h\n  task: 1h\n" + two,
+		"group validity too short":  "version: 1\nvalidity:\n  group: 1s\n" + two,
 	} {
 		t.Run(name, func(t *testing.T) {
 			p, err := ParsePolicy([]byte(y))
@@ -268,5 +277,28 @@ func TestPolicyClustersNameTheirTask(t *testing.T) {
 	}
 	if got := dbg.ClusterIDs(); len(got) != 0 {
 		t.Errorf("dbg clusters %v, want none", got)
+	}
+}
+
+func TestPolicyGroups(t *testing.T) {
+	y := append(policyYAML(true), "groups:\n  - id: mpc\n    tasks: [demo, signed, dbg]\n  - id: pair\n    tasks: [dbg, demo]\n"...)
+	p := mustParsePolicy(t, y)
+	g, ok := p.Group("mpc")
+	if !ok || g.ID != "mpc" || !g.Has("signed") || g.Has("nope") {
+		t.Fatalf("group mpc: %+v, %t", g, ok)
+	}
+	if _, ok := p.Group("nope"); ok {
+		t.Error("found a group the policy does not declare")
+	}
+	demo, _ := p.Task("demo")
+	signed, _ := p.Task("signed")
+	if got := demo.GroupIDs(); len(got) != 2 || got[0] != "mpc" || got[1] != "pair" {
+		t.Errorf("demo groups %v, want [mpc pair]", got)
+	}
+	if got := signed.GroupIDs(); len(got) != 1 || got[0] != "mpc" {
+		t.Errorf("signed groups %v, want [mpc]", got)
+	}
+	if p.Validity.Group != p.Validity.Task {
+		t.Errorf("group validity %v, want the task's %v by default", p.Validity.Group, p.Validity.Task)
 	}
 }

@@ -17,10 +17,11 @@ import (
 const DefaultBucket = "cohort_issuer_state"
 
 const (
-	rootKey       = "root"
-	taskKeyPrefix = "task."
-	maxRecord     = 16 << 10
-	recordVersion = 1
+	rootKey        = "root"
+	taskKeyPrefix  = "task."
+	groupKeyPrefix = "group."
+	maxRecord      = 16 << 10
+	recordVersion  = 1
 )
 
 // errExists: another issuer created the record first; load theirs.
@@ -31,7 +32,7 @@ type record struct {
 	V    uint16 `msgpack:"v"`
 	Key  []byte `msgpack:"key"`  // PKCS #8
 	Cert []byte `msgpack:"cert"` // DER
-	Spec []byte `msgpack:"spec"` // taskSpec for task records; empty for the root
+	Spec []byte `msgpack:"spec"` // taskSpec or groupSpec; empty for the root
 }
 
 // store keeps the issuer's keys sealed in JetStream key-value. Only sealed
@@ -48,7 +49,7 @@ type store struct {
 func openStore(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, sealer enclave.Sealer, policyHash [32]byte) (*store, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:       bucket,
-		Description:  "cohort issuer: root CA and task keys, sealed to the issuer enclave",
+		Description:  "cohort issuer: root CA, task and group keys, cluster keys, sealed to the issuer enclave",
 		History:      4,
 		MaxValueSize: maxRecord * 2,
 		Storage:      jetstream.FileStorage,

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -30,7 +31,10 @@ type CertifierConfig struct {
 	KEM uint16
 	// Cluster, if set, asks for that cluster's key with the pair.
 	Cluster string
-	Now     func() time.Time // default time.Now
+	// Groups asks for the pair of each of these groups of the task: at most
+	// messages.MaxGroups, each once.
+	Groups []string
+	Now    func() time.Time // default time.Now
 }
 
 // Certifier obtains task certificate pairs from the issuer. It is safe for
@@ -43,6 +47,8 @@ type Certifier struct {
 	// safe: the same bytes against the same root verify the same way, and the
 	// validity window is checked on every use.
 	verified atomic.Pointer[verifiedLeaf]
+	// groupVerified does the same for each group's certificate.
+	groupVerified map[string]*atomic.Pointer[verifiedLeaf]
 }
 
 type verifiedLeaf struct {
@@ -60,6 +66,23 @@ type Pair struct {
 	Key        *ecdsa.PrivateKey
 	Identity   identity.Identity
 	ClusterKey *ClusterKey // nil unless the request named a cluster
+	// Groups holds the pair of each group the request named, by id.
+	Groups map[string]*GroupPair
+}
+
+// GroupPair is a group's certificate pair: the same for the units of every
+// task of the group.
+type GroupPair struct {
+	Group    string
+	Chain    [][]byte // DER: the group certificate, then the root
+	Leaf     *x509.Certificate
+	Key      *ecdsa.PrivateKey
+	Identity identity.Identity // kind group, naming the member tasks
+}
+
+// TLSCertificate returns the group pair for a tls.Config, without the root.
+func (g *GroupPair) TLSCertificate() tls.Certificate {
+	return tls.Certificate{Certificate: g.Chain[:len(g.Chain)-1], PrivateKey: g.Key, Leaf: g.Leaf}
 }
 
 // ClusterKey is the key every unit of a cluster shares. It never leaves the
@@ -100,7 +123,21 @@ func NewCertifier(cfg CertifierConfig) (*Certifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuerclient: %w", err)
 	}
-	return &Certifier{cfg: cfg, kem: kem}, nil
+	cfg.Groups = slices.Clone(cfg.Groups)
+	if len(cfg.Groups) > messages.MaxGroups {
+		return nil, fmt.Errorf("issuerclient: %d groups, at most %d per request", len(cfg.Groups), messages.MaxGroups)
+	}
+	c := &Certifier{cfg: cfg, kem: kem, groupVerified: map[string]*atomic.Pointer[verifiedLeaf]{}}
+	for _, g := range cfg.Groups {
+		if !messages.ValidTaskName(g) {
+			return nil, fmt.Errorf("issuerclient: group id %q is not valid", g)
+		}
+		if c.groupVerified[g] != nil {
+			return nil, fmt.Errorf("issuerclient: group %q named twice", g)
+		}
+		c.groupVerified[g] = new(atomic.Pointer[verifiedLeaf])
+	}
+	return c, nil
 }
 
 // Certify asks the issuer for the task's certificate pair.
@@ -138,7 +175,7 @@ func (c *Certifier) Prepare(task string) (*Pending, []byte, error) {
 		return nil, nil, fmt.Errorf("issuerclient: draw nonce: %w", err)
 	}
 	body, err := messages.Marshal(&messages.CertifyBody{
-		V: messages.Version, Task: task, Cluster: c.cfg.Cluster, KEM: c.cfg.KEM, PublicKey: key.PublicKey().Bytes(),
+		V: messages.Version, Task: task, Cluster: c.cfg.Cluster, Groups: c.cfg.Groups, KEM: c.cfg.KEM, PublicKey: key.PublicKey().Bytes(),
 		Nonce: nonce, Time: c.cfg.Now().UnixNano(),
 	})
 	if err != nil {
@@ -193,6 +230,11 @@ func (p *Pending) open(reply []byte) (*Pair, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: sealed secrets do not decode", ErrUnauthentic)
 	}
+	defer func() {
+		for _, g := range secrets.Groups {
+			clear(g.Key)
+		}
+	}()
 	if secrets.Cluster != p.cluster {
 		return nil, fmt.Errorf("%w: the secrets are for cluster %q, asked for %q", ErrUnauthentic, secrets.Cluster, p.cluster)
 	}
@@ -209,24 +251,69 @@ func (p *Pending) open(reply []byte) (*Pair, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: the task key is not ECDSA", ErrUnauthentic)
 	}
-	v, err := p.c.verifyChain(body.Chain)
+	v, err := p.c.verifyChain(body.Chain, &p.c.verified)
 	if err != nil {
 		return nil, err
 	}
 	if !key.PublicKey.Equal(v.leaf.PublicKey) {
 		return nil, fmt.Errorf("%w: the task key does not match the certificate", ErrUnauthentic)
 	}
-	if v.id.Name != p.task {
-		return nil, fmt.Errorf("%w: the certificate names task %q, asked for %q", ErrUnauthentic, v.id.Name, p.task)
+	if v.id.Kind != identity.KindTask || v.id.Name != p.task {
+		return nil, fmt.Errorf("%w: the certificate names %s %q, asked for task %q", ErrUnauthentic, v.id.Kind, v.id.Name, p.task)
 	}
-	return &Pair{Task: p.task, Chain: body.Chain, Leaf: v.leaf, Key: key, Identity: v.id, ClusterKey: ck}, nil
+	groups, err := p.openGroups(body.Groups, secrets.Groups, body.Chain[len(body.Chain)-1])
+	if err != nil {
+		return nil, err
+	}
+	return &Pair{Task: p.task, Chain: body.Chain, Leaf: v.leaf, Key: key, Identity: v.id, ClusterKey: ck, Groups: groups}, nil
+}
+
+// openGroups checks the group certificates and keys of a report against the
+// groups asked for: the same ids in the same order, each certificate a group
+// certificate signed by the root that names this task and allows client and
+// server authentication, each key the certificate's.
+func (p *Pending) openGroups(certs []messages.GroupCert, keys []messages.GroupKey, root []byte) (map[string]*GroupPair, error) {
+	asked := p.c.cfg.Groups
+	if len(certs) != len(asked) || len(keys) != len(asked) {
+		return nil, fmt.Errorf("%w: the report holds %d group certificates and %d keys, asked for %d groups", ErrUnauthentic, len(certs), len(keys), len(asked))
+	}
+	if len(asked) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]*GroupPair, len(asked))
+	for k, id := range asked {
+		if certs[k].ID != id || keys[k].ID != id {
+			return nil, fmt.Errorf("%w: the report's group %d is %q/%q, asked for %q", ErrUnauthentic, k, certs[k].ID, keys[k].ID, id)
+		}
+		chain := [][]byte{certs[k].Cert, root}
+		v, err := p.c.verifyChain(chain, p.c.groupVerified[id])
+		if err != nil {
+			return nil, fmt.Errorf("group %q: %w", id, err)
+		}
+		if v.id.Kind != identity.KindGroup || v.id.Name != id || !v.id.HasTask(p.task) {
+			return nil, fmt.Errorf("%w: the certificate for group %q is for %s %q with tasks %v", ErrUnauthentic, id, v.id.Kind, v.id.Name, v.id.Tasks)
+		}
+		if !slices.Contains(v.leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+			return nil, fmt.Errorf("%w: the certificate for group %q does not allow client authentication", ErrUnauthentic, id)
+		}
+		k, err := x509.ParsePKCS8PrivateKey(keys[k].Key)
+		if err != nil {
+			return nil, fmt.Errorf("%w: the sealed key of group %q does not parse", ErrUnauthentic, id)
+		}
+		key, ok := k.(*ecdsa.PrivateKey)
+		if !ok || !key.PublicKey.Equal(v.leaf.PublicKey) {
+			return nil, fmt.Errorf("%w: the key of group %q does not match its certificate", ErrUnauthentic, id)
+		}
+		out[id] = &GroupPair{Group: id, Chain: chain, Leaf: v.leaf, Key: key, Identity: v.id}
+	}
+	return out, nil
 }
 
 // verifyChain verifies a chain to the trusted root, or reuses the last
-// verification of the same leaf.
-func (c *Certifier) verifyChain(chain [][]byte) (*verifiedLeaf, error) {
+// verification of the same leaf, which cache holds.
+func (c *Certifier) verifyChain(chain [][]byte, cache *atomic.Pointer[verifiedLeaf]) (*verifiedLeaf, error) {
 	now := c.cfg.Now()
-	if v := c.verified.Load(); v != nil && bytes.Equal(v.der, chain[0]) {
+	if v := cache.Load(); v != nil && bytes.Equal(v.der, chain[0]) {
 		if now.Before(v.leaf.NotBefore) || now.After(v.leaf.NotAfter) {
 			return nil, fmt.Errorf("%w: the certificate is outside its validity", ErrUnauthentic)
 		}
@@ -255,6 +342,6 @@ func (c *Certifier) verifyChain(chain [][]byte) (*verifiedLeaf, error) {
 		return nil, fmt.Errorf("%w: %w", ErrUnauthentic, err)
 	}
 	v := &verifiedLeaf{der: bytes.Clone(chain[0]), leaf: leaf, id: id}
-	c.verified.Store(v)
+	cache.Store(v)
 	return v, nil
 }

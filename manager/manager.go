@@ -438,8 +438,8 @@ func (m *Manager) join(ctx context.Context, data []byte) (*messages.JoinReply, *
 	if err != nil {
 		return nil, &body, messages.Refusal(messages.CodeCertificate, "%v", err)
 	}
-	if v.id.Name != body.Task {
-		return nil, &body, messages.Refusal(messages.CodeCertificate, "the certificate is for task %q, the join names %q", v.id.Name, body.Task)
+	if v.id.Kind != identity.KindTask || v.id.Name != body.Task {
+		return nil, &body, messages.Refusal(messages.CodeCertificate, "the certificate is for %s %q, the join names task %q", v.id.Kind, v.id.Name, body.Task)
 	}
 	if !v.id.InCluster(body.Cluster) {
 		return nil, &body, messages.Refusal(messages.CodeClusterNotCovered, "the certificate of task %q does not cover cluster %q (it covers %v)", body.Task, body.Cluster, v.id.Clusters)

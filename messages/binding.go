@@ -14,6 +14,7 @@ const (
 	labelIssuerEvidence  = "cohort/v1/issuer-evidence"
 	labelReportSignature = "cohort/v1/certify-report-signature\x00"
 	labelSecretsInfo     = "cohort/v1/certify-report-secrets\x00"
+	labelGroupProof      = "cohort/v3/group-peer-proof\x00"
 )
 
 // CertifyBinding is the report data a unit's evidence must carry for a

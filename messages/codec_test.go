@@ -45,6 +45,19 @@ func validReportBody() *ReportBody {
 
 func validSecrets() *Secrets { return &Secrets{V: Version, TaskKey: fill(15, 138)} }
 
+func validGroupProof() *GroupProof {
+	return &GroupProof{V: Version, Chain: [][]byte{fill(17, 600)}, Signature: fill(18, 71)}
+}
+
+// maxGroupIDs is MaxGroups distinct group ids of the longest length.
+func maxGroupIDs() []string {
+	ids := make([]string, MaxGroups)
+	for i := range ids {
+		ids[i] = strings.Repeat(string(rune('a'+i)), MaxTaskName)
+	}
+	return ids
+}
+
 func validError() *Error {
 	return Refusal(CodeMeasurement, "measurement %x is not accepted", fill(16, 32))
 }
@@ -75,7 +88,8 @@ var wireTypes = []wireType{
 		func() Validator { return new(CertifyRequest) }},
 	{"CertifyBody", MaxCertifyBody, func() Validator { return validCertifyBody() },
 		func() Validator {
-			return &CertifyBody{V: Version, Task: strings.Repeat("t", MaxTaskName), KEM: 0xffff, PublicKey: fill(1, MaxPublicKey), Nonce: fill(2, NonceSize), Time: -1 << 63}
+			return &CertifyBody{V: Version, Task: strings.Repeat("t", MaxTaskName), Cluster: strings.Repeat("c", MaxTaskName), Groups: maxGroupIDs(),
+				KEM: 0xffff, PublicKey: fill(1, MaxPublicKey), Nonce: fill(2, NonceSize), Time: -1 << 63}
 		},
 		func() Validator { return new(CertifyBody) }},
 	{"CertifyReply", MaxCertifyReply, func() Validator { return validCertifyReply() },
@@ -89,12 +103,32 @@ var wireTypes = []wireType{
 			for i := range chain {
 				chain[i] = fill(byte(i), MaxCertificate)
 			}
-			return &ReportBody{V: Version, RequestHash: fill(1, HashSize), Task: strings.Repeat("r", MaxTaskName), Chain: chain, Sealed: fill(2, MaxSealed)}
+			var groups []GroupCert
+			for i, id := range maxGroupIDs() {
+				groups = append(groups, GroupCert{ID: id, Cert: fill(byte(i), MaxCertificate)})
+			}
+			return &ReportBody{V: Version, RequestHash: fill(1, HashSize), Task: strings.Repeat("r", MaxTaskName), Chain: chain, Groups: groups, Sealed: fill(2, MaxSealed)}
 		},
 		func() Validator { return new(ReportBody) }},
 	{"Secrets", MaxSecrets, func() Validator { return validSecrets() },
-		func() Validator { return &Secrets{V: Version, TaskKey: fill(1, 1<<10)} },
+		func() Validator {
+			var groups []GroupKey
+			for i, id := range maxGroupIDs() {
+				groups = append(groups, GroupKey{ID: id, Key: fill(byte(i), MaxGroupKey)})
+			}
+			return &Secrets{V: Version, TaskKey: fill(1, 1<<10), Cluster: strings.Repeat("c", MaxTaskName), ClusterEpoch: 1<<32 - 1,
+				ClusterKey: fill(3, ClusterKeySize), Groups: groups}
+		},
 		func() Validator { return new(Secrets) }},
+	{"GroupProof", MaxGroupProof, func() Validator { return validGroupProof() },
+		func() Validator {
+			chain := make([][]byte, MaxChain-1)
+			for i := range chain {
+				chain[i] = fill(byte(i), MaxCertificate)
+			}
+			return &GroupProof{V: Version, Chain: chain, Signature: fill(9, MaxSignature)}
+		},
+		func() Validator { return new(GroupProof) }},
 	{"Error", errorPayloadLimit, func() Validator { return validError() },
 		func() Validator {
 			return &Error{V: Version, Code: Code(strings.Repeat("c", maxCodeLen)), Reason: strings.Repeat("r", maxReasonLen)}
@@ -664,6 +698,62 @@ func TestValidTaskName(t *testing.T) {
 	} {
 		if got := ValidTaskName(name); got != want {
 			t.Errorf("ValidTaskName(%q) = %t, want %t", name, got, want)
+		}
+	}
+}
+
+func TestGroupListsRefused(t *testing.T) {
+	tooMany := append(maxGroupIDs(), "extra")
+	for name, groups := range map[string][]string{
+		"too many":    tooMany,
+		"named twice": {"mpc", "other", "mpc"},
+		"invalid id":  {"Not_Valid"},
+		"empty id":    {""},
+		"too long id": {strings.Repeat("g", MaxTaskName+1)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			body := validCertifyBody()
+			body.Groups = groups
+			if err := body.Validate(); !errors.Is(err, ErrField) {
+				t.Errorf("certify body: got %v, want ErrField", err)
+			}
+			rb := validReportBody()
+			sec := validSecrets()
+			for _, id := range groups {
+				rb.Groups = append(rb.Groups, GroupCert{ID: id, Cert: []byte{1}})
+				sec.Groups = append(sec.Groups, GroupKey{ID: id, Key: []byte{1}})
+			}
+			if err := rb.Validate(); !errors.Is(err, ErrField) {
+				t.Errorf("report body: got %v, want ErrField", err)
+			}
+			if err := sec.Validate(); !errors.Is(err, ErrField) {
+				t.Errorf("secrets: got %v, want ErrField", err)
+			}
+		})
+	}
+	sec := validSecrets()
+	sec.Groups = []GroupKey{{ID: "g", Key: fill(1, MaxGroupKey+1)}}
+	if err := sec.Validate(); !errors.Is(err, ErrField) {
+		t.Errorf("oversize group key: got %v, want ErrField", err)
+	}
+	rb := validReportBody()
+	rb.Groups = []GroupCert{{ID: "g"}}
+	if err := rb.Validate(); !errors.Is(err, ErrField) {
+		t.Errorf("empty group certificate: got %v, want ErrField", err)
+	}
+}
+
+func TestGroupProofDigestSeparates(t *testing.T) {
+	ex := fill(1, GroupExporterSize)
+	base := GroupProofDigest(GroupRoleClient, "mpc", ex)
+	for name, d := range map[string][HashSize]byte{
+		"other role":     GroupProofDigest(GroupRoleServer, "mpc", ex),
+		"other group":    GroupProofDigest(GroupRoleClient, "mpd", ex),
+		"other exporter": GroupProofDigest(GroupRoleClient, "mpc", fill(2, GroupExporterSize)),
+		"shifted field":  GroupProofDigest(GroupRoleClient+"m", "pc", ex),
+	} {
+		if d == base {
+			t.Errorf("%s: same digest", name)
 		}
 	}
 }

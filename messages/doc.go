@@ -32,4 +32,8 @@
 //   - 2: a certify request may name the unit's cluster, and the sealed
 //     secrets then carry that cluster's key and epoch; the manager's
 //     membership messages (join, heartbeat, leave).
+//   - 3: a certify request may name groups (CertifyBody.Groups); the report
+//     then carries each group's certificate (ReportBody.Groups) and the
+//     sealed secrets each group's key (Secrets.Groups); GroupProof, which
+//     group members exchange inside mutual TLS to prove their task.
 package messages

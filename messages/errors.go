@@ -29,6 +29,8 @@ const (
 	CodeOverloaded      Code = "overloaded"               // the service's queue is full; retry later
 	CodeInternal        Code = "internal"                 // the service failed; nothing was handed out
 	CodeUnauthentic     Code = "issuer_unauthentic"       // (client side) the issuer's evidence or report does not check out
+	CodeUnknownGroup    Code = "unknown_group"            // the policy names no such group
+	CodeNotInGroup      Code = "not_in_group"             // the unit's task is not a member of a group it asked for
 )
 
 const (
@@ -52,15 +54,17 @@ type Error struct {
 
 // Sentinels for the codes callers branch on.
 var (
-	ErrMeasurement = &Error{Code: CodeMeasurement}
-	ErrBinding     = &Error{Code: CodeBinding}
-	ErrEvidence    = &Error{Code: CodeEvidence}
-	ErrSimulated   = &Error{Code: CodeSimulated}
-	ErrUnknownTask = &Error{Code: CodeUnknownTask}
-	ErrReplay      = &Error{Code: CodeReplay}
-	ErrStale       = &Error{Code: CodeStale}
-	ErrOverloaded  = &Error{Code: CodeOverloaded}
-	ErrUnauthentic = &Error{Code: CodeUnauthentic}
+	ErrMeasurement  = &Error{Code: CodeMeasurement}
+	ErrBinding      = &Error{Code: CodeBinding}
+	ErrEvidence     = &Error{Code: CodeEvidence}
+	ErrSimulated    = &Error{Code: CodeSimulated}
+	ErrUnknownTask  = &Error{Code: CodeUnknownTask}
+	ErrReplay       = &Error{Code: CodeReplay}
+	ErrStale        = &Error{Code: CodeStale}
+	ErrOverloaded   = &Error{Code: CodeOverloaded}
+	ErrUnauthentic  = &Error{Code: CodeUnauthentic}
+	ErrUnknownGroup = &Error{Code: CodeUnknownGroup}
+	ErrNotInGroup   = &Error{Code: CodeNotInGroup}
 )
 
 // Refusal returns an Error with the given code and a formatted reason.

@@ -41,7 +41,7 @@ func FuzzCertifyRequest(f *testing.F) {
 }
 
 func FuzzCertifyBody(f *testing.F) {
-	fuzzDecoder(f, MaxCertifyBody, validCertifyBody(), &CertifyBody{V: Version, Task: "x", KEM: KEMMLKEM768X25519, PublicKey: fill(1, MaxPublicKey), Nonce: fill(2, NonceSize), Time: -1})
+	fuzzDecoder(f, MaxCertifyBody, validCertifyBody(), &CertifyBody{V: Version, Task: "x", Groups: []string{"g", "h"}, KEM: KEMMLKEM768X25519, PublicKey: fill(1, MaxPublicKey), Nonce: fill(2, NonceSize), Time: -1})
 }
 
 func FuzzCertifyReply(f *testing.F) {
@@ -49,11 +49,15 @@ func FuzzCertifyReply(f *testing.F) {
 }
 
 func FuzzReportBody(f *testing.F) {
-	fuzzDecoder(f, MaxReportBody, validReportBody(), &ReportBody{V: Version, RequestHash: fill(1, HashSize), Task: "t", Chain: [][]byte{{1}, {2}, {3}, {4}}, Sealed: []byte{5}})
+	fuzzDecoder(f, MaxReportBody, validReportBody(), &ReportBody{V: Version, RequestHash: fill(1, HashSize), Task: "t", Chain: [][]byte{{1}, {2}, {3}, {4}}, Groups: []GroupCert{{ID: "g", Cert: []byte{6}}}, Sealed: []byte{5}})
 }
 
 func FuzzSecrets(f *testing.F) {
-	fuzzDecoder(f, MaxSecrets, validSecrets())
+	fuzzDecoder(f, MaxSecrets, validSecrets(), &Secrets{V: Version, TaskKey: []byte{1}, Groups: []GroupKey{{ID: "g", Key: []byte{2}}, {ID: "h", Key: []byte{3}}}})
+}
+
+func FuzzGroupProof(f *testing.F) {
+	fuzzDecoder(f, MaxGroupProof, validGroupProof(), &GroupProof{V: Version, Chain: [][]byte{{1}, {2}, {3}}, Signature: fill(4, 8)})
 }
 
 // FuzzDecodeError: whatever the header and the payload, DecodeError returns a

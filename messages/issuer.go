@@ -28,12 +28,14 @@ const (
 	MaxSignature   = 80 // ASN.1 ECDSA P-256
 	MaxBackend     = 32
 	MaxTaskName    = 63
+	MaxGroups      = 8   // groups one certify request may name
+	MaxGroupKey    = 256 // PKCS #8; a P-256 key is 138 bytes
 
 	MaxEvidenceRequest = 128
 	MaxEvidenceReply   = MaxEvidence + MaxCertificate + 256
 	MaxCertifyBody     = 2 << 10
 	MaxCertifyRequest  = MaxCertifyBody + MaxEvidence + 64
-	MaxReportBody      = MaxChain*(MaxCertificate+8) + MaxSealed + 256
+	MaxReportBody      = MaxChain*(MaxCertificate+8) + MaxGroups*(MaxCertificate+MaxTaskName+32) + MaxSealed + 256
 	MaxCertifyReply    = MaxReportBody + MaxSignature + 64
 	MaxSecrets         = 4 << 10
 )
@@ -111,16 +113,18 @@ func (m *CertifyRequest) Validate() error {
 }
 
 // CertifyBody is what a unit asks for and what its evidence binds: the task,
-// the cluster whose key it needs (none if empty), the ephemeral HPKE public
-// key the secrets are to be sealed to, a fresh nonce and the unit's clock.
+// the cluster whose key it needs (none if empty), the groups whose pairs it
+// needs, the ephemeral HPKE public key the secrets are to be sealed to, a
+// fresh nonce and the unit's clock.
 type CertifyBody struct {
-	V         uint16 `msgpack:"v"`
-	Task      string `msgpack:"task"`
-	Cluster   string `msgpack:"cluster"`
-	KEM       uint16 `msgpack:"kem"`
-	PublicKey []byte `msgpack:"public_key"`
-	Nonce     []byte `msgpack:"nonce"`
-	Time      int64  `msgpack:"time"` // Unix nanoseconds, UTC
+	V         uint16   `msgpack:"v"`
+	Task      string   `msgpack:"task"`
+	Cluster   string   `msgpack:"cluster"`
+	Groups    []string `msgpack:"groups"` // at most MaxGroups, each once
+	KEM       uint16   `msgpack:"kem"`
+	PublicKey []byte   `msgpack:"public_key"`
+	Nonce     []byte   `msgpack:"nonce"`
+	Time      int64    `msgpack:"time"` // Unix nanoseconds, UTC
 }
 
 // Validate implements Validator.
@@ -135,6 +139,7 @@ func (m *CertifyBody) Validate() error {
 		return fmt.Errorf("%w: cluster id %q", ErrField, truncate(m.Cluster, MaxTaskName+1))
 	}
 	return firstError(
+		checkGroupIDs(len(m.Groups), func(i int) string { return m.Groups[i] }),
 		between("public_key", m.PublicKey, 1, MaxPublicKey),
 		exactly("nonce", m.Nonce, NonceSize),
 	)
@@ -162,13 +167,22 @@ func (m *CertifyReply) Validate() error {
 }
 
 // ReportBody is the certificate report: the chain, leaf first and root last,
-// and the secrets HPKE-sealed to the request's public key.
+// the certificate of each group the request named, in its order, and the
+// secrets HPKE-sealed to the request's public key.
 type ReportBody struct {
-	V           uint16   `msgpack:"v"`
-	RequestHash []byte   `msgpack:"request_hash"` // SHA-256 of CertifyRequest.Body
-	Task        string   `msgpack:"task"`
-	Chain       [][]byte `msgpack:"chain"`
-	Sealed      []byte   `msgpack:"sealed"` // HPKE encapsulated key || ciphertext of Secrets
+	V           uint16      `msgpack:"v"`
+	RequestHash []byte      `msgpack:"request_hash"` // SHA-256 of CertifyRequest.Body
+	Task        string      `msgpack:"task"`
+	Chain       [][]byte    `msgpack:"chain"`
+	Groups      []GroupCert `msgpack:"groups"`
+	Sealed      []byte      `msgpack:"sealed"` // HPKE encapsulated key || ciphertext of Secrets
+}
+
+// GroupCert is a group's certificate in a report. It is signed by the root
+// that ends the report's chain.
+type GroupCert struct {
+	ID   string `msgpack:"id"`
+	Cert []byte `msgpack:"cert"` // DER
 }
 
 // Validate implements Validator.
@@ -187,7 +201,13 @@ func (m *ReportBody) Validate() error {
 			return err
 		}
 	}
+	for i, g := range m.Groups {
+		if err := between(fmt.Sprintf("groups[%d].cert", i), g.Cert, 1, MaxCertificate); err != nil {
+			return err
+		}
+	}
 	return firstError(
+		checkGroupIDs(len(m.Groups), func(i int) string { return m.Groups[i].ID }),
 		exactly("request_hash", m.RequestHash, HashSize),
 		between("sealed", m.Sealed, 1, MaxSealed),
 	)
@@ -197,13 +217,21 @@ func (m *ReportBody) Validate() error {
 const ClusterKeySize = 32
 
 // Secrets is the plaintext sealed in a ReportBody. It never travels in the
-// clear. The cluster fields are set when the request named a cluster.
+// clear. The cluster fields are set when the request named a cluster, and
+// Groups holds the key of each group it named, in its order.
 type Secrets struct {
-	V            uint16 `msgpack:"v"`
-	TaskKey      []byte `msgpack:"task_key"` // PKCS #8
-	Cluster      string `msgpack:"cluster"`
-	ClusterEpoch uint32 `msgpack:"cluster_epoch"`
-	ClusterKey   []byte `msgpack:"cluster_key"`
+	V            uint16     `msgpack:"v"`
+	TaskKey      []byte     `msgpack:"task_key"` // PKCS #8
+	Cluster      string     `msgpack:"cluster"`
+	ClusterEpoch uint32     `msgpack:"cluster_epoch"`
+	ClusterKey   []byte     `msgpack:"cluster_key"`
+	Groups       []GroupKey `msgpack:"groups"`
+}
+
+// GroupKey is a group's private key in the sealed secrets.
+type GroupKey struct {
+	ID  string `msgpack:"id"`
+	Key []byte `msgpack:"key"` // PKCS #8
 }
 
 // Validate implements Validator.
@@ -223,7 +251,34 @@ func (m *Secrets) Validate() error {
 			return err
 		}
 	}
-	return between("task_key", m.TaskKey, 1, 1<<10)
+	for i, g := range m.Groups {
+		if err := between(fmt.Sprintf("groups[%d].key", i), g.Key, 1, MaxGroupKey); err != nil {
+			return err
+		}
+	}
+	return firstError(
+		checkGroupIDs(len(m.Groups), func(i int) string { return m.Groups[i].ID }),
+		between("task_key", m.TaskKey, 1, 1<<10),
+	)
+}
+
+// checkGroupIDs checks a list of n group ids: at most MaxGroups, each valid
+// and named once.
+func checkGroupIDs(n int, id func(int) string) error {
+	if n > MaxGroups {
+		return fmt.Errorf("%w: %d groups, at most %d", ErrField, n, MaxGroups)
+	}
+	for i := range n {
+		if !ValidTaskName(id(i)) {
+			return fmt.Errorf("%w: group id %q", ErrField, truncate(id(i), MaxTaskName+1))
+		}
+		for k := range i {
+			if id(k) == id(i) {
+				return fmt.Errorf("%w: group %q named twice", ErrField, id(i))
+			}
+		}
+	}
+	return nil
 }
 
 func checkVersion(v uint16) error {

@@ -1,7 +1,9 @@
 // Package unit is a compute unit: one replica of a task, running in an
 // enclave. It verifies the issuer against the measurement it pins, attests to
-// it, obtains its task's certificate pair (the same for every replica), serves
-// HTTPS with it, and renews it at two thirds of its lifetime.
+// it, obtains its task's certificate pair (the same for every replica), with
+// its cluster's key and its groups' pairs when configured, serves HTTPS with
+// it, and renews it at two thirds of its lifetime. Group gives mutual TLS
+// with the units of the other tasks of a group.
 //
 // Guarantees:
 //   - The unit trusts no root and no key until the issuer's evidence has been
@@ -29,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +40,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/group"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/messages"
 	"github.com/cohort-dev/cohort/service"
@@ -61,6 +65,7 @@ type Config struct {
 	HTTPSAddr            string     // required: where to serve HTTPS, e.g. 127.0.0.1:8443
 	Name                 string     // this replica's name in logs and the default page; default the HTTPS address
 	Cluster              string     // the cluster to join at the manager; empty: join none
+	Groups               []string   // groups of the task whose pairs to obtain with the task's; see Group
 	ID                   string     // this unit's id in its cluster; default derived from Name
 	Handler              http.Handler
 	App                  App             // answers the cluster channel's calls; default an echo
@@ -105,6 +110,15 @@ func (c *Config) fill() error {
 	if c.Cluster != "" && !messages.ValidTaskName(c.Cluster) {
 		return fmt.Errorf("unit: cluster id %q is not valid", c.Cluster)
 	}
+	if len(c.Groups) > messages.MaxGroups {
+		return fmt.Errorf("unit: %d groups, at most %d", len(c.Groups), messages.MaxGroups)
+	}
+	for i, g := range c.Groups {
+		if !messages.ValidTaskName(g) || slices.Contains(c.Groups[:i], g) {
+			return fmt.Errorf("unit: group id %q is not valid or named twice", g)
+		}
+	}
+	c.Groups = slices.Clone(c.Groups)
 	if !messages.ValidUnitID(c.ID) {
 		return fmt.Errorf("unit: unit id %q is not valid: letters, digits, '-' and '_', at most %d", c.ID, messages.MaxUnitID)
 	}
@@ -175,6 +189,16 @@ func (u *Unit) Addr() *net.TCPAddr { return u.addr.Load() }
 
 // Pair is the certificate pair in service. Valid after Ready.
 func (u *Unit) Pair() *issuerclient.Pair { return u.pair.Load() }
+
+// Group returns mutual TLS among the units of a group of the unit's task,
+// with the group's pair, which Config.Groups must name. It follows renewals.
+// Valid after Ready.
+func (u *Unit) Group(id string) (*group.TLS, error) {
+	if !slices.Contains(u.cfg.Groups, id) {
+		return nil, fmt.Errorf("unit: group %q is not among the unit's groups %v", id, u.cfg.Groups)
+	}
+	return group.New(group.Config{Group: id, Pair: u.Pair, Timeout: u.cfg.Timeout, Now: u.cfg.Now})
+}
 
 // Run obtains the pair, serves HTTPS and renews until ctx is done.
 func (u *Unit) Run(ctx context.Context) error {
@@ -302,7 +326,7 @@ func (u *Unit) obtain(ctx context.Context) (*issuerclient.Pair, error) {
 		return nil, err
 	}
 	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{
-		Client: client, Trust: trust, Attester: u.cfg.Platform, KEM: u.cfg.KEM, Cluster: u.cfg.Cluster, Now: u.cfg.Now,
+		Client: client, Trust: trust, Attester: u.cfg.Platform, KEM: u.cfg.KEM, Cluster: u.cfg.Cluster, Groups: u.cfg.Groups, Now: u.cfg.Now,
 	})
 	if err != nil {
 		return nil, err
@@ -327,7 +351,7 @@ func (u *Unit) hello(w http.ResponseWriter, _ *http.Request) {
 func Terminal(err error) bool {
 	for _, target := range []error{
 		issuerclient.ErrMeasurement, issuerclient.ErrSimulated, issuerclient.ErrDebug, issuerclient.ErrPolicy,
-		messages.ErrMeasurement, messages.ErrSimulated, messages.ErrUnknownTask,
+		messages.ErrMeasurement, messages.ErrSimulated, messages.ErrUnknownTask, messages.ErrUnknownGroup, messages.ErrNotInGroup,
 		&messages.Error{Code: messages.CodeDebug}, &messages.Error{Code: messages.CodeSecurityVersion},
 	} {
 		if errors.Is(err, target) {

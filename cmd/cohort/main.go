@@ -34,6 +34,7 @@ import (
 	"github.com/cohort-dev/cohort/bench"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/dev"
+	"github.com/cohort-dev/cohort/examples/mpc"
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/events"
@@ -49,7 +50,7 @@ const usage = `cohort: enclave replicas that behave as one trusted service, over
 
 Usage:
   cohort dev [--data DIR] [--units N] [--nats-port PORT] [--https-base PORT]
-  cohort demo
+  cohort demo [replicas | mpc]
   cohort measure issuer | cohort measure unit --task NAME
   cohort trust --nats URL --issuer-measurement HEX --out FILE
   cohort issuer --nats URL --policy FILE --data DIR
@@ -171,11 +172,27 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flags("demo", stderr)
-	if err := parse(fs, args); err != nil {
+	part := "all"
+	if len(args) > 0 && (args[0] == "replicas" || args[0] == "mpc") {
+		part, args = args[0], args[1:]
+	}
+	if err := parse(flags("demo", stderr), args); err != nil {
+		return fmt.Errorf("%w (demo [replicas | mpc])", err)
+	}
+	if part != "mpc" {
+		if err := dev.Demo(ctx, stdout); err != nil {
+			return err
+		}
+	}
+	if part == "replicas" {
+		return nil
+	}
+	fmt.Fprintln(stdout, "\ncohort demo mpc: three clinics compute over mutual TLS with a group certificate (SIMULATED attestation)")
+	if _, err := mpc.Run(ctx, mpc.Config{Out: stdout}); err != nil {
 		return err
 	}
-	return dev.Demo(ctx, stdout)
+	fmt.Fprintln(stdout, "cohort demo mpc: done.")
+	return nil
 }
 
 func cmdMeasure(_ context.Context, args []string, stdout, stderr io.Writer) error {
