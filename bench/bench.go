@@ -31,6 +31,7 @@ type CertifyConfig struct {
 	Concurrency int           // round trips in flight; default 8 × GOMAXPROCS
 	Conns       int           // unit-side NATS connections; default 4
 	KEM         uint16        // default ML-KEM-768+X25519
+	Groups      int           // group pairs each round trip asks for besides the task's: 0 to messages.MaxGroups
 	JSON        bool
 	Out         io.Writer
 }
@@ -46,6 +47,7 @@ type CertifyResult struct {
 	Errors             int     `json:"errors"`
 	DurationS          float64 `json:"duration_s"`
 	Concurrency        int     `json:"concurrency"`
+	Groups             int     `json:"groups"`
 	KEM                string  `json:"kem"`
 	Transport          string  `json:"transport"`
 	Attestation        string  `json:"attestation"`
@@ -75,6 +77,13 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
 	}
+	if cfg.Groups < 0 || cfg.Groups > messages.MaxGroups {
+		return nil, fmt.Errorf("bench: %d groups, want 0 to %d", cfg.Groups, messages.MaxGroups)
+	}
+	groups := make([]string, cfg.Groups)
+	for i := range groups {
+		groups[i] = fmt.Sprintf("g%d", i+1)
+	}
 	dir, err := os.MkdirTemp("", "cohort-bench-")
 	if err != nil {
 		return nil, err
@@ -86,7 +95,7 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 		return nil, err
 	}
 	defer srv.Close()
-	iss, stopIssuer, err := startIssuer(ctx, srv)
+	iss, stopIssuer, err := startIssuer(ctx, srv, groups)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +121,7 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: unitPlatform, KEM: cfg.KEM})
+		c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: unitPlatform, KEM: cfg.KEM, Groups: groups})
 		if err != nil {
 			return nil, err
 		}
@@ -154,6 +163,7 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 		Errors:             overNATS.errors + inProcess.errors,
 		DurationS:          overNATS.elapsed.Seconds(),
 		Concurrency:        cfg.Concurrency,
+		Groups:             cfg.Groups,
 		KEM:                kemName(cfg.KEM),
 		Transport:          "NATS over TCP loopback, embedded server",
 		Attestation:        "simulated (Ed25519 platform signature)",
@@ -180,10 +190,10 @@ func (r *CertifyResult) print(w io.Writer, asJSON bool) error {
 		e.SetIndent("", "  ")
 		return e.Encode(r)
 	}
-	_, err := fmt.Fprintf(w, `cohort bench certify: full round trips, %d in flight, GOMAXPROCS %d, KEM %s, %s attestation
+	_, err := fmt.Fprintf(w, `cohort bench certify: full round trips with %d group pairs each, %d in flight, GOMAXPROCS %d, KEM %s, %s attestation
   over NATS (TCP loopback)   %8.0f round trips/s   p50 %.2f ms   p99 %.2f ms   (%d in %.1fs, %d errors)
   ceiling without NATS       %8.0f round trips/s   p50 %.2f ms   (same work, issuer called in process)
-`, r.Concurrency, r.GOMAXPROCS, r.KEM, "simulated", r.RatePerS, r.P50Ms, r.P99Ms, r.RoundTrips, r.DurationS, r.Errors,
+`, r.Groups, r.Concurrency, r.GOMAXPROCS, r.KEM, "simulated", r.RatePerS, r.P50Ms, r.P99Ms, r.RoundTrips, r.DurationS, r.Errors,
 		r.CryptoCeilingPerS, r.CeilingP50Ms)
 	return err
 }
@@ -198,13 +208,26 @@ func kemName(id uint16) string {
 	return fmt.Sprintf("0x%04x", id)
 }
 
-// startIssuer runs an issuer for the bench task on its own connection.
-func startIssuer(ctx context.Context, srv *embednats.Server) (*issuer.Issuer, func(), error) {
+// startIssuer runs an issuer for the bench task on its own connection. Each
+// of groups joins the bench task and a second task, bench-peer.
+func startIssuer(ctx context.Context, srv *embednats.Server, groups []string) (*issuer.Issuer, func(), error) {
 	m, err := sim.MeasurementHex(sim.UnitIdentity("bench"))
 	if err != nil {
 		return nil, nil, err
 	}
-	return startIssuerWith(ctx, srv, fmt.Appendf(nil, "version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n", m))
+	peer, err := sim.MeasurementHex(sim.UnitIdentity("bench-peer"))
+	if err != nil {
+		return nil, nil, err
+	}
+	y := fmt.Appendf(nil, "version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n"+
+		"  - name: bench-peer\n    measurements: [%s]\n", m, peer)
+	if len(groups) > 0 {
+		y = append(y, "groups:\n"...)
+		for _, g := range groups {
+			y = fmt.Appendf(y, "  - id: %s\n    tasks: [bench, bench-peer]\n", g)
+		}
+	}
+	return startIssuerWith(ctx, srv, y)
 }
 
 // startIssuerWith runs an issuer with the given policy on its own connection.

@@ -24,14 +24,14 @@ import (
 
 // ca is a test root that makes task and group pairs as the issuer does.
 type ca struct {
-	t    *testing.T
+	t    testing.TB
 	key  *ecdsa.PrivateKey
 	cert *x509.Certificate
 }
 
 var t0 = time.Now()
 
-func newCA(t *testing.T) *ca {
+func newCA(t testing.TB) *ca {
 	t.Helper()
 	key := mustKey(t)
 	tmpl := &x509.Certificate{
@@ -50,7 +50,7 @@ func newCA(t *testing.T) *ca {
 	return &ca{t: t, key: key, cert: cert}
 }
 
-func mustKey(t *testing.T) *ecdsa.PrivateKey {
+func mustKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -96,7 +96,7 @@ func (c *ca) pair(task string, groups map[string][]string) *issuerclient.Pair {
 	return p
 }
 
-func parse(t *testing.T, der []byte) *x509.Certificate {
+func parse(t testing.TB, der []byte) *x509.Certificate {
 	t.Helper()
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -105,7 +105,7 @@ func parse(t *testing.T, der []byte) *x509.Certificate {
 	return c
 }
 
-func newTLS(t *testing.T, group string, p *issuerclient.Pair) *TLS {
+func newTLS(t testing.TB, group string, p *issuerclient.Pair) *TLS {
 	t.Helper()
 	g, err := New(Config{Group: group, Pair: func() *issuerclient.Pair { return p }, Timeout: 20 * time.Second})
 	if err != nil {
@@ -363,4 +363,40 @@ func FuzzReadFrame(f *testing.F) {
 			t.Fatalf("accepted %d bytes: %+v", len(data), m)
 		}
 	})
+}
+
+// BenchmarkConnection: one group connection over TCP loopback, both sides in
+// this process: the TLS 1.3 handshake with the group certificates and the
+// exchange of task proofs.
+func BenchmarkConnection(b *testing.B) {
+	c := newCA(b)
+	a, p := c.pair("alpha", trio), c.pair("beta", nil)
+	p.Groups = a.Groups
+	ga, gb := newTLS(b, "trio", a), newTLS(b, "trio", p)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	ctx := context.Background()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				if gc, err := ga.Server(ctx, conn); err == nil {
+					gc.Close()
+				}
+			}()
+		}
+	}()
+	for b.Loop() {
+		gc, err := gb.Dial(ctx, ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		gc.Close()
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/cohort-dev/cohort/messages"
@@ -21,6 +22,7 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add([]byte("version: 1\ntasks: !!binary aGVsbG8=\n"))
 	f.Add([]byte(""))
 	f.Add([]byte("{"))
+	f.Add(append(policyYAML(true), "groups:\n  - id: mpc\n    tasks: [demo, signed, dbg]\n  - {id: pair, tasks: [dbg, demo]}\n"...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := ParsePolicy(data)
 		if err != nil {
@@ -59,6 +61,21 @@ func FuzzParsePolicy(f *testing.F) {
 			}
 			if len(task.DNSNames)+len(task.ips) > maxNames || len(task.ips) != len(task.IPAddresses) {
 				t.Fatalf("task %q: %d names, %d of %d addresses parsed", task.Name, len(task.DNSNames), len(task.ips), len(task.IPAddresses))
+			}
+		}
+		if len(p.Groups) > maxGroups || p.Validity.Group < minTaskValidity || p.Validity.Group > p.Validity.Root {
+			t.Fatalf("accepted %d groups, group validity %v", len(p.Groups), p.Validity.Group)
+		}
+		for i := range p.Groups {
+			g := &p.Groups[i]
+			if got, ok := p.Group(g.ID); !ok || got != g || !messages.ValidTaskName(g.ID) || len(g.Tasks) < 2 || len(g.Tasks) > maxGroupTasks {
+				t.Fatalf("accepted group %+v", g)
+			}
+			for _, name := range g.Tasks {
+				task, ok := p.Task(name)
+				if !ok || !slices.Contains(task.groups, g.ID) {
+					t.Fatalf("group %q counts task %q, which does not know it", g.ID, name)
+				}
 			}
 		}
 	})

@@ -234,7 +234,7 @@ func (u *Unit) Run(ctx context.Context) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.ServeTLS(ln, "", "") }()
-	u.log.Info("unit serving HTTPS", "addr", ln.Addr().String(), "serial", u.serial())
+	u.log.Info("unit serving HTTPS", "addr", ln.Addr().String(), "serial", u.serial(), "groups", u.cfg.Groups)
 	var member sync.WaitGroup
 	if u.cfg.Cluster != "" {
 		member.Go(func() { u.membership(ctx) })

@@ -34,10 +34,10 @@ import (
 	"github.com/cohort-dev/cohort/bench"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/dev"
-	"github.com/cohort-dev/cohort/examples/mpc"
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/events"
+	"github.com/cohort-dev/cohort/examples/mpc"
 	"github.com/cohort-dev/cohort/issuer"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/manager"
@@ -59,7 +59,7 @@ Usage:
   cohort status --nats URL [--json]
   cohort events --nats URL [--follow] [--since DURATION] [--json]
   cohort call --nats URL --cluster ID --trust root.pem [--task NAME] DATA...
-  cohort bench certify [--duration D] [--json]
+  cohort bench certify [--duration D] [--groups N] [--json]
 
 Run 'cohort COMMAND -h' for a command's flags.
 `
@@ -324,6 +324,7 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	pin := fs.String("issuer-measurement", "", "the issuer measurement to pin, hex")
 	name := fs.String("name", "", "this replica's name; default the HTTPS address")
 	cluster := fs.String("cluster", "", "the cluster to join at the manager; empty: join none")
+	groups := fs.String("groups", "", "comma-separated groups of the task whose pairs to obtain with the task's")
 	id := fs.String("id", "", "this unit's id in its cluster; default derived from --name")
 	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
 	allowSim := fs.Bool("allow-simulated-issuer", true, "accept an issuer on simulated attestation")
@@ -354,7 +355,7 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer nc.Close()
 	u, err := unit.New(unit.Config{
 		Conn: nc, Platform: platform, Task: *task, IssuerMeasurement: m, AllowSimulatedIssuer: *allowSim, PolicyHash: ph,
-		HTTPSAddr: *https, Name: *name, Cluster: *cluster, ID: *id, Logger: newLogger(stderr, lv),
+		HTTPSAddr: *https, Name: *name, Cluster: *cluster, Groups: splitList(*groups), ID: *id, Logger: newLogger(stderr, lv),
 	})
 	if err != nil {
 		return err
@@ -370,13 +371,14 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdBenchChannel(ctx, args[1:], stdout, stderr)
 	}
 	if len(args) == 0 || args[0] != "certify" {
-		return fmt.Errorf("%w: bench certify [--duration D] [--json] | bench members [--units N] [--clusters N] [--json]", errUsage)
+		return fmt.Errorf("%w: bench certify [--duration D] [--groups N] [--json] | bench members [--units N] [--clusters N] [--json]", errUsage)
 	}
 	fs := flags("bench certify", stderr)
 	d := fs.Duration("duration", 5*time.Second, "how long each phase runs")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	conc := fs.Int("concurrency", 0, "round trips in flight; default 8 × GOMAXPROCS")
 	kem := fs.String("kem", "mlkem768x25519", "HPKE KEM for the report: mlkem768x25519 or x25519")
+	groups := fs.Int("groups", 0, fmt.Sprintf("group pairs each round trip asks for besides the task's, 0 to %d", messages.MaxGroups))
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
@@ -384,8 +386,19 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	_, err = bench.Certify(ctx, bench.CertifyConfig{Duration: *d, Concurrency: *conc, KEM: kemID, JSON: *asJSON, Out: stdout})
+	if *groups < 0 || *groups > messages.MaxGroups {
+		return fmt.Errorf("%w: --groups %d, want 0 to %d", errUsage, *groups, messages.MaxGroups)
+	}
+	_, err = bench.Certify(ctx, bench.CertifyConfig{Duration: *d, Concurrency: *conc, KEM: kemID, Groups: *groups, JSON: *asJSON, Out: stdout})
 	return err
+}
+
+// splitList splits a comma-separated flag; empty gives nil.
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }
 
 // optionalHash decodes an optional 32-byte hex flag; empty gives nil.
