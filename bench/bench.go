@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -84,13 +83,7 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 	for i := range groups {
 		groups[i] = fmt.Sprintf("g%d", i+1)
 	}
-	dir, err := os.MkdirTemp("", "cohort-bench-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-
-	srv, err := embednats.Start(embednats.Config{StoreDir: dir})
+	srv, err := embednats.StartTemp("cohort-bench-")
 	if err != nil {
 		return nil, err
 	}

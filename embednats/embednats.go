@@ -7,6 +7,7 @@ package embednats
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -27,8 +28,9 @@ type Config struct {
 
 // Server is a running embedded NATS server.
 type Server struct {
-	ns   *server.Server
-	once sync.Once
+	ns      *server.Server
+	once    sync.Once
+	tempDir string // removed by Close; set by StartTemp
 }
 
 // Start starts a server and waits until it accepts connections.
@@ -81,5 +83,24 @@ func (s *Server) Close() {
 	s.once.Do(func() {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+		if s.tempDir != "" {
+			os.RemoveAll(s.tempDir)
+		}
 	})
+}
+
+// StartTemp starts a server on a free loopback port with its JetStream store
+// in a fresh temporary folder named after prefix, which Close removes.
+func StartTemp(prefix string) (*Server, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, fmt.Errorf("embednats: %w", err)
+	}
+	s, err := Start(Config{StoreDir: dir})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s.tempDir = dir
+	return s, nil
 }

@@ -138,6 +138,15 @@ func (t *TLS) current() (*state, error) {
 	return t.state, nil
 }
 
+// certificate is the group's pair as the current pair holds it.
+func (t *TLS) certificate() (*tls.Certificate, error) {
+	s, err := t.current()
+	if err != nil {
+		return nil, err
+	}
+	return &s.groupCert, nil
+}
+
 // ServerConfig is the TLS configuration of the accepting side: it presents
 // the group certificate and requires the client to present one too.
 func (t *TLS) ServerConfig() *tls.Config {
@@ -146,14 +155,8 @@ func (t *TLS) ServerConfig() *tls.Config {
 		NextProtos:             []string{ALPN},
 		ClientAuth:             tls.RequireAnyClientCert, // verified by VerifyConnection, against the group
 		SessionTicketsDisabled: true,                     // every connection shows the current certificates
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			s, err := t.current()
-			if err != nil {
-				return nil, err
-			}
-			return &s.groupCert, nil
-		},
-		VerifyConnection: func(cs tls.ConnectionState) error { return t.verifyGroup(cs, x509.ExtKeyUsageClientAuth) },
+		GetCertificate:         func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return t.certificate() },
+		VerifyConnection:       func(cs tls.ConnectionState) error { return t.verifyGroup(cs, x509.ExtKeyUsageClientAuth) },
 	}
 }
 
@@ -166,15 +169,9 @@ func (t *TLS) ClientConfig() *tls.Config {
 		// A group certificate names no host: the usual host-name check is
 		// replaced by VerifyConnection, which verifies the chain to the
 		// issuer's root and that it is this group's certificate.
-		InsecureSkipVerify: true,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			s, err := t.current()
-			if err != nil {
-				return nil, err
-			}
-			return &s.groupCert, nil
-		},
-		VerifyConnection: func(cs tls.ConnectionState) error { return t.verifyGroup(cs, x509.ExtKeyUsageServerAuth) },
+		InsecureSkipVerify:   true,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return t.certificate() },
+		VerifyConnection:     func(cs tls.ConnectionState) error { return t.verifyGroup(cs, x509.ExtKeyUsageServerAuth) },
 	}
 }
 

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -71,12 +70,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	tasks := slices.Sorted(maps.Keys(cfg.Figures))
 	say := func(format string, args ...any) { fmt.Fprintf(cfg.Out, format+"\n", args...) }
 
-	dir, err := os.MkdirTemp("", "cohort-mpc-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	srv, err := embednats.Start(embednats.Config{StoreDir: dir})
+	srv, err := embednats.StartTemp("cohort-mpc-")
 	if err != nil {
 		return nil, err
 	}
