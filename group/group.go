@@ -13,9 +13,9 @@
 // Guarantees:
 //   - ServerConfig and ClientConfig accept a peer only if it presents a
 //     certificate of this group that verifies to the issuer's root, for the
-//     role it plays, now; a task certificate, another group's certificate or
-//     a certificate of another root fails the handshake with the reason.
-//     They speak TLS 1.3 only.
+//     role it plays, now, and negotiates ALPN; a task certificate, another
+//     group's certificate or a certificate of another root fails the
+//     handshake with the reason. They speak TLS 1.3 only.
 //   - Server and Client (and Dial) return a Conn only once the peer has also
 //     proved its task: a task certificate from the same root, of a task the
 //     group counts, whose key signed this connection's proof. Peer names it.
@@ -54,8 +54,10 @@ type Config struct {
 	Group string // required: the group's id
 	// Pair returns the unit's current certificate pair, which must hold the
 	// group's pair (issuerclient.CertifierConfig.Groups named it). Required.
-	Pair    func() *issuerclient.Pair
-	Timeout time.Duration    // bounds the handshake and the proofs when ctx has no deadline; default 10s
+	Pair func() *issuerclient.Pair
+	// Timeout bounds a connection's dial, handshake and proofs: the sooner of
+	// it and ctx's deadline applies. Default 10s.
+	Timeout time.Duration
 	Now     func() time.Time // default time.Now
 }
 
@@ -185,6 +187,9 @@ func (t *TLS) verifyGroup(cs tls.ConnectionState, usage x509.ExtKeyUsage) error 
 	if len(cs.PeerCertificates) == 0 {
 		return fmt.Errorf("%w: the peer presented no certificate", ErrPeer)
 	}
+	if cs.NegotiatedProtocol != ALPN {
+		return fmt.Errorf("%w: the peer does not speak %s (ALPN %q)", ErrPeer, ALPN, cs.NegotiatedProtocol)
+	}
 	leaf := cs.PeerCertificates[0]
 	if err := t.verify(s, leaf, cs.PeerCertificates[1:], usage); err != nil {
 		return err
@@ -224,7 +229,7 @@ func (t *TLS) Client(ctx context.Context, conn net.Conn) (*Conn, error) {
 
 // Dial connects to a member of the group at addr (TCP) and runs Client.
 func (t *TLS) Dial(ctx context.Context, addr string) (*Conn, error) {
-	var d net.Dialer
+	d := net.Dialer{Deadline: t.deadline(ctx)}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("group %q: dial %s: %w", t.cfg.Group, addr, err)
@@ -232,16 +237,26 @@ func (t *TLS) Dial(ctx context.Context, addr string) (*Conn, error) {
 	return t.Client(ctx, conn)
 }
 
-func (t *TLS) handshake(ctx context.Context, tc *tls.Conn, mine, theirs string) (*Conn, error) {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(t.cfg.Timeout)
+// deadline is the sooner of ctx's deadline and Timeout from now.
+func (t *TLS) deadline(ctx context.Context) time.Time {
+	d := time.Now().Add(t.cfg.Timeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		return cd
 	}
-	if err := tc.SetDeadline(deadline); err != nil {
+	return d
+}
+
+func (t *TLS) handshake(ctx context.Context, tc *tls.Conn, mine, theirs string) (*Conn, error) {
+	if err := tc.SetDeadline(t.deadline(ctx)); err != nil {
 		tc.Close()
 		return nil, err
 	}
+	// ctx ending cuts the exchange short: reads and writes fail at once.
+	stop := context.AfterFunc(ctx, func() { _ = tc.SetDeadline(time.Unix(1, 0)) })
 	peer, err := t.exchange(ctx, tc, mine, theirs)
+	if !stop() && err == nil {
+		err = context.Cause(ctx)
+	}
 	if err == nil {
 		err = tc.SetDeadline(time.Time{})
 	}

@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +215,15 @@ func TestTLSConfigRefusesOtherCertificates(t *testing.T) {
 			}
 		})
 	}
+	t.Run("no ALPN", func(t *testing.T) {
+		conf := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{member.Groups["trio"].TLSCertificate()}}
+		_, _, serr, _ := connect(t, g.Server, func(ctx context.Context, conn net.Conn) (*Conn, error) {
+			return nil, tls.Client(conn, conf).HandshakeContext(ctx)
+		})
+		if !errors.Is(serr, ErrPeer) || !strings.Contains(serr.Error(), "ALPN") {
+			t.Fatalf("server: %v; want ErrPeer about ALPN", serr)
+		}
+	})
 	t.Run("no client certificate", func(t *testing.T) {
 		_, _, serr, _ := connect(t, g.Server, func(ctx context.Context, conn net.Conn) (*Conn, error) {
 			return nil, tls.Client(conn, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}).HandshakeContext(ctx)
@@ -323,6 +333,60 @@ func rawFrames(t *testing.T, p *issuerclient.Pair, b []byte) func(context.Contex
 		}
 		_, err := tc.Write(b)
 		return nil, err
+	}
+}
+
+// A peer that completes the handshake and then stays silent holds the other
+// side only until its context ends.
+func TestSilentPeerReleasedByContext(t *testing.T) {
+	c := newCA(t)
+	member := c.pair("alpha", trio)
+	g := newTLS(t, "trio", member)
+	g.cfg.Timeout = time.Hour
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	result := make(chan error, 1)
+	handshook := make(chan struct{})
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			result <- err
+			return
+		}
+		_, err = g.Server(ctx, conn)
+		result <- err
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc := tls.Client(conn, newTLS(t, "trio", member).ClientConfig())
+	go func() {
+		if tc.Handshake() == nil {
+			close(handshook)
+		}
+	}()
+	select {
+	case <-handshook:
+	case err := <-result:
+		t.Fatalf("server returned before the silence: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no handshake")
+	}
+	cancel() // the client never sends its proof
+	select {
+	case err := <-result:
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("server: %v; want it ended by the context", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server still waits for the silent peer")
 	}
 }
 

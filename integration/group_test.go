@@ -168,6 +168,24 @@ func TestGroupComputation(t *testing.T) {
 		parties[task] = &mpc.Party{Task: task, Figure: figures[task], TLS: groupTLS(t, s.units[task], "trio"), Listener: ln}
 		addrs[task] = ln.Addr().String()
 	}
+	// Strangers reach gamma's listener first (gamma accepts alpha and beta):
+	// one sends garbage, one stays silent, one presents a task certificate.
+	// None aborts the computation.
+	for _, stranger := range []func(net.Conn){
+		func(c net.Conn) { _, _ = c.Write([]byte("GET / HTTP/1.0\r\n\r\n")) },
+		func(net.Conn) {},
+		func(c net.Conn) {
+			tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{group.ALPN}, Certificates: []tls.Certificate{s.units["beta"].Pair().TLSCertificate()}})
+			_ = tc.Handshake()
+		},
+	} {
+		c, err := net.Dial("tcp", addrs["gamma"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		go stranger(c)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
 	var mu sync.Mutex

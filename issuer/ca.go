@@ -200,7 +200,9 @@ func (s specHash) end(lifetime time.Duration, simulated bool) []byte {
 // restarted issuer can tell whether the stored certificate still matches the
 // policy and the root.
 func taskSpec(root *x509.Certificate, t *TaskPolicy, lifetime time.Duration, simulated bool) []byte {
-	s := newSpec("cohort task spec v2")
+	// v3: identity extension version 2; a stored certificate of an older
+	// spec is reissued, with the same key, when the issuer loads it.
+	s := newSpec("cohort task spec v3")
 	s.field(root.Raw)
 	s.field([]byte(t.Name))
 	for _, m := range t.measurements {

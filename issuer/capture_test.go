@@ -18,8 +18,8 @@ import (
 	"github.com/cohort-dev/cohort/issuerclient"
 )
 
-// The issuer's own secrets, its root key, the task keys and the cluster
-// keys, cross NATS only sealed: to its enclave in the state bucket, and to a
+// The issuer's own secrets, its root key, the task keys, the group keys and
+// the cluster keys, cross NATS only sealed: to its enclave in the state bucket, and to a
 // requesting unit's ephemeral key in a report. Every message of a run is
 // recorded and searched for them, raw, hex and base64.
 func TestIssuerSecretsNeverCrossNATS(t *testing.T) {
@@ -51,7 +51,8 @@ func TestIssuerSecretsNeverCrossNATS(t *testing.T) {
 	}
 	defer nc.Close()
 	m, _ := sim.MeasurementHex(sim.UnitIdentity("demo"))
-	policy, err := ParsePolicy(fmt.Appendf(nil, "version: 1\naccept_simulated: true\ntasks:\n  - name: demo\n    measurements: [%s]\nclusters:\n  - id: c1\n    task: demo\n", m))
+	policy, err := ParsePolicy(fmt.Appendf(nil, "version: 1\naccept_simulated: true\ntasks:\n  - name: demo\n    measurements: [%s]\n"+
+		"  - name: peer\n    measurements: [%s]\nclusters:\n  - id: c1\n    task: demo\ngroups:\n  - id: g1\n    tasks: [demo, peer]\n", m, m))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func TestIssuerSecretsNeverCrossNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: unitP, Cluster: "c1"})
+	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: unitP, Cluster: "c1", Groups: []string{"g1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +110,10 @@ func TestIssuerSecretsNeverCrossNATS(t *testing.T) {
 	for name, s := range iss.tasks {
 		k := s.cur.Load().cred.key
 		add("task key of "+name, k, k)
+	}
+	for id, s := range iss.groups {
+		k := s.cur.Load().cred.key
+		add("group key of "+id, k, k)
 	}
 	for id, ck := range iss.clusters {
 		secrets["cluster key of "+id] = ck.Key

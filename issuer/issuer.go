@@ -615,7 +615,8 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 			return nil, messages.Refusal(messages.CodeUnknownGroup, "the policy names no group %q", id)
 		}
 		if !g.Has(body.Task) {
-			return nil, messages.Refusal(messages.CodeNotInGroup, "task %q is not a member of group %q (its tasks are %v)", body.Task, id, g.Tasks)
+			// The reason does not list the group's tasks: the requester is not one.
+			return nil, messages.Refusal(messages.CodeNotInGroup, "task %q is not a member of group %q", body.Task, id)
 		}
 		groups[k] = i.groups[id]
 	}

@@ -296,11 +296,11 @@ func (p *Pending) openGroups(certs []messages.GroupCert, keys []messages.GroupKe
 		if !slices.Contains(v.leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
 			return nil, fmt.Errorf("%w: the certificate for group %q does not allow client authentication", ErrUnauthentic, id)
 		}
-		k, err := x509.ParsePKCS8PrivateKey(keys[k].Key)
+		priv, err := x509.ParsePKCS8PrivateKey(keys[k].Key)
 		if err != nil {
 			return nil, fmt.Errorf("%w: the sealed key of group %q does not parse", ErrUnauthentic, id)
 		}
-		key, ok := k.(*ecdsa.PrivateKey)
+		key, ok := priv.(*ecdsa.PrivateKey)
 		if !ok || !key.PublicKey.Equal(v.leaf.PublicKey) {
 			return nil, fmt.Errorf("%w: the key of group %q does not match its certificate", ErrUnauthentic, id)
 		}

@@ -3,6 +3,8 @@ package unit
 import (
 	"crypto/x509"
 	"time"
+
+	"github.com/cohort-dev/cohort/issuerclient"
 )
 
 // renewShare is the share of a certificate's lifetime after which a unit
@@ -15,6 +17,17 @@ func RenewalDelay(now time.Time, leaf *x509.Certificate) time.Duration {
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
 	at := leaf.NotBefore.Add(time.Duration(float64(life) * renewShare))
 	return max(at.Sub(now), 0)
+}
+
+// PairRenewalDelay is the wait before renewing a pair: the least
+// RenewalDelay of its task certificate and its group certificates, which the
+// issuer reissues each on its own schedule and may give other lifetimes.
+func PairRenewalDelay(now time.Time, p *issuerclient.Pair) time.Duration {
+	d := RenewalDelay(now, p.Leaf)
+	for _, g := range p.Groups {
+		d = min(d, RenewalDelay(now, g.Leaf))
+	}
+	return d
 }
 
 // Backoff is the wait before retry number failures+1: doubling from lo,

@@ -5,6 +5,8 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"github.com/cohort-dev/cohort/issuerclient"
 )
 
 func TestRenewalDelay(t *testing.T) {
@@ -77,5 +79,23 @@ func TestBackoffNeverExceedsHi(t *testing.T) {
 		if got := Backoff(math.MaxInt, c.lo, c.hi); got != c.hi {
 			t.Fatalf("Backoff(MaxInt, %v, %v) = %v, want hi", c.lo, c.hi, got)
 		}
+	}
+}
+
+func TestPairRenewalDelay(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	task := &x509.Certificate{NotBefore: nb, NotAfter: nb.Add(30 * time.Hour)}
+	p := &issuerclient.Pair{Leaf: task}
+	if got := PairRenewalDelay(nb, p); got != 20*time.Hour {
+		t.Fatalf("task only: %v, want 20h", got)
+	}
+	// A group certificate that lives shorter, or was issued earlier, is due
+	// first: the pair renews for it.
+	p.Groups = map[string]*issuerclient.GroupPair{
+		"long":  {Leaf: &x509.Certificate{NotBefore: nb, NotAfter: nb.Add(300 * time.Hour)}},
+		"short": {Leaf: &x509.Certificate{NotBefore: nb.Add(-2 * time.Hour), NotAfter: nb.Add(4 * time.Hour)}},
+	}
+	if got := PairRenewalDelay(nb, p); got != 2*time.Hour {
+		t.Fatalf("with groups: %v, want 2h (the short group's two thirds)", got)
 	}
 }

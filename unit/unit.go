@@ -266,10 +266,11 @@ func (u *Unit) Run(ctx context.Context) error {
 	return err
 }
 
-// renewLoop renews the pair at two thirds of its life until ctx is done.
+// renewLoop renews the pair at two thirds of the life of its first
+// certificate to be due, task or group, until ctx is done.
 func (u *Unit) renewLoop(ctx context.Context) error {
 	for {
-		delay := max(RenewalDelay(u.cfg.Now(), u.pair.Load().Leaf), u.cfg.RetryMin) // never spin on a certificate that is already due
+		delay := max(PairRenewalDelay(u.cfg.Now(), u.pair.Load()), u.cfg.RetryMin) // never spin on a certificate that is already due
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -1,7 +1,8 @@
 // Package mpc is an example multi-party computation on cohort's group
 // certificates: clinics, each its own task with its own code and its own
 // private figure (how many patients waited more than a month, say), learn the
-// sum, the mean and the maximum of their figures, and nothing else.
+// sum, the mean and the maximum of their figures, and nothing more than those
+// reveal.
 //
 // Each clinic's code runs in an enclave as a unit of its own task; the policy
 // declares a group of the clinics' tasks, and every unit obtains the one group
@@ -30,6 +31,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/cohort-dev/cohort/group"
 )
@@ -46,7 +48,10 @@ type Party struct {
 	Listener net.Listener
 }
 
-// Result is what every party learns. It holds no party's figure.
+// Result is what every party learns: the aggregates, not the figures. An
+// aggregate can still tell something of a figure (the maximum is one party's;
+// with two parties the sum gives the other's away): choosing what to reveal
+// is the parties' agreement, which their code implements.
 type Result struct {
 	Parties []string // the tasks whose figures it covers, sorted
 	Sum     int64
@@ -87,48 +92,17 @@ func (p *Party) Compute(ctx context.Context, peers map[string]string) (Result, e
 	// Closing the listener ends Accept when ctx ends.
 	stop := context.AfterFunc(ctx, func() { p.Listener.Close() })
 	defer stop()
-	wg.Go(func() {
-		for range len(accept) {
-			conn, err := p.Listener.Accept()
-			if err != nil {
-				errs <- fmt.Errorf("mpc: %s accepting peers: %w", p.Task, err)
-				return
-			}
-			gc, err := p.TLS.Server(ctx, conn)
-			if err != nil {
-				errs <- fmt.Errorf("mpc: %s: %w", p.Task, err)
-				return
-			}
-			expected := accept[gc.Peer.Task]
-			delete(accept, gc.Peer.Task) // each peer once
-			if !expected {
-				gc.Close()
-				errs <- fmt.Errorf("mpc: %s: a peer proved task %q, not an expected one", p.Task, gc.Peer.Task)
-				return
-			}
-			wg.Go(func() {
-				f, err := p.swap(gc)
-				if err != nil {
-					errs <- err
-					return
-				}
-				record(gc.Peer.Task, f)
-			})
-		}
-	})
+	if len(accept) > 0 {
+		wg.Go(func() { p.acceptPeers(ctx, accept, record, errs) })
+	}
 	for _, task := range dial {
 		wg.Go(func() {
-			gc, err := p.TLS.Dial(ctx, peers[task])
+			gc, err := p.dial(ctx, task, peers[task])
 			if err != nil {
-				errs <- fmt.Errorf("mpc: %s dialling %s: %w", p.Task, task, err)
+				errs <- err
 				return
 			}
-			if gc.Peer.Task != task {
-				gc.Close()
-				errs <- fmt.Errorf("mpc: %s dialled %s, and the peer proved task %q", p.Task, task, gc.Peer.Task)
-				return
-			}
-			f, err := p.swap(gc)
+			f, err := p.swap(ctx, gc)
 			if err != nil {
 				errs <- err
 				return
@@ -150,10 +124,93 @@ func (p *Party) Compute(ctx context.Context, peers map[string]string) (Result, e
 	return aggregate(figures), nil
 }
 
+// acceptPeers accepts connections until every expected peer has proved its
+// task and exchanged figures, or ctx ends. A connection that fails the
+// handshake or proves another task is closed and does not count: whoever
+// can reach the listener cannot abort the computation.
+func (p *Party) acceptPeers(ctx context.Context, expected map[string]bool, record func(string, int64), errs chan<- error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Once every peer came, handshakes still under way (strangers') end.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	left := len(expected)
+	done := make(chan struct{})
+	for {
+		conn, err := p.Listener.Accept()
+		if err != nil {
+			select {
+			case <-done: // every peer came: the listener was closed after
+			default:
+				errs <- fmt.Errorf("mpc: %s waiting for peers: %w", p.Task, err)
+			}
+			return
+		}
+		wg.Go(func() {
+			gc, err := p.TLS.Server(ctx, conn)
+			if err != nil {
+				return // not a member, or not one that proved itself: ignored
+			}
+			mu.Lock()
+			ok := expected[gc.Peer.Task]
+			delete(expected, gc.Peer.Task) // each peer once
+			mu.Unlock()
+			if !ok {
+				gc.Close()
+				return
+			}
+			f, err := p.swap(ctx, gc)
+			if err != nil {
+				errs <- err
+				return
+			}
+			record(gc.Peer.Task, f)
+			mu.Lock()
+			left--
+			if left == 0 {
+				close(done)
+				p.Listener.Close()
+			}
+			mu.Unlock()
+		})
+	}
+}
+
+// dial connects to the peer of task at addr, retrying while it is not
+// listening yet, and checks that it proves that task.
+func (p *Party) dial(ctx context.Context, task, addr string) (*group.Conn, error) {
+	wait := 20 * time.Millisecond
+	for {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("mpc: %s dialling %s: %w", p.Task, task, err)
+			case <-time.After(wait):
+				wait = min(2*wait, time.Second)
+				continue
+			}
+		}
+		gc, err := p.TLS.Client(ctx, conn)
+		if err != nil {
+			return nil, fmt.Errorf("mpc: %s connecting to %s: %w", p.Task, task, err)
+		}
+		if gc.Peer.Task != task {
+			gc.Close()
+			return nil, fmt.Errorf("mpc: %s dialled %s, and the peer proved task %q", p.Task, task, gc.Peer.Task)
+		}
+		return gc, nil
+	}
+}
+
 // swap sends this party's figure over a proven connection and reads the
-// peer's.
-func (p *Party) swap(gc *group.Conn) (int64, error) {
+// peer's. ctx ending closes the connection.
+func (p *Party) swap(ctx context.Context, gc *group.Conn) (int64, error) {
 	defer gc.Close()
+	stop := context.AfterFunc(ctx, func() { gc.Close() })
+	defer stop()
 	sent := make(chan error, 1)
 	go func() { sent <- binary.Write(gc, binary.BigEndian, p.Figure) }()
 	var f int64
