@@ -54,7 +54,7 @@ Usage:
   cohort measure issuer | cohort measure unit --task NAME
   cohort trust --nats URL --issuer-measurement HEX --out FILE
   cohort issuer --nats URL --policy FILE --data DIR
-  cohort unit --nats URL --task NAME --https ADDR --issuer-measurement HEX [--cluster ID]
+  cohort unit --nats URL --task NAME --https ADDR --issuer-measurement HEX [--cluster ID] [--groups ID,...]
   cohort manager --nats URL (--issuer-measurement HEX | --root FILE)
   cohort status --nats URL [--json]
   cohort events --nats URL [--follow] [--since DURATION] [--json]

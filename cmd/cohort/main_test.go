@@ -158,8 +158,16 @@ func TestBenchMembersJSONShape(t *testing.T) {
 
 func TestDemoExitsZero(t *testing.T) {
 	code, out, stderr := runCmd(t, "demo")
-	if code != 0 || !strings.Contains(out, "cohort demo: done.") {
+	if code != 0 || !strings.Contains(out, "cohort demo: done.") || !strings.Contains(out, "cohort demo mpc: done.") {
 		t.Fatalf("demo: exit %d\n%s\n%s", code, out, stderr)
+	}
+	for _, want := range []string{"learned sum 116, mean 38.67, max 58 over 3 clinics", `not_in_group: task "auditor" is not a member of group "clinics"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	if code, _, _ := runCmd(t, "demo", "nosuch"); code != 2 {
+		t.Errorf("demo nosuch: exit %d, want 2", code)
 	}
 }
 
