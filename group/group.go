@@ -34,7 +34,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"sync"
 	"time"
 
@@ -334,7 +333,7 @@ func (t *TLS) check(s *state, p *messages.GroupProof, role string, exporter []by
 	if err != nil {
 		return Peer{}, fmt.Errorf("%w: %w", ErrPeer, err)
 	}
-	if id.Kind != identity.KindTask || !slices.Contains(s.groupID.Tasks, id.Name) {
+	if id.Kind != identity.KindTask || !s.groupID.HasTask(id.Name) {
 		return Peer{}, fmt.Errorf("%w: the peer proves %s %q, which group %q does not count (its tasks are %v)", ErrPeer, id.Kind, id.Name, t.cfg.Group, s.groupID.Tasks)
 	}
 	pub, ok := certs[0].PublicKey.(*ecdsa.PublicKey)
