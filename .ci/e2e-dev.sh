@@ -49,8 +49,20 @@ done
 grep -q 'Ctrl-C stops' "$work/dev.out" || { cat "$work/dev.out" "$work/dev.err"; echo "FAIL: cohort dev not ready in 60 s"; exit 1; }
 cat "$work/dev.out"
 
+creds="$work/data/creds"
+user=(--creds "$creds/user.creds")
+operator=(--creds "$creds/operator.creds")
+
+# The NATS server admits only cohort's credentials, each to its role's subjects.
+if "$cohort" status --nats "$nats_url" 2>"$work/nocreds.err"; then echo "FAIL: a client without credentials was served"; exit 1; fi
+grep -q 'Authorization Violation' "$work/nocreds.err" || { cat "$work/nocreds.err"; exit 1; }
+"$cohort" status --nats "$nats_url" "${user[@]}" --timeout 1s >"$work/userstatus.out" 2>"$work/userstatus.err"
+grep -q 'manager  did not answer' "$work/userstatus.out" && grep -q 'Permissions Violation' "$work/userstatus.err" ||
+	{ cat "$work/userstatus.out" "$work/userstatus.err"; echo "FAIL: a user read the manager's status"; exit 1; }
+echo "ok: refused without credentials ($(cat "$work/nocreds.err")); a user may not ask for status ($(cat "$work/userstatus.err"))"
+
 measurement=$("$cohort" measure issuer)
-"$cohort" trust --nats "$nats_url" --issuer-measurement "$measurement" --out "$work/root.pem"
+"$cohort" trust --nats "$nats_url" "${user[@]}" --issuer-measurement "$measurement" --out "$work/root.pem"
 
 for i in 0 1 2; do
 	port=$((https_base + i))
@@ -64,7 +76,7 @@ done
 echo "ok: three units present the byte-identical leaf (sha256 $(sha256sum <"$work/leaf0.der" | cut -c1-64)); openssl verify and curl accept it"
 
 # The cluster channel: one handshake with any unit of cluster dev, a call answered.
-answer=$("$cohort" call --nats "$nats_url" --cluster dev --trust "$work/root.pem" hello 2>"$work/call.err")
+answer=$("$cohort" call --nats "$nats_url" "${user[@]}" --cluster dev --trust "$work/root.pem" hello 2>"$work/call.err")
 case "$answer" in
 *"of task demo heard: hello") echo "ok: cohort call answered: $answer ($(cat "$work/call.err"))" ;;
 *) cat "$work/call.err"; echo "FAIL: cohort call answered '$answer'"; exit 1 ;;
@@ -106,7 +118,7 @@ done
 
 # An issuer that does not match the pinned measurement is refused.
 wrong=$("$cohort" measure unit --task demo)
-if "$cohort" trust --nats "$nats_url" --issuer-measurement "$wrong" --out "$work/wrong.pem" 2>"$work/wrong.err"; then
+if "$cohort" trust --nats "$nats_url" "${user[@]}" --issuer-measurement "$wrong" --out "$work/wrong.pem" 2>"$work/wrong.err"; then
 	echo "FAIL: cohort trust accepted an issuer with another measurement"
 	exit 1
 fi
@@ -115,7 +127,7 @@ grep -q 'does not match the pinned measurement' "$work/wrong.err" || { cat "$wor
 echo "ok: cohort trust refuses a wrong pin: $(cat "$work/wrong.err")"
 
 # The operators' view: status lists the three units with their HTTPS addresses.
-"$cohort" status --nats "$nats_url" --json >"$work/status.json"
+"$cohort" status --nats "$nats_url" "${operator[@]}" --json >"$work/status.json"
 python3 - "$work/status.json" "$https_base" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -128,12 +140,12 @@ assert all(u["state"] == "active" and u["task"] == "demo" for u in units), units
 assert s["issuer"]["backend"] == "sim", s["issuer"]
 print(f"ok: cohort status --json lists the three units of cluster dev at {', '.join(addrs)}")
 PY
-"$cohort" status --nats "$nats_url"
-[ "$("$cohort" events --nats "$nats_url" | grep -c 'unit.joined')" -ge 3 ] || { echo "FAIL: cohort events shows fewer than three joins"; exit 1; }
+COHORT_CREDS="$creds/operator.creds" "$cohort" status --nats "$nats_url"
+[ "$("$cohort" events --nats "$nats_url" "${operator[@]}" | grep -c 'unit.joined')" -ge 3 ] || { echo "FAIL: cohort events shows fewer than three joins"; exit 1; }
 echo "ok: cohort events shows the joins"
 
 # The standard nats CLI sees the services, the stream and the buckets.
-nats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$nats_url")
+nats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$nats_url" --nkey "$creds/operator.creds" --inbox-prefix _INBOX.operator)
 "${nats[@]}" micro ls >"$work/micro.txt"
 "${nats[@]}" stream ls >"$work/streams.txt"
 "${nats[@]}" kv ls >"$work/kv.txt"
@@ -145,9 +157,9 @@ echo "ok: nats micro ls, stream ls and kv ls list cohort-issuer, cohort-manager,
 # A second manager and a second issuer as processes of their own, on the same
 # NATS and state, with their metrics.
 mport=$(free_port); iport=$(free_port)
-"$cohort" manager --nats "$nats_url" --root "$work/root.pem" --metrics "127.0.0.1:$mport" 2>"$work/manager.err" &
+"$cohort" manager --nats "$nats_url" --creds "$creds/manager.creds" --root "$work/root.pem" --metrics "127.0.0.1:$mport" 2>"$work/manager.err" &
 extra_pids+=($!)
-"$cohort" issuer --nats "$nats_url" --policy "$work/data/policy.yaml" --data "$work/data" --metrics "127.0.0.1:$iport" 2>"$work/issuer.err" &
+"$cohort" issuer --nats "$nats_url" --creds "$creds/issuer.creds" --policy "$work/data/policy.yaml" --data "$work/data" --metrics "127.0.0.1:$iport" 2>"$work/issuer.err" &
 extra_pids+=($!)
 # Scrapes go to a file before grep reads them: `curl | grep -q` under
 # pipefail fails whenever grep stops reading before curl stops writing.
@@ -159,11 +171,11 @@ for _ in $(seq 300); do scrape "$iport" '^cohort_issuer_certify_seconds_count' &
 scrape "$iport" '^cohort_issuer_certify_seconds_count' ||
 	{ cat "$work/issuer.err"; echo "FAIL: the second issuer serves no metrics"; exit 1; }
 echo "ok: a second manager process sees the three members (metrics on :$mport); a second issuer process unsealed the same state (metrics on :$iport)"
-"$cohort" trust --nats "$nats_url" --issuer-measurement "$measurement" --out "$work/root2.pem" 2>/dev/null >/dev/null
+"$cohort" trust --nats "$nats_url" "${user[@]}" --issuer-measurement "$measurement" --out "$work/root2.pem" 2>/dev/null >/dev/null
 cmp "$work/root.pem" "$work/root2.pem" || { echo "FAIL: the two issuers serve different roots"; exit 1; }
 
 kill -INT "$dev_pid"
 wait "$dev_pid"
 dev_pid=
 echo "ok: cohort dev stopped cleanly on Ctrl-C"
-echo "e2e: 11 passed, 0 failed"
+echo "e2e: 12 passed, 0 failed"

@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/issuer"
@@ -39,20 +40,25 @@ func printStack(w io.Writer, dir string, s *Stack) {
 		fmt.Fprintf(w, "  unit      https://%s/  task %s, certificate sha256 %s\n", u.Addr(), p.Task, sha256Hex(p.Leaf.Raw))
 	}
 	first := s.Units[0].Addr().Port
+	user := filepath.Join(s.CredsDir, CredsFile(access.Grant{Role: access.User}))
+	op := filepath.Join(s.CredsDir, CredsFile(access.Grant{Role: access.Operator}))
 	fmt.Fprintf(w, `  manager   cluster %q: %d units joined, heartbeat every %v
+  NATS credentials: one per role in %s; the server admits no other client,
+            and holds each role to its subjects. JetStream fsyncs every write.
 
-Every unit presents the same certificate. Check it from another terminal:
-  cohort trust --nats %s --issuer-measurement %s --out root.pem
+Every unit presents the same certificate. Check it from another terminal, as a user:
+  cohort trust --nats %s --creds %s --issuer-measurement %s --out root.pem
   curl --cacert root.pem https://localhost:%d/
   openssl s_client -connect localhost:%d -CAfile root.pem -verify_return_error </dev/null
-  cohort call --nats %s --cluster %s --trust root.pem hello      (one handshake, any unit answers)
-Watch it:
-  cohort status --nats %s
-  cohort events --nats %s --follow
-  nats micro ls; nats stream view cohort_events; nats kv ls    (with natscli, -s %s)
+  cohort call --nats %s --creds %s --cluster %s --trust root.pem hello      (one handshake, any unit answers)
+Watch it, as an operator (or export COHORT_NATS and COHORT_CREDS once):
+  cohort status --nats %s --creds %s
+  cohort events --nats %s --creds %s --follow
+  nats micro ls; nats stream view cohort_events    (with natscli: -s %s --nkey %s)
 (cohort is 'go run ./cmd/cohort' from the repository, or a binary built from it.)
 Ctrl-C stops.
-`, DemoCluster, len(s.Units), s.Manager.Status().Interval, url, m, first, first, url, DemoCluster, url, url, url)
+`, DemoCluster, len(s.Units), s.Manager.Status().Interval, s.CredsDir,
+		url, user, m, first, first, url, user, DemoCluster, url, op, url, op, url, op)
 }
 
 // Demo is `cohort demo`: it starts a stack on free ports in a fresh folder and
@@ -77,7 +83,7 @@ func Demo(ctx context.Context, out io.Writer) error {
 		step(2, "The issuer runs in a (simulated) enclave measured %x.\n   It made a root CA and one key pair and certificate for task %q, sealed them, and keeps them in JetStream.",
 			s.IssuerMeasurement, DemoTask)
 
-		nc, err := s.NATS.Connect()
+		nc, err := s.Connect(access.Grant{Role: access.User})
 		if err != nil {
 			return err
 		}
@@ -114,8 +120,13 @@ func Demo(ctx context.Context, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		unc, err := s.Connect(access.Grant{Role: access.Unit, Cluster: DemoCluster})
+		if err != nil {
+			return err
+		}
+		defer unc.Close()
 		c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{
-			Client: issuerclient.Config{Conn: nc}, Trust: trust, Attester: rogue,
+			Client: issuerclient.Config{Conn: unc}, Trust: trust, Attester: rogue,
 		})
 		if err != nil {
 			return err
@@ -126,7 +137,12 @@ func Demo(ctx context.Context, out io.Writer) error {
 		}
 		step(5, "Code the policy does not accept asks for the task's key and is refused:\n   %v", err)
 
-		again, err := secondIssuer(ctx, dir, s, nc)
+		inc, err := s.Connect(access.Grant{Role: access.Issuer})
+		if err != nil {
+			return err
+		}
+		defer inc.Close()
+		again, err := secondIssuer(ctx, dir, s, inc)
 		if err != nil {
 			return err
 		}

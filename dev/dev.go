@@ -4,8 +4,11 @@
 // and `cohort demo`, a walkthrough that prints each step and exits.
 //
 // Everything it keeps lives under one data folder: the JetStream store, the
-// simulated CPU's seal secret and the policy it wrote. It says everywhere
-// that its attestation is simulated.
+// simulated CPU's seal secret, the policy it wrote and the NATS credentials
+// of each role (creds/). The NATS server admits only those credentials,
+// each held to its role's permissions, and fsyncs every JetStream write
+// before acknowledging it. It says everywhere that its attestation is
+// simulated.
 package dev
 
 import (
@@ -24,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/issuer"
@@ -86,6 +90,8 @@ func (c *Config) fill() error {
 // Stack is a running dev stack.
 type Stack struct {
 	NATS              *embednats.Server
+	Creds             map[access.Grant]*access.Credential
+	CredsDir          string // the credentials files, one per grant: CredsFile names them
 	Issuer            *issuer.Issuer
 	Manager           *manager.Manager
 	Units             []*unit.Unit
@@ -139,7 +145,21 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	s.Policy = policy
 	hash := policy.Hash()
 	s.PolicyHash = hex.EncodeToString(hash[:])
-	s.NATS, err = embednats.Start(embednats.Config{Port: cfg.NATSPort, StoreDir: filepath.Join(cfg.DataDir, "jetstream")})
+	s.CredsDir = filepath.Join(cfg.DataDir, "creds")
+	if s.Creds, err = LoadOrCreateCreds(s.CredsDir, DemoCluster); err != nil {
+		return err
+	}
+	users := make([]*access.Credential, 0, len(s.Creds))
+	for _, c := range s.Creds {
+		users = append(users, c)
+	}
+	nkeyUsers, err := access.Users(users...)
+	if err != nil {
+		return err
+	}
+	s.NATS, err = embednats.Start(embednats.Config{
+		Port: cfg.NATSPort, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Users: nkeyUsers, SyncAlways: true,
+	})
 	if err != nil {
 		return fmt.Errorf("dev: NATS on port %d: %w", cfg.NATSPort, err)
 	}
@@ -152,7 +172,7 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	if err != nil {
 		return err
 	}
-	nc, err := s.NATS.Connect()
+	nc, err := s.Connect(access.Grant{Role: access.Issuer})
 	if err != nil {
 		return err
 	}
@@ -164,7 +184,7 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	if err := wait(ctx, s.Issuer.Ready(), "issuer"); err != nil {
 		return errors.Join(err, stop(cancel, g))
 	}
-	mnc, err := s.NATS.Connect()
+	mnc, err := s.Connect(access.Grant{Role: access.Manager})
 	if err != nil {
 		return errors.Join(err, stop(cancel, g))
 	}
@@ -181,7 +201,7 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 		return err
 	}
 	for i := range cfg.Units {
-		unc, err := s.NATS.Connect()
+		unc, err := s.Connect(access.Grant{Role: access.Unit, Cluster: DemoCluster})
 		if err != nil {
 			return errors.Join(err, stop(cancel, g))
 		}
@@ -276,6 +296,46 @@ clusters:
   - id: %s
     task: %s
 `, DemoTask, hex.EncodeToString(m), DemoCluster, DemoTask), nil
+}
+
+// LoadOrCreateCreds reads the credentials of every role from dir, making
+// the missing ones: issuer, manager, user, operator, and the units of
+// cluster.
+func LoadOrCreateCreds(dir, cluster string) (map[access.Grant]*access.Credential, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("dev: credentials folder: %w", err)
+	}
+	creds := map[access.Grant]*access.Credential{}
+	for _, r := range access.Roles {
+		g := access.Grant{Role: r}
+		if r == access.Unit {
+			g.Cluster = cluster
+		}
+		c, err := access.LoadOrCreate(filepath.Join(dir, CredsFile(g)), g)
+		if err != nil {
+			return nil, err
+		}
+		creds[g] = c
+	}
+	return creds, nil
+}
+
+// CredsFile is the name of a grant's credentials file: issuer.creds,
+// unit-dev.creds.
+func CredsFile(g access.Grant) string {
+	if g.Role == access.Unit {
+		return "unit-" + g.Cluster + ".creds"
+	}
+	return string(g.Role) + ".creds"
+}
+
+// Connect opens a connection to the stack's NATS server as grant.
+func (s *Stack) Connect(g access.Grant) (*nats.Conn, error) {
+	c, ok := s.Creds[g]
+	if !ok {
+		return nil, fmt.Errorf("dev: no credentials for %s", g)
+	}
+	return s.NATS.Connect(c.Options()...)
 }
 
 // KillUnit stops unit i as if its process died: its NATS connection is cut

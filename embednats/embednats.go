@@ -1,13 +1,20 @@
-// Package embednats runs a NATS server with JetStream inside the process, for
+// Package embednats runs NATS servers with JetStream inside the process, for
 // `cohort dev`, `cohort demo`, the benchmarks and the tests. It is the real
 // nats-server, listening on a loopback TCP port (random unless given), with
-// its JetStream files under one folder.
+// its JetStream files under one folder: one server (Start), or a cluster of
+// servers joined by routes whose JetStream replicates streams across them
+// (StartCluster), each of which can be killed and started again.
+//
+// A server given Users admits only clients that prove one of those nkeys,
+// and holds each to its permissions; one given TLS speaks TLS to clients.
 package embednats
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +31,61 @@ type Config struct {
 	StoreDir string // required: JetStream storage
 	// SyncAlways makes JetStream fsync every write before acknowledging it.
 	SyncAlways bool
+	Name       string // server name; default "cohort-embedded"
+	// Users, when set, are the only clients admitted: each proves its nkey
+	// and is held to its permissions.
+	Users []*server.NkeyUser
+	// TLS, when set, is the server's TLS configuration for client
+	// connections; clients must then use TLS.
+	TLS *tls.Config
+	// Cluster, when set, makes the server one of a cluster.
+	Cluster *Route
+}
+
+// Route configures a server's cluster listener and its routes to the others.
+type Route struct {
+	Name   string   // the cluster's name
+	Port   int      // the cluster listener's port on Host; 0 picks a free one
+	Routes []string // other servers' cluster URLs, nats-route://host:port
+}
+
+// options maps the configuration to the server's options.
+func (cfg *Config) options() (*server.Options, error) {
+	port := cfg.Port
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	name := cfg.Name
+	if name == "" {
+		name = "cohort-embedded"
+	}
+	o := &server.Options{
+		ServerName: name,
+		Host:       cfg.Host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		SyncAlways: cfg.SyncAlways,
+		Nkeys:      cfg.Users,
+		NoSigs:     true,
+		NoLog:      os.Getenv("EMBEDNATS_LOG") == "",
+	}
+	if cfg.TLS != nil {
+		o.TLS, o.TLSConfig, o.TLSTimeout = true, cfg.TLS, 2
+	}
+	if c := cfg.Cluster; c != nil {
+		o.Cluster.Name, o.Cluster.Host, o.Cluster.Port = c.Name, cfg.Host, c.Port
+		if c.Port == 0 {
+			o.Cluster.Port = server.RANDOM_PORT
+		}
+		if len(c.Routes) > 0 {
+			o.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
+			if len(o.Routes) != len(c.Routes) {
+				return nil, fmt.Errorf("embednats: routes %q do not parse", c.Routes)
+			}
+		}
+	}
+	return o, nil
 }
 
 // Server is a running embedded NATS server.
@@ -41,22 +103,16 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
-	port := cfg.Port
-	if port == 0 {
-		port = server.RANDOM_PORT
+	opts, err := cfg.options()
+	if err != nil {
+		return nil, err
 	}
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "cohort-embedded",
-		Host:       cfg.Host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		SyncAlways: cfg.SyncAlways,
-		NoSigs:     true,
-		NoLog:      true,
-	})
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embednats: %w", err)
+	}
+	if !opts.NoLog {
+		ns.ConfigureLogger()
 	}
 	ns.Start()
 	if !ns.ReadyForConnections(readyTimeout) {
@@ -68,6 +124,16 @@ func Start(cfg Config) (*Server, error) {
 
 // ClientURL is the URL other processes connect to.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// ClusterURL is the URL of the server's cluster listener, for other
+// servers' routes; empty when the server is not in a cluster.
+func (s *Server) ClusterURL() string {
+	addr := s.ns.ClusterAddr()
+	if addr == nil {
+		return ""
+	}
+	return "nats-route://" + addr.String()
+}
 
 // Connect opens a TCP connection to the server.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {

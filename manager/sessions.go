@@ -38,6 +38,7 @@ func (m *Manager) ensureSessions(ctx context.Context) error {
 		MaxMsgsPerSubject: 1,
 		Duplicates:        duplicatesWindow,
 		AllowMsgTTL:       true, // each record lives as long as its session
+		AllowDirect:       true, // units read a record by subject, which NATS permissions confine to their cluster
 		Storage:           jetstream.FileStorage,
 		Replicas:          m.cfg.Replicas,
 	})

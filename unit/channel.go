@@ -310,7 +310,7 @@ func (u *Unit) accept(ctx context.Context, ck *issuerclient.ClusterKey, calls je
 	if skew := now.Sub(time.Unix(0, c.Time)); skew > maxClockSkew || skew < -maxClockSkew {
 		return nil, messages.Refusal(messages.CodeStale, "the call was sent %v from now, more than %v", skew.Round(time.Millisecond), maxClockSkew)
 	}
-	key := fmt.Sprintf("%x.%d", c.Session, c.Seq)
+	key := callKey(u.cfg.Cluster, c.Session, c.Seq)
 	mine, _ := messages.Marshal(&messages.CallClaim{V: messages.Version, Unit: u.cfg.ID})
 	rev, err := calls.Create(ctx, key, mine)
 	if errors.Is(err, jetstream.ErrKeyExists) {
@@ -319,7 +319,7 @@ func (u *Unit) accept(ctx context.Context, ck *issuerclient.ClusterKey, calls je
 		return nil, messages.Refusal(messages.CodeOverloaded, "the call could not be claimed: %v", err)
 	}
 	if kind == channel.KindCall {
-		if _, err := calls.Get(ctx, closedKey(c.Session)); err == nil {
+		if _, err := calls.Get(ctx, closedKey(u.cfg.Cluster, c.Session)); err == nil {
 			u.sessions.put(c.Session, &session{task: s.task, expires: s.expires, closed: true})
 			return nil, messages.Refusal(messages.CodeNoSession, "session %x was closed", c.Session)
 		}
@@ -345,7 +345,16 @@ func (u *Unit) claimed(ctx context.Context, calls jetstream.KeyValue, key string
 	return &accepted{stored: cl.Answer}, messages.Refusal(messages.CodeReplay, "call %d of this session ran already, on unit %s", seq, cl.Unit)
 }
 
-func closedKey(session []byte) string { return fmt.Sprintf("%x.closed", session) }
+// callKey is a call's key in the calls bucket. Keys begin with the cluster,
+// so that NATS permissions confine a unit to its own cluster's claims.
+func callKey(cluster string, session []byte, seq uint64) string {
+	return fmt.Sprintf("%s.%x.%d", cluster, session, seq)
+}
+
+// closedKey marks a closed session in the calls bucket.
+func closedKey(cluster string, session []byte) string {
+	return fmt.Sprintf("%s.%x.closed", cluster, session)
+}
 
 func kindName(k channel.Kind) string {
 	if k == channel.KindClose {
@@ -393,7 +402,7 @@ func (u *Unit) answer(ctx context.Context, calls jetstream.KeyValue, a *accepted
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the answer failed")
 	}
 	done, _ := messages.Marshal(&messages.CallClaim{V: messages.Version, Unit: u.cfg.ID, Answer: out})
-	if _, err := calls.Update(ctx, fmt.Sprintf("%x.%d", c.Session, c.Seq), done, a.claim); err != nil {
+	if _, err := calls.Update(ctx, callKey(u.cfg.Cluster, c.Session, c.Seq), done, a.claim); err != nil {
 		u.log.Warn("storing an answer with its claim failed: a retry of the call will hear in_progress", "err", err)
 	}
 	return out, nil
@@ -435,7 +444,7 @@ func (u *Unit) close(ctx context.Context, ck *issuerclient.ClusterKey, calls jet
 	if _, err := service.Request(ctx, u.cfg.Conn, messages.SubjectSession, rec, u.cfg.Timeout); err != nil {
 		return nil, messages.Refusal(messages.CodeOverloaded, "the close could not be stored durably: %v", err)
 	}
-	if _, err := calls.Put(ctx, closedKey(c.Session), []byte(u.cfg.ID)); err != nil {
+	if _, err := calls.Put(ctx, closedKey(u.cfg.Cluster, c.Session), []byte(u.cfg.ID)); err != nil {
 		return nil, messages.Refusal(messages.CodeOverloaded, "the close could not be marked: %v", err)
 	}
 	u.sessions.put(c.Session, &session{task: s.task, expires: s.expires, closed: true})

@@ -26,7 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -229,7 +228,7 @@ func cmdMeasure(_ context.Context, args []string, stdout, stderr io.Writer) erro
 
 func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("trust", stderr)
-	url := fs.String("nats", "", "NATS server URL")
+	nf := addNATSFlags(fs, stderr)
 	pin := fs.String("issuer-measurement", "", "the issuer measurement to pin, hex")
 	out := fs.String("out", "", "where to write the root CA certificate, PEM")
 	allowSim := fs.Bool("allow-simulated", true, "accept an issuer on simulated attestation (this build verifies no other kind)")
@@ -238,7 +237,7 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := required(fs, "nats", "issuer-measurement", "out"); err != nil {
+	if err := required(fs, "issuer-measurement", "out"); err != nil {
 		return err
 	}
 	m, err := measurement(*pin)
@@ -249,9 +248,9 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*url, nats.Name("cohort trust"), nats.Timeout(*timeout))
+	nc, err := nf.connect("cohort trust", false, *timeout)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	trust, err := issuerclient.VerifyIssuer(ctx, issuerclient.Config{
@@ -274,7 +273,7 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flags("issuer", stderr)
-	url := fs.String("nats", "", "NATS server URL")
+	nf := addNATSFlags(fs, stderr)
 	policyPath := fs.String("policy", "", "policy file, YAML")
 	data := fs.String("data", "", "data folder (the simulated CPU's seal secret)")
 	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
@@ -284,7 +283,7 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := required(fs, "nats", "policy", "data"); err != nil {
+	if err := required(fs, "policy", "data"); err != nil {
 		return err
 	}
 	raw, err := os.ReadFile(*policyPath)
@@ -299,9 +298,9 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*url, nats.Name("cohort issuer"), nats.MaxReconnects(-1))
+	nc, err := nf.connect("cohort issuer", true, 0)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	log := newLogger(stderr, lv)
@@ -318,7 +317,7 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flags("unit", stderr)
-	url := fs.String("nats", "", "NATS server URL")
+	nf := addNATSFlags(fs, stderr)
 	task := fs.String("task", "", "the task this unit runs")
 	https := fs.String("https", "", "HTTPS listen address, e.g. 127.0.0.1:8443")
 	pin := fs.String("issuer-measurement", "", "the issuer measurement to pin, hex")
@@ -333,7 +332,7 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := required(fs, "nats", "task", "https", "issuer-measurement"); err != nil {
+	if err := required(fs, "task", "https", "issuer-measurement"); err != nil {
 		return err
 	}
 	m, err := measurement(*pin)
@@ -348,9 +347,9 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*url, nats.Name("cohort unit "+*task), nats.MaxReconnects(-1))
+	nc, err := nf.connect("cohort unit "+*task, true, 0)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	u, err := unit.New(unit.Config{
@@ -447,7 +446,7 @@ func unitPlatform(backend, task string) (unit.Platform, error) {
 
 func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flags("manager", stderr)
-	url := fs.String("nats", "", "NATS server URL")
+	nf := addNATSFlags(fs, stderr)
 	pin := fs.String("issuer-measurement", "", "verify the issuer against this measurement and take its root")
 	rootFile := fs.String("root", "", "or: the issuer's root CA certificate, PEM (as 'cohort trust' writes it)")
 	interval := fs.Duration("heartbeat", time.Second, "heartbeat interval units are told to keep")
@@ -458,15 +457,12 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := required(fs, "nats"); err != nil {
-		return err
-	}
 	if (*pin == "") == (*rootFile == "") {
 		return fmt.Errorf("%w: give one of --issuer-measurement and --root", errUsage)
 	}
-	nc, err := nats.Connect(*url, nats.Name("cohort manager"), nats.MaxReconnects(-1))
+	nc, err := nf.connect("cohort manager", true, 0)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	var root *x509.Certificate
@@ -513,18 +509,15 @@ func readRoot(path string) (*x509.Certificate, error) {
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("status", stderr)
-	url := fs.String("nats", "", "NATS server URL")
+	nf := addNATSFlags(fs, stderr)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the issuer and the manager")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := required(fs, "nats"); err != nil {
-		return err
-	}
-	nc, err := nats.Connect(*url, nats.Name("cohort status"), nats.Timeout(*timeout))
+	nc, err := nf.connect("cohort status", false, *timeout)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	st, err := status.Fetch(ctx, nc, *timeout)
@@ -542,7 +535,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("events", stderr)
-	url := fs.String("nats", "", "NATS server URL")
+	nf := addNATSFlags(fs, stderr)
 	follow := fs.Bool("follow", false, "keep printing new events until interrupted")
 	fs.BoolVar(follow, "f", false, "short for --follow")
 	since := fs.Duration("since", 0, "only events newer than this, e.g. 1h; default all")
@@ -550,12 +543,9 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := required(fs, "nats"); err != nil {
-		return err
-	}
-	nc, err := nats.Connect(*url, nats.Name("cohort events"))
+	nc, err := nf.connect("cohort events", false, 0)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	err = events.Follow(ctx, nc, events.FollowConfig{Since: *since, Follow: *follow}, func(e *events.Event, err error) error {
@@ -631,7 +621,7 @@ var childEnv []string
 
 func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("call", stderr)
-	url := fs.String("nats", "", "NATS server URL")
+	nf := addNATSFlags(fs, stderr)
 	cluster := fs.String("cluster", "", "the cluster to call")
 	trustFile := fs.String("trust", "", "the issuer's root CA certificate, PEM (as 'cohort trust' writes it)")
 	task := fs.String("task", "", "the task the cluster must run; empty accepts any")
@@ -643,7 +633,7 @@ func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if err := required(fs, "nats", "cluster", "trust"); err != nil {
+	if err := required(fs, "cluster", "trust"); err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
@@ -659,9 +649,9 @@ func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(root)
-	nc, err := nats.Connect(*url, nats.Name("cohort call"), nats.Timeout(*timeout))
+	nc, err := nf.connect("cohort call", false, *timeout)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	s, err := client.Dial(ctx, client.Config{Conn: nc, Cluster: *cluster, Task: *task, Roots: roots, KEM: kemID, Timeout: *timeout})

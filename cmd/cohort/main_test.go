@@ -85,11 +85,18 @@ func TestTrustAgainstDevStack(t *testing.T) {
 		}
 	})
 	url := waitFor(t, &out, regexp.MustCompile(`NATS\s+(nats://\S+)`))
+	creds := waitFor(t, &out, regexp.MustCompile(`one per role in (\S+);`))
+	user := filepath.Join(creds, "user.creds")
 	dir := t.TempDir()
 	_, pin, _ := runCmd(t, "measure", "issuer")
 	pin = strings.TrimSpace(pin)
 
 	root := filepath.Join(dir, "root.pem")
+	code, _, stderr := runCmd(t, "trust", "--nats", url, "--issuer-measurement", pin, "--out", root)
+	if code != 1 || !strings.Contains(stderr, "Authorization Violation") {
+		t.Fatalf("trust without credentials: exit %d: %s", code, stderr)
+	}
+	t.Setenv("COHORT_CREDS", user) // the environment variable stands for --creds
 	code, stdout, stderr := runCmd(t, "trust", "--nats", url, "--issuer-measurement", pin, "--out", root)
 	if code != 0 {
 		t.Fatalf("trust: exit %d: %s", code, stderr)
@@ -114,6 +121,16 @@ func TestTrustAgainstDevStack(t *testing.T) {
 	code, _, stderr = runCmd(t, "trust", "--nats", url, "--issuer-measurement", pin, "--out", bad, "--allow-simulated=false")
 	if code != 1 || !strings.Contains(stderr, "simulated") {
 		t.Fatalf("simulated not allowed: exit %d: %s", code, stderr)
+	}
+
+	// A user may not ask the manager for status, and hears why; an operator may.
+	code, stdout, stderr = runCmd(t, "status", "--nats", url, "--timeout", "1s")
+	if !strings.Contains(stdout, "manager  did not answer") || !strings.Contains(stderr, `Permissions Violation for Publish to "cohort.v1.manager.status"`) {
+		t.Fatalf("status as a user: exit %d: %s", code, stderr)
+	}
+	code, stdout, stderr = runCmd(t, "status", "--nats", url, "--creds", filepath.Join(creds, "operator.creds"))
+	if code != 0 || !strings.Contains(stdout, "dev") {
+		t.Fatalf("status as an operator: exit %d: %s%s", code, stdout, stderr)
 	}
 }
 
