@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go"
 	"io"
 	"runtime"
 	"slices"
@@ -224,7 +225,19 @@ func startIssuer(ctx context.Context, srv *embednats.Server, groups []string) (*
 }
 
 // startIssuerWith runs an issuer with the given policy on its own connection.
-func startIssuerWith(ctx context.Context, srv *embednats.Server, policyYAML []byte) (*issuer.Issuer, func(), error) {
+func startIssuerWith(ctx context.Context, srv bus, policyYAML []byte) (*issuer.Issuer, func(), error) {
+	return startIssuerReplicated(ctx, srv, policyYAML, 1)
+}
+
+// bus is where a benchmark's parts connect: one embedded server, or a
+// cluster of them.
+type bus interface {
+	Connect(opts ...nats.Option) (*nats.Conn, error)
+}
+
+// startIssuerReplicated runs an issuer whose state JetStream keeps on
+// replicas servers.
+func startIssuerReplicated(ctx context.Context, srv bus, policyYAML []byte, replicas int) (*issuer.Issuer, func(), error) {
 	policy, err := issuer.ParsePolicy(policyYAML)
 	if err != nil {
 		return nil, nil, err
@@ -238,7 +251,7 @@ func startIssuerWith(ctx context.Context, srv *embednats.Server, policyYAML []by
 	if err != nil {
 		return nil, nil, err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: policy, Queue: 4096})
+	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: policy, Queue: 4096, Replicas: replicas})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

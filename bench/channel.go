@@ -29,12 +29,24 @@ type ChannelConfig struct {
 	Duration    time.Duration // each phase; default 5s
 	Concurrency int           // handshakes or calls in flight; default 8 × GOMAXPROCS
 	KEM         uint16        // default ML-KEM-768+X25519
-	JSON        bool
-	Out         io.Writer
+	// NATS is where it runs: Single, one embedded server that fsyncs every
+	// JetStream write before acknowledging it (as cohort dev runs); or
+	// Cluster, three embedded servers whose JetStream keeps every stream on
+	// all three. Default Single.
+	NATS string
+	JSON bool
+	Out  io.Writer
 }
+
+// Where the channel benchmark runs.
+const (
+	Single  = "single"
+	Cluster = "cluster"
+)
 
 // ChannelResult is what the channel benchmark measured.
 type ChannelResult struct {
+	NATS              string  `json:"nats"`
 	Units             int     `json:"units"`
 	KEM               string  `json:"kem"`
 	Concurrency       int     `json:"concurrency"`
@@ -81,18 +93,34 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(dir, "js")})
-	if err != nil {
-		return nil, err
+	var srv bus
+	replicas := 1
+	switch cfg.NATS {
+	case "", Single:
+		cfg.NATS = Single
+		one, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(dir, "js"), SyncAlways: true})
+		if err != nil {
+			return nil, err
+		}
+		defer one.Close()
+		srv = one
+	case Cluster:
+		three, err := embednats.StartCluster(embednats.ClusterConfig{Dir: dir})
+		if err != nil {
+			return nil, err
+		}
+		defer three.Close()
+		srv, replicas = three, 3
+	default:
+		return nil, fmt.Errorf("bench: NATS %q: want %s or %s", cfg.NATS, Single, Cluster)
 	}
-	defer srv.Close()
 
 	m, err := sim.MeasurementHex(sim.UnitIdentity("bench"))
 	if err != nil {
 		return nil, err
 	}
-	iss, stopIssuer, err := startIssuerWith(ctx, srv, fmt.Appendf(nil,
-		"version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n    ip_addresses: [127.0.0.1]\nclusters:\n  - id: bench\n    task: bench\n", m))
+	iss, stopIssuer, err := startIssuerReplicated(ctx, srv, fmt.Appendf(nil,
+		"version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n    ip_addresses: [127.0.0.1]\nclusters:\n  - id: bench\n    task: bench\n", m), replicas)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +136,7 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 		return nil, err
 	}
 	defer mnc.Close()
-	mgr, err := manager.New(manager.Config{Conn: mnc, Root: iss.Root()})
+	mgr, err := manager.New(manager.Config{Conn: mnc, Root: iss.Root(), Replicas: replicas})
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +181,7 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 	}
 	defer cnc.Close()
 	ccfg := client.Config{Conn: cnc, Cluster: "bench", Task: "bench", Roots: roots, KEM: cfg.KEM}
-	res := &ChannelResult{Units: cfg.Units, KEM: kemName(cfg.KEM), Concurrency: cfg.Concurrency, CallBytes: 1024}
+	res := &ChannelResult{NATS: cfg.NATS, Units: cfg.Units, KEM: kemName(cfg.KEM), Concurrency: cfg.Concurrency, CallBytes: 1024}
 
 	// Handshakes.
 	var startsMu sync.Mutex
@@ -243,13 +271,17 @@ func (r *ChannelResult) print(w io.Writer, asJSON bool) error {
 		e.SetIndent("", "  ")
 		return e.Encode(r)
 	}
-	_, err := fmt.Fprintf(w, `cohort bench channel: %d units, one embedded NATS server, KEM %s, %d in flight
+	where := "one embedded NATS server, fsync on every JetStream write"
+	if r.NATS == Cluster {
+		where = "a cluster of three embedded NATS servers, every stream on all three"
+	}
+	_, err := fmt.Fprintf(w, `cohort bench channel: %d units, %s, KEM %s, %d in flight
   handshakes       %8.0f /s   p50 %.2f ms   p99 %.2f ms   (each stored durably before it is answered)
   usable on all    p50 %.2f ms   p99 %.2f ms   (%d sessions measured, %d not on every unit)
   calls, 1 KiB     %8.0f /s   p50 %.2f ms   p99 %.2f ms
   baseline         a full TLS 1.3 handshake %.2f ms (p50); one with each of the %d units %.2f ms
   errors           %d
-`, r.Units, r.KEM, r.Concurrency, r.HandshakesPerS, r.HandshakeP50Ms, r.HandshakeP99Ms, r.UsableP50Ms, r.UsableP99Ms,
+`, r.Units, where, r.KEM, r.Concurrency, r.HandshakesPerS, r.HandshakeP50Ms, r.HandshakeP99Ms, r.UsableP50Ms, r.UsableP99Ms,
 		r.SessionsMeasured, r.SessionsNotOnAll, r.CallsPerS, r.CallP50Ms, r.CallP99Ms, r.TLSHandshakeP50Ms, r.Units, r.TLSToAllUnitsMs, r.Errors)
 	return err
 }

@@ -42,7 +42,10 @@ type Config struct {
 	Timeout time.Duration  // per request; default 5s
 	// CallTimeout is how long one attempt of a call waits for an answer
 	// before it is sent again (to whichever unit the queue group picks);
-	// default 1s. Retries is how many attempts a call makes; default 5.
+	// default 1s. Retries is how many attempts a call makes; default 12.
+	// The pauses between attempts grow to CallTimeout, so that the default
+	// budget outlasts a unit's death with a call claimed (its 3 s lease)
+	// and JetStream's longest leader election (9 s) after a NATS server dies.
 	CallTimeout time.Duration
 	Retries     int
 	Now         func() time.Time
@@ -79,7 +82,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 		cfg.CallTimeout = time.Second
 	}
 	if cfg.Retries <= 0 {
-		cfg.Retries = 5
+		cfg.Retries = 12
 	}
 	c, pub, err := channel.NewClient(cfg.KEM)
 	if err != nil {
@@ -222,22 +225,36 @@ func (s *Session) send(ctx context.Context, kind channel.Kind, subject string, d
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		case errors.Is(err, messages.ErrInProgress):
-			// Another unit runs it: ask again shortly for the answer it stores.
-			t := time.NewTimer(time.Duration(try+1) * 20 * time.Millisecond)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			// Another unit runs it (or ran it and died, until its claim's
+			// lease runs out): ask again for the answer it stores.
+			if !pause(ctx, min(s.cfg.CallTimeout, time.Duration(try+1)*200*time.Millisecond)) {
 				return nil, ctx.Err()
-			case <-t.C:
 			}
-		case errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders), errors.Is(err, context.DeadlineExceeded),
-			errors.Is(err, messages.ErrOverloaded):
-			// No answer: the same call again.
+		case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+			// No answer within CallTimeout: the same call again.
+		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, messages.ErrOverloaded):
+			// No unit listens, or one could not store: the same call again
+			// after a pause, so that a failover has time to happen.
+			if !pause(ctx, min(s.cfg.CallTimeout, time.Duration(try+1)*100*time.Millisecond)) {
+				return nil, ctx.Err()
+			}
 		default:
 			return nil, err
 		}
 	}
 	return nil, fmt.Errorf("client: call failed after %d attempts: %w", s.cfg.Retries, last)
+}
+
+// pause waits d, or until ctx is done; it reports whether it waited d.
+func pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 func (s *Session) attempt(ctx context.Context, kind channel.Kind, subject string, seq uint64, req []byte) (*Answer, error) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // ClusterConfig configures a cluster of embedded servers.
@@ -145,6 +146,23 @@ func (c *Cluster) WaitReady(timeout time.Duration) error {
 	}
 }
 
+// Healthy reports whether every server runs, routed to the others, and
+// JetStream has a current meta leader.
+func (c *Cluster) Healthy() error {
+	c.mu.Lock()
+	for i, s := range c.servers {
+		if s == nil {
+			c.mu.Unlock()
+			return fmt.Errorf("embednats: server %s is down", c.cfgs[i].Name)
+		}
+	}
+	c.mu.Unlock()
+	if !c.ready() {
+		return errors.New("embednats: JetStream has no current leader of all the servers")
+	}
+	return nil
+}
+
 func (c *Cluster) ready() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -188,4 +206,13 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// Connect opens a connection that fails over between the servers.
+func (c *Cluster) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	nc, err := nats.Connect(c.URL(), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("embednats: connect: %w", err)
+	}
+	return nc, nil
 }

@@ -131,3 +131,33 @@ func (v *View) Print(w io.Writer) {
 		tw.Flush()
 	}
 }
+
+// Serving reports whether the view shows the deployment whole: the issuer
+// and the manager answered, and cluster has at least units active units,
+// none of them late. The error says what is missing.
+func (v *View) Serving(cluster string, units int) error {
+	switch {
+	case v.Issuer == nil:
+		return fmt.Errorf("status: the issuer did not answer: %s", v.IssuerError)
+	case v.Manager == nil:
+		return fmt.Errorf("status: the manager did not answer: %s", v.ManagerError)
+	}
+	active := 0
+	for _, c := range v.Manager.Clusters {
+		if c.ID != cluster {
+			continue
+		}
+		for _, u := range c.Units {
+			switch u.State {
+			case manager.Active:
+				active++
+			default:
+				return fmt.Errorf("status: unit %s of cluster %s is %s", u.Unit, cluster, u.State)
+			}
+		}
+	}
+	if active < units {
+		return fmt.Errorf("status: %d of %d units of cluster %s active", active, units, cluster)
+	}
+	return nil
+}

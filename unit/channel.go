@@ -314,7 +314,18 @@ func (u *Unit) accept(ctx context.Context, ck *issuerclient.ClusterKey, calls je
 	mine, _ := messages.Marshal(&messages.CallClaim{V: messages.Version, Unit: u.cfg.ID})
 	rev, err := calls.Create(ctx, key, mine)
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		return u.claimed(ctx, calls, key, c.Seq)
+		var e jetstream.KeyValueEntry
+		var refusal *messages.Error
+		var a *accepted
+		if a, refusal, e = u.claimed(ctx, calls, key, c.Seq); e == nil || now.Sub(e.Created()) < claimLease {
+			return a, refusal
+		}
+		// The unit that claimed the call stopped renewing its claim before
+		// it answered: it died. Take the call over, once.
+		if rev, err = calls.Update(ctx, key, mine, e.Revision()); err != nil {
+			return nil, refusal
+		}
+		u.log.Info("took over a call whose unit stopped renewing its claim", "seq", c.Seq)
 	} else if err != nil {
 		return nil, messages.Refusal(messages.CodeOverloaded, "the call could not be claimed: %v", err)
 	}
@@ -327,22 +338,61 @@ func (u *Unit) accept(ctx context.Context, ck *issuerclient.ClusterKey, calls je
 	return &accepted{call: &c, session: s, request: request, claim: rev}, nil
 }
 
-// claimed answers a message another unit, or this one, claimed before.
-func (u *Unit) claimed(ctx context.Context, calls jetstream.KeyValue, key string, seq uint64) (*accepted, *messages.Error) {
+// claimed answers a message another unit, or this one, claimed before. A
+// claim without an answer comes back too, for accept to judge its age.
+func (u *Unit) claimed(ctx context.Context, calls jetstream.KeyValue, key string, seq uint64) (*accepted, *messages.Error, jetstream.KeyValueEntry) {
 	e, err := calls.Get(ctx, key)
 	if err != nil {
-		return nil, messages.Refusal(messages.CodeReplay, "call %d of this session was taken already", seq)
+		return nil, messages.Refusal(messages.CodeReplay, "call %d of this session was taken already", seq), nil
 	}
 	var cl messages.CallClaim
 	if err := messages.Decode(e.Value(), messages.MaxCallClaim, &cl); err != nil {
-		return nil, messages.Refusal(messages.CodeReplay, "call %d of this session was taken already", seq)
+		return nil, messages.Refusal(messages.CodeReplay, "call %d of this session was taken already", seq), nil
 	}
 	if len(cl.Answer) == 0 {
-		return nil, messages.Refusal(messages.CodeInProgress, "call %d is being run by unit %s", seq, cl.Unit)
+		return nil, messages.Refusal(messages.CodeInProgress, "call %d is being run by unit %s", seq, cl.Unit), e
 	}
 	// Refused as a replay, with the answer it had: a retry by the user opens
 	// it; anybody else holds ciphertext they saw already, and nothing ran.
-	return &accepted{stored: cl.Answer}, messages.Refusal(messages.CodeReplay, "call %d of this session ran already, on unit %s", seq, cl.Unit)
+	return &accepted{stored: cl.Answer}, messages.Refusal(messages.CodeReplay, "call %d of this session ran already, on unit %s", seq, cl.Unit), nil
+}
+
+// A unit renews its claim on a call every claimRenew while the task runs;
+// a claim not renewed for claimLease is its dead unit's, and another unit
+// may take the call over. The lease is measured from the claim's time in
+// JetStream to the taking unit's clock, which calls require to be in step
+// within maxClockSkew anyway.
+const (
+	claimRenew = time.Second
+	claimLease = 3 * time.Second
+)
+
+// renewClaim keeps a's claim alive until stop is called; stop returns when
+// renewing has stopped, after which a.claim is the claim's revision.
+func (u *Unit) renewClaim(ctx context.Context, calls jetstream.KeyValue, a *accepted) (stop func()) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	key := callKey(u.cfg.Cluster, a.call.Session, a.call.Seq)
+	mine, _ := messages.Marshal(&messages.CallClaim{V: messages.Version, Unit: u.cfg.ID})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(claimRenew)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if rev, err := calls.Update(ctx, key, mine, a.claim); err == nil {
+					a.claim = rev
+				} else {
+					u.log.Warn("renewing a call's claim failed", "seq", a.call.Seq, "err", err)
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }
 
 // callKey is a call's key in the calls bucket. Keys begin with the cluster,
@@ -371,7 +421,9 @@ func (u *Unit) call(ctx context.Context, ck *issuerclient.ClusterKey, calls jets
 		return a.storedAnswer(), refusal
 	}
 	actx, cancel := context.WithTimeout(ctx, u.cfg.CallTimeout)
+	stopRenewing := u.renewClaim(actx, calls, a)
 	answer, err := u.cfg.App(actx, a.session.task, a.request)
+	stopRenewing()
 	cancel()
 	if err != nil {
 		// The error stays here: a refusal travels in the clear, and a task's

@@ -26,12 +26,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cohort-dev/cohort/bench"
 	"github.com/cohort-dev/cohort/client"
+	"github.com/cohort-dev/cohort/deploy"
 	"github.com/cohort-dev/cohort/dev"
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/enclave/sim"
@@ -52,14 +54,18 @@ Usage:
   cohort demo [replicas | mpc]
   cohort measure issuer | cohort measure unit --task NAME
   cohort trust --nats URL --issuer-measurement HEX --out FILE
+  cohort deploy --out DIR [--servers nats-1,nats-2,nats-3] [--policy FILE]
   cohort issuer --nats URL --policy FILE --data DIR
   cohort unit --nats URL --task NAME --https ADDR --issuer-measurement HEX [--cluster ID] [--groups ID,...]
   cohort manager --nats URL (--issuer-measurement HEX | --root FILE)
   cohort status --nats URL [--json]
   cohort events --nats URL [--follow] [--since DURATION] [--json]
   cohort call --nats URL --cluster ID --trust root.pem [--task NAME] DATA...
+  cohort faults --cluster ID --trust root.pem --targets A,B --kill 'CMD {}' [--status-creds FILE] [--health URLS]
   cohort bench certify [--duration D] [--groups N] [--json]
 
+Every command that connects takes --nats URLS, --creds FILE and --tls-ca FILE,
+or the environment variables COHORT_NATS, COHORT_CREDS and COHORT_TLS_CA.
 Run 'cohort COMMAND -h' for a command's flags.
 `
 
@@ -81,7 +87,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	commands := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
 		"dev": cmdDev, "demo": cmdDemo, "measure": cmdMeasure, "trust": cmdTrust,
 		"issuer": cmdIssuer, "unit": cmdUnit, "bench": cmdBench,
-		"manager": cmdManager, "status": cmdStatus, "events": cmdEvents, "call": cmdCall,
+		"manager": cmdManager, "deploy": cmdDeploy, "faults": cmdFaults, "status": cmdStatus, "events": cmdEvents, "call": cmdCall,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -229,7 +235,7 @@ func cmdMeasure(_ context.Context, args []string, stdout, stderr io.Writer) erro
 func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("trust", stderr)
 	nf := addNATSFlags(fs, stderr)
-	pin := fs.String("issuer-measurement", "", "the issuer measurement to pin, hex")
+	pin := fs.String("issuer-measurement", os.Getenv("COHORT_ISSUER_MEASUREMENT"), "the issuer measurement to pin, hex (env COHORT_ISSUER_MEASUREMENT)")
 	out := fs.String("out", "", "where to write the root CA certificate, PEM")
 	allowSim := fs.Bool("allow-simulated", true, "accept an issuer on simulated attestation (this build verifies no other kind)")
 	policyHash := fs.String("policy-hash", "", "optional: the SHA-256 of the policy the issuer must serve, hex")
@@ -320,7 +326,7 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	nf := addNATSFlags(fs, stderr)
 	task := fs.String("task", "", "the task this unit runs")
 	https := fs.String("https", "", "HTTPS listen address, e.g. 127.0.0.1:8443")
-	pin := fs.String("issuer-measurement", "", "the issuer measurement to pin, hex")
+	pin := fs.String("issuer-measurement", os.Getenv("COHORT_ISSUER_MEASUREMENT"), "the issuer measurement to pin, hex (env COHORT_ISSUER_MEASUREMENT)")
 	name := fs.String("name", "", "this replica's name; default the HTTPS address")
 	cluster := fs.String("cluster", "", "the cluster to join at the manager; empty: join none")
 	groups := fs.String("groups", "", "comma-separated groups of the task whose pairs to obtain with the task's")
@@ -447,7 +453,7 @@ func unitPlatform(backend, task string) (unit.Platform, error) {
 func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flags("manager", stderr)
 	nf := addNATSFlags(fs, stderr)
-	pin := fs.String("issuer-measurement", "", "verify the issuer against this measurement and take its root")
+	pin := fs.String("issuer-measurement", os.Getenv("COHORT_ISSUER_MEASUREMENT"), "verify the issuer against this measurement and take its root (env COHORT_ISSUER_MEASUREMENT)")
 	rootFile := fs.String("root", "", "or: the issuer's root CA certificate, PEM (as 'cohort trust' writes it)")
 	interval := fs.Duration("heartbeat", time.Second, "heartbeat interval units are told to keep")
 	misses := fs.Int("misses", 3, "heartbeats missed in a row before a unit is evicted")
@@ -475,11 +481,9 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		trust, err := issuerclient.VerifyIssuer(ctx, issuerclient.Config{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: true})
-		if err != nil {
+		if root, err = awaitIssuer(ctx, issuerclient.Config{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: true}, newLogger(stderr, lv)); err != nil {
 			return err
 		}
-		root = trust.Root
 	}
 	log := newLogger(stderr, lv)
 	reg, err := serveMetrics(ctx, *metricsAddr, log)
@@ -683,7 +687,8 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 	d := fs.Duration("duration", 5*time.Second, "how long each phase runs")
 	conc := fs.Int("concurrency", 0, "handshakes or calls in flight; default 8 × GOMAXPROCS")
 	kem := fs.String("kem", "mlkem768x25519", "key agreement: mlkem768x25519 or x25519")
-	asJSON := fs.Bool("json", false, "print one JSON object")
+	on := fs.String("on", "single,cluster", "where to run, in turn: single (one embedded NATS server, fsync on every write, as cohort dev) and cluster (three servers, three replicas)")
+	asJSON := fs.Bool("json", false, "print a JSON array, one object for each of --on")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -691,6 +696,86 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	_, err = bench.Channel(ctx, bench.ChannelConfig{Units: *units, Duration: *d, Concurrency: *conc, KEM: kemID, JSON: *asJSON, Out: stdout})
-	return err
+	var results []*bench.ChannelResult
+	for _, where := range splitList(*on) {
+		cfg := bench.ChannelConfig{Units: *units, Duration: *d, Concurrency: *conc, KEM: kemID, NATS: where, Out: stdout}
+		if *asJSON {
+			cfg.Out = io.Discard
+		}
+		r, err := bench.Channel(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	}
+	if *asJSON {
+		e := json.NewEncoder(stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(results)
+	}
+	return nil
+}
+
+func cmdDeploy(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("deploy", stderr)
+	out := fs.String("out", "", "folder to write the deployment's configuration into")
+	servers := fs.String("servers", "nats-1,nats-2,nats-3", "the NATS servers' host names, comma-separated")
+	policyPath := fs.String("policy", "", "the issuer's policy; default the demo policy for this build (SIMULATED attestation)")
+	root := fs.String("root", "/etc/cohort", "where the folder is mounted in the servers' containers")
+	names := fs.String("names", "localhost,127.0.0.1", "further names and addresses of the servers' certificates, for clients outside")
+	sync := fs.String("sync", "", "JetStream fsync interval, e.g. always; default the server's (a cluster makes writes durable by replication)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "out"); err != nil {
+		return err
+	}
+	var raw []byte
+	var err error
+	if *policyPath != "" {
+		raw, err = os.ReadFile(*policyPath)
+	} else {
+		raw, err = dev.DemoPolicy()
+	}
+	if err != nil {
+		return err
+	}
+	policy, err := issuer.ParsePolicy(raw)
+	if err != nil {
+		return err
+	}
+	var clusters []string
+	for _, c := range policy.Clusters {
+		clusters = append(clusters, c.ID)
+	}
+	if err := deploy.Generate(deploy.Config{
+		Dir: *out, Servers: splitList(*servers), Clusters: clusters, Policy: raw, Root: *root, ExtraNames: splitList(*names), Sync: *sync,
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "deployment written to %s: NATS server configurations (nats/), TLS CA and certificates (tls/), credentials per role (creds/), policy.yaml\n", *out)
+	return nil
+}
+
+// awaitIssuer verifies the issuer and returns its root, waiting while no
+// issuer answers (it may be starting beside us); a refusal ends the wait.
+func awaitIssuer(ctx context.Context, cfg issuerclient.Config, log *slog.Logger) (*x509.Certificate, error) {
+	for failures := 0; ; failures++ {
+		trust, err := issuerclient.VerifyIssuer(ctx, cfg)
+		if err == nil {
+			return trust.Root, nil
+		}
+		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			return nil, err
+		}
+		wait := unit.Backoff(failures, 100*time.Millisecond, 2*time.Second)
+		log.Warn("no issuer answers yet; waiting", "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }

@@ -1,0 +1,332 @@
+// Package deploy writes what a scale-out deployment of cohort needs besides
+// its binaries: a NATS cluster's server configurations (JetStream, routes,
+// TLS, the per-role users and permissions of package access), a private CA
+// and the servers' TLS certificates, one credentials file per role, and the
+// issuer's policy. `cohort deploy` runs it; docker-compose.yml mounts what it
+// writes.
+//
+// Guarantees: client connections and routes speak TLS (routes verify both
+// ends against the deployment's CA); the servers admit only the credentials
+// written here, each to its role's subjects; secrets (the credentials' seeds
+// and the servers' TLS keys) are written readable by their owner only, and
+// the CA's private key is never written: a deployment that needs another
+// server certificate is generated again.
+package deploy
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// Config says what to generate. Zero fields take the defaults noted.
+type Config struct {
+	Dir      string   // required: where the files go
+	Servers  []string // NATS servers' host names; default nats-1, nats-2, nats-3
+	Clusters []string // clusters whose units get credentials; required
+	Policy   []byte   // the issuer's policy, written as policy.yaml; optional
+	// Root is where Dir is mounted in the servers' containers; the server
+	// configurations name their files under it. Default /etc/cohort.
+	Root string
+	// ExtraNames are further names and addresses the servers' certificates
+	// hold, for clients outside the containers' network; default localhost
+	// and 127.0.0.1.
+	ExtraNames []string
+	Validity   time.Duration    // of the CA and the certificates; default 1 year
+	Now        func() time.Time // default time.Now
+	Rand       io.Reader        // default crypto/rand
+	// Sync is JetStream's fsync interval; empty leaves the server's default
+	// (replication across the cluster is what makes a write durable).
+	// "always" fsyncs every write before acknowledging it.
+	Sync string
+}
+
+func (c *Config) fill() error {
+	if c.Dir == "" {
+		return errors.New("deploy: Config.Dir is required")
+	}
+	if len(c.Servers) == 0 {
+		c.Servers = []string{"nats-1", "nats-2", "nats-3"}
+	}
+	for _, s := range c.Servers {
+		if !messages.ValidTaskName(s) {
+			return fmt.Errorf("deploy: server name %q: want lower-case letters, digits and dashes", s)
+		}
+	}
+	if len(c.Clusters) == 0 {
+		return errors.New("deploy: Config.Clusters is required: units get credentials per cluster")
+	}
+	if c.Root == "" {
+		c.Root = "/etc/cohort"
+	}
+	if c.ExtraNames == nil {
+		c.ExtraNames = []string{"localhost", "127.0.0.1"}
+	}
+	if c.Validity == 0 {
+		c.Validity = 365 * 24 * time.Hour
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	return nil
+}
+
+// Files, relative to Config.Dir.
+const (
+	CAFile     = "tls/ca.pem"
+	PolicyFile = "policy.yaml"
+)
+
+// CredsFile is the credentials file of a grant, relative to Config.Dir.
+func CredsFile(g access.Grant) string {
+	if g.Role == access.Unit {
+		return "creds/unit-" + g.Cluster + ".creds"
+	}
+	return "creds/" + string(g.Role) + ".creds"
+}
+
+// ServerConfigFile is a server's configuration, relative to Config.Dir.
+func ServerConfigFile(name string) string { return "nats/" + name + ".conf" }
+
+// Generate writes the deployment into cfg.Dir.
+func Generate(cfg Config) error {
+	if err := cfg.fill(); err != nil {
+		return err
+	}
+	for _, d := range []string{"tls", "creds", "nats"} {
+		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o700); err != nil {
+			return fmt.Errorf("deploy: %w", err)
+		}
+	}
+	grants := []access.Grant{{Role: access.Issuer}, {Role: access.Manager}, {Role: access.User}, {Role: access.Operator}}
+	for _, c := range cfg.Clusters {
+		grants = append(grants, access.Grant{Role: access.Unit, Cluster: c})
+	}
+	var users []*server.NkeyUser
+	for _, g := range grants {
+		c, err := access.NewCredential(g, cfg.Rand)
+		if err != nil {
+			return err
+		}
+		if err := c.WriteFile(filepath.Join(cfg.Dir, CredsFile(g))); err != nil {
+			return err
+		}
+		u, err := c.User()
+		if err != nil {
+			return err
+		}
+		users = append(users, u)
+	}
+	ca, caKey, err := newCA(&cfg)
+	if err != nil {
+		return err
+	}
+	if err := writePEM(filepath.Join(cfg.Dir, CAFile), 0o644, "CERTIFICATE", ca.Raw); err != nil {
+		return err
+	}
+	for _, s := range cfg.Servers {
+		if err := serverCert(&cfg, ca, caKey, s); err != nil {
+			return err
+		}
+		conf, err := serverConfig(&cfg, s, users)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(cfg.Dir, ServerConfigFile(s)), conf, 0o644); err != nil {
+			return fmt.Errorf("deploy: %w", err)
+		}
+	}
+	if cfg.Policy != nil {
+		if err := os.WriteFile(filepath.Join(cfg.Dir, PolicyFile), cfg.Policy, 0o644); err != nil {
+			return fmt.Errorf("deploy: %w", err)
+		}
+	}
+	return nil
+}
+
+// Ports the servers listen on inside their containers.
+const (
+	ClientPort  = 4222
+	ClusterPort = 6222
+	MonitorPort = 8222
+)
+
+// serverConfig renders one server's configuration. nats-server reads JSON
+// as configuration, so the structure is built as data and marshalled: no
+// quoting by hand.
+func serverConfig(cfg *Config, name string, users []*server.NkeyUser) ([]byte, error) {
+	in := func(rel string) string { return cfg.Root + "/" + rel }
+	tlsBlock := map[string]any{
+		"cert_file": in("tls/" + name + ".pem"),
+		"key_file":  in("tls/" + name + "-key.pem"),
+		"timeout":   2,
+	}
+	js := map[string]any{"store_dir": "/data"}
+	if cfg.Sync != "" {
+		js["sync_interval"] = cfg.Sync
+	}
+	var us []map[string]any
+	for _, u := range users {
+		p := u.Permissions
+		us = append(us, map[string]any{
+			"nkey": u.Nkey,
+			"permissions": map[string]any{
+				"publish":         map[string]any{"allow": p.Publish.Allow},
+				"subscribe":       map[string]any{"allow": p.Subscribe.Allow},
+				"allow_responses": true,
+			},
+		})
+	}
+	conf := map[string]any{
+		"server_name":   name,
+		"listen":        fmt.Sprintf("0.0.0.0:%d", ClientPort),
+		"http":          fmt.Sprintf("0.0.0.0:%d", MonitorPort),
+		"jetstream":     js,
+		"tls":           tlsBlock,
+		"authorization": map[string]any{"users": us},
+	}
+	if len(cfg.Servers) > 1 {
+		var routes []string
+		for _, o := range cfg.Servers {
+			if o != name {
+				routes = append(routes, fmt.Sprintf("nats-route://%s:%d", o, ClusterPort))
+			}
+		}
+		routeTLS := map[string]any{"ca_file": in(CAFile), "verify": true}
+		for k, v := range tlsBlock {
+			routeTLS[k] = v
+		}
+		conf["cluster"] = map[string]any{
+			"name":   "cohort",
+			"listen": fmt.Sprintf("0.0.0.0:%d", ClusterPort),
+			"routes": routes,
+			"tls":    routeTLS,
+			// Clients are given every server's address; the containers'
+			// internal names are of no use to clients outside.
+			"no_advertise": true,
+		}
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# NATS server %s of a cohort deployment, written by 'cohort deploy'. JSON is NATS configuration.\n", name)
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false) // NATS configuration knows no \u escapes; subjects hold '>'
+	if err := enc.Encode(conf); err != nil {
+		return nil, fmt.Errorf("deploy: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+func newCA(cfg *Config) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cfg.Rand)
+	if err != nil {
+		return nil, nil, fmt.Errorf("deploy: %w", err)
+	}
+	now := cfg.Now()
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "cohort deployment NATS CA", Organization: []string{"cohort"}},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(cfg.Validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	if tmpl.SerialNumber, err = serial(cfg.Rand); err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificate(cfg.Rand, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("deploy: CA: %w", err)
+	}
+	ca, err := x509.ParseCertificate(der)
+	return ca, key, err
+}
+
+func serverCert(cfg *Config, ca *x509.Certificate, caKey *ecdsa.PrivateKey, name string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cfg.Rand)
+	if err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	now := cfg.Now()
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name, Organization: []string{"cohort"}},
+		NotBefore:   now.Add(-time.Minute),
+		NotAfter:    now.Add(cfg.Validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, // client: routes
+		DNSNames:    []string{name},
+	}
+	for _, n := range cfg.ExtraNames {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if !slices.Contains(tmpl.DNSNames, n) {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	if tmpl.SerialNumber, err = serial(cfg.Rand); err != nil {
+		return err
+	}
+	der, err := x509.CreateCertificate(cfg.Rand, tmpl, ca, key.Public(), caKey)
+	if err != nil {
+		return fmt.Errorf("deploy: certificate of %s: %w", name, err)
+	}
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	if err := writePEM(filepath.Join(cfg.Dir, "tls", name+".pem"), 0o644, "CERTIFICATE", der); err != nil {
+		return err
+	}
+	return writePEM(filepath.Join(cfg.Dir, "tls", name+"-key.pem"), 0o600, "PRIVATE KEY", pk)
+}
+
+func serial(rnd io.Reader) (*big.Int, error) {
+	b := make([]byte, 16)
+	if _, err := io.ReadFull(rnd, b); err != nil {
+		return nil, fmt.Errorf("deploy: serial: %w", err)
+	}
+	b[0] &= 0x7f
+	return new(big.Int).SetBytes(b), nil
+}
+
+func writePEM(path string, mode os.FileMode, typ string, der []byte) error {
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode); err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	return nil
+}
+
+// ClientURL is the comma-separated list of URLs that reach every server
+// of the deployment from host, on the client ports counted up from
+// firstPort, as docker-compose.yml publishes them.
+func ClientURL(host string, firstPort, servers int) string {
+	urls := make([]string, servers)
+	for i := range urls {
+		urls[i] = fmt.Sprintf("tls://%s", net.JoinHostPort(host, fmt.Sprint(firstPort+i)))
+	}
+	return strings.Join(urls, ",")
+}

@@ -1,0 +1,370 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/client"
+	"github.com/cohort-dev/cohort/embednats"
+	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/faults"
+	"github.com/cohort-dev/cohort/issuer"
+	"github.com/cohort-dev/cohort/manager"
+	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/status"
+	"github.com/cohort-dev/cohort/unit"
+)
+
+// proc is one part of a deployment that runs on its own NATS connection, as
+// a process would: it can be killed (its connection cut, its run stopped)
+// and started again.
+type proc struct {
+	name   string
+	grant  access.Grant
+	newRun func(nc *nats.Conn) (run func(context.Context) error, ready <-chan struct{}, err error)
+
+	mu     sync.Mutex
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// deployment is the scale-out deployment in one test process: a cluster of
+// three NATS servers whose JetStream keeps three replicas, an issuer, a
+// manager and three units, each on a connection with its role's
+// credentials.
+type deployment struct {
+	t      *testing.T
+	nats   *embednats.Cluster
+	creds  map[access.Grant]*access.Credential
+	secret []byte
+	procs  []*proc
+	units  map[string]*unit.Unit // the running unit of each name
+	iss    *issuer.Issuer
+	mu     sync.Mutex
+}
+
+const faultCluster = "dev"
+
+func (d *deployment) connect(g access.Grant) (*nats.Conn, error) {
+	opts := append(d.creds[g].Options(),
+		nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	return nats.Connect(d.nats.URL(), opts...)
+}
+
+func (d *deployment) start(p *proc) error {
+	nc, err := d.connect(p.grant)
+	if err != nil {
+		return fmt.Errorf("%s: connect: %w", p.name, err)
+	}
+	run, ready, err := p.newRun(nc)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("%s: %w", p.name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		cancel()
+		nc.Close()
+		return fmt.Errorf("%s stopped before it was ready: %v", p.name, err)
+	case <-time.After(deadline):
+		cancel()
+		nc.Close()
+		return fmt.Errorf("%s not ready within %v", p.name, deadline)
+	}
+	p.mu.Lock()
+	p.nc, p.cancel, p.done = nc, cancel, done
+	p.mu.Unlock()
+	return nil
+}
+
+// supervise starts p as a supervisor would: again, after a pause, while it
+// fails to start (as the issuer does while JetStream elects its leaders).
+func (d *deployment) supervise(p *proc) error {
+	end := time.Now().Add(deadline)
+	for {
+		err := d.start(p)
+		if err == nil || time.Now().After(end) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond) // a supervisor's restart delay, not synchronisation
+	}
+}
+
+// kill cuts the part's connection first, so that it neither answers nor
+// says goodbye, then stops its run.
+func (d *deployment) kill(p *proc) {
+	p.mu.Lock()
+	nc, cancel, done := p.nc, p.cancel, p.done
+	p.nc = nil
+	p.mu.Unlock()
+	if nc == nil {
+		return
+	}
+	nc.Close()
+	cancel()
+	<-done // its error is the cut connection's
+}
+
+func (d *deployment) proc(name string) *proc {
+	for _, p := range d.procs {
+		if p.name == name {
+			return p
+		}
+	}
+	d.t.Fatalf("no part %s", name)
+	return nil
+}
+
+func startDeployment(t *testing.T) *deployment {
+	t.Helper()
+	d := &deployment{t: t, creds: map[access.Grant]*access.Credential{}, secret: sealSecret(t), units: map[string]*unit.Unit{}}
+	var all []*access.Credential
+	for _, g := range []access.Grant{{Role: access.Issuer}, {Role: access.Manager}, {Role: access.User}, {Role: access.Operator}, {Role: access.Unit, Cluster: faultCluster}} {
+		c, err := access.NewCredential(g, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.creds[g] = c
+		all = append(all, c)
+	}
+	users, err := access.Users(all...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.nats, err = embednats.StartCluster(embednats.ClusterConfig{Dir: t.TempDir(), Users: users}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.nats.Close)
+	policy := parsePolicy(t, fmt.Appendf(nil, `version: 1
+accept_simulated: true
+tasks:
+  - name: demo
+    measurements: [%x]
+    dns_names: [localhost]
+clusters:
+  - id: %s
+    task: demo
+`, measure(t, sim.UnitIdentity("demo")), faultCluster))
+
+	d.procs = append(d.procs, &proc{name: "issuer", grant: access.Grant{Role: access.Issuer}, newRun: func(nc *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
+		p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: d.secret})
+		if err != nil {
+			return nil, nil, err
+		}
+		iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: policy, Replicas: 3, Logger: logger(t)})
+		if err != nil {
+			return nil, nil, err
+		}
+		d.mu.Lock()
+		d.iss = iss
+		d.mu.Unlock()
+		return iss.Run, iss.Ready(), nil
+	}})
+	d.procs = append(d.procs, &proc{name: "manager", grant: access.Grant{Role: access.Manager}, newRun: func(nc *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
+		d.mu.Lock()
+		root := d.iss.Root()
+		d.mu.Unlock()
+		m, err := manager.New(manager.Config{Conn: nc, Root: root, Interval: 250 * time.Millisecond, Replicas: 3, Logger: logger(t)})
+		if err != nil {
+			return nil, nil, err
+		}
+		return m.Run, m.Ready(), nil
+	}})
+	for i := range 3 {
+		name := fmt.Sprintf("unit-%d", i+1)
+		d.procs = append(d.procs, &proc{name: name, grant: access.Grant{Role: access.Unit, Cluster: faultCluster}, newRun: func(nc *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
+			cfg := unitConfig(t, nc, "demo", sim.UnitIdentity("demo"))
+			cfg.Cluster, cfg.Name = faultCluster, name
+			u, err := unit.New(cfg)
+			if err != nil {
+				return nil, nil, err
+			}
+			d.mu.Lock()
+			d.units[name] = u
+			d.mu.Unlock()
+			return u.Run, u.Ready(), nil
+		}})
+	}
+	d.startAll(t)
+	return d
+}
+
+func (d *deployment) startAll(t *testing.T) {
+	t.Helper()
+	for _, p := range d.procs {
+		if err := d.start(p); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.kill(p) })
+	}
+}
+
+// leaves are the units' task certificates and the issuer's root.
+func (d *deployment) certificates() [][]byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := [][]byte{d.iss.Root().Raw}
+	for i := range 3 {
+		out = append(out, d.units[fmt.Sprintf("unit-%d", i+1)].Pair().Leaf.Raw)
+	}
+	return out
+}
+
+// TestFaultsInProcessCluster: under a steady load of calls, a unit, the
+// manager, the issuer and one NATS server of three are killed in turn; then
+// everything is stopped and started again. No acknowledged session is lost,
+// no call fails beyond the client's retry budget, full service is back
+// within 5 seconds of each kill, and the certificates are the same after
+// the full restart.
+func TestFaultsInProcessCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a three-server cluster and five faults")
+	}
+	d := startDeployment(t)
+	user, err := d.connect(access.Grant{Role: access.User})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(user.Close)
+	op, err := d.connect(access.Grant{Role: access.Operator})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(op.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(d.iss.Root())
+	before := d.certificates()
+
+	ready := func(ctx context.Context) error {
+		if err := d.nats.Healthy(); err != nil {
+			return err
+		}
+		v, err := status.Fetch(ctx, op, time.Second)
+		if err != nil {
+			return err
+		}
+		return v.Serving(faultCluster, 3)
+	}
+	restartProc := func(name string) faults.Target {
+		p := d.proc(name)
+		return faults.Target{
+			Name:    name,
+			Kill:    func(context.Context) error { d.kill(p); return nil },
+			Restart: func(context.Context) error { return d.supervise(p) },
+		}
+	}
+	targets := []faults.Target{
+		restartProc("unit-2"), restartProc("manager"), restartProc("issuer"),
+		{
+			Name:    "nats-2",
+			Kill:    func(context.Context) error { d.nats.Kill(1); return nil },
+			Restart: func(context.Context) error { return d.nats.Restart(1) },
+		},
+		{
+			Name: "everything", Planned: true,
+			Kill: func(context.Context) error {
+				for i := len(d.procs) - 1; i >= 0; i-- {
+					d.kill(d.procs[i])
+				}
+				for i := range d.nats.Size() {
+					d.nats.Kill(i)
+				}
+				return nil
+			},
+			Restart: func(context.Context) error {
+				for i := range d.nats.Size() {
+					if err := d.nats.Restart(i); err != nil {
+						return err
+					}
+				}
+				if err := d.nats.WaitReady(deadline); err != nil {
+					return err
+				}
+				for _, p := range d.procs {
+					if err := d.supervise(p); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+		},
+	}
+	var out strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := faults.Run(ctx, faults.Config{Conn: user, Cluster: faultCluster, Roots: roots, Task: "demo", Ready: ready, Out: &out}, targets)
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rep.Results {
+		if !r.OK() {
+			t.Errorf("%s: recovery %v, %d calls failed, %s", r.Target, r.Recovery, r.Failed, r.Err)
+		}
+	}
+	if rep.SessionsLost != 0 || rep.Failed != 0 {
+		t.Errorf("%d of %d sessions lost, %d calls failed beyond the budget", rep.SessionsLost, rep.Sessions, rep.Failed)
+	}
+	after := d.certificates()
+	for i := range before {
+		if !bytes.Equal(before[i], after[i]) {
+			t.Errorf("certificate %d changed across the full restart", i)
+		}
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatal("the run took more than 5 minutes")
+	}
+}
+
+// TestClaimOfADeadUnitIsTakenOver: a call claimed by a unit that died
+// before it answered (its claim no longer renewed) is run by another unit
+// once the claim's lease has passed, within the client's retry budget; a
+// live claim is not taken before.
+func TestClaimOfADeadUnitIsTakenOver(t *testing.T) {
+	c := startCluster(t, 2, "t", nil)
+	ctx := context.Background()
+	s, err := client.Dial(ctx, client.Config{Conn: c.nc, Cluster: "c1", Roots: c.roots, CallTimeout: 500 * time.Millisecond, Retries: 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls, err := js.KeyValue(ctx, messages.CallsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghost, _ := messages.Marshal(&messages.CallClaim{V: messages.Version, Unit: "ghost"})
+	claimed := time.Now()
+	if _, err := calls.Create(ctx, fmt.Sprintf("c1.%x.1", s.ID), ghost); err != nil { // the session's first call
+		t.Fatal(err)
+	}
+	a, err := s.Call(ctx, []byte("orphan"))
+	if err != nil {
+		t.Fatalf("a call claimed by a dead unit: %v", err)
+	}
+	if a.Unit == "ghost" || !strings.HasSuffix(string(a.Data), "heard: orphan") {
+		t.Fatalf("answered by %s: %q", a.Unit, a.Data)
+	}
+	if waited := time.Since(claimed); waited < 3*time.Second {
+		t.Errorf("the claim was taken over after %v, before its 3 s lease", waited)
+	}
+}
