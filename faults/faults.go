@@ -50,10 +50,12 @@ type Config struct {
 	// Wait is how long a run waits for full service before giving up on a
 	// target; default 60s.
 	Recovery, Wait time.Duration
-	// Ready is the deployment's part of full service; nil checks nothing
-	// besides calls and handshakes.
-	Ready func(context.Context) error
+	// Ready is the deployment's part of full service, since the kill at
+	// since; nil checks nothing besides calls and handshakes.
+	Ready func(ctx context.Context, since time.Time) error
 	Out   io.Writer // progress and the table; default discard
+	// Trace prints why each probe found service not yet full.
+	Trace bool
 	Now   func() time.Time
 }
 
@@ -80,7 +82,7 @@ func (c *Config) fill() error {
 		c.Wait = 60 * time.Second
 	}
 	if c.Ready == nil {
-		c.Ready = func(context.Context) error { return nil }
+		c.Ready = func(context.Context, time.Time) error { return nil }
 	}
 	if c.Out == nil {
 		c.Out = io.Discard
@@ -238,10 +240,11 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 		if t.Planned {
 			l.gate.Lock() // waits for the calls in flight
 		}
-		killed := cfg.Now()
 		if err := t.Kill(ctx); err != nil {
 			return nil, fmt.Errorf("faults: kill %s: %w", t.Name, err)
 		}
+		// From here the part is dead: what it did before does not count.
+		killed := cfg.Now()
 		if t.Restart != nil {
 			if err := t.Restart(ctx); err != nil {
 				return nil, fmt.Errorf("faults: restart %s: %w", t.Name, err)
@@ -323,6 +326,9 @@ func waitFullService(ctx context.Context, l *load, killed time.Time, planned boo
 		if last = probe(ctx, l, killed, before, planned); last == nil {
 			return nil
 		}
+		if cfg.Trace {
+			fmt.Fprintf(cfg.Out, "faults:   +%5.2f s not yet: %v\n", cfg.Now().Sub(killed).Seconds(), last)
+		}
 		if !pause(ctx, 50*time.Millisecond) {
 			return ctx.Err()
 		}
@@ -349,7 +355,7 @@ func probe(ctx context.Context, l *load, killed time.Time, before []*client.Sess
 			return fmt.Errorf("session %x, opened before the fault: %w", s.ID, err)
 		}
 	}
-	if err := l.cfg.Ready(ctx); err != nil {
+	if err := l.cfg.Ready(ctx, killed); err != nil {
 		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 2*l.cfg.CallTimeout)

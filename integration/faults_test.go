@@ -252,7 +252,7 @@ func TestFaultsInProcessCluster(t *testing.T) {
 	roots.AddCert(d.iss.Root())
 	before := d.certificates()
 
-	ready := func(ctx context.Context) error {
+	ready := func(ctx context.Context, since time.Time) error {
 		if err := d.nats.Healthy(); err != nil {
 			return err
 		}
@@ -260,7 +260,7 @@ func TestFaultsInProcessCluster(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return v.Serving(faultCluster, 3)
+		return v.Serving(faultCluster, 3, since)
 	}
 	restartProc := func(name string) faults.Target {
 		p := d.proc(name)

@@ -65,9 +65,12 @@ const (
 	CodeInProgress   Code = "in_progress"     // another unit runs this call now; ask again for its answer
 )
 
-// CallClaim is the value of a call's key in CallsBucket: which unit took the
-// call and, once it ran, the encoded CallReply, so that a retry of the same
-// call gets the same answer instead of a second run.
+// CallClaim is the value of a call's key in CallsBucket, which is
+// "<cluster>.<session hex>.<seq>" (and "<cluster>.<session hex>.closed" marks
+// a closed session): which unit took the call and, once it ran, the encoded
+// CallReply, so that a retry of the same call gets the same answer instead
+// of a second run. The unit renews the claim while the task runs; a claim
+// left unrenewed for 3 s is a dead unit's, and another unit takes the call.
 type CallClaim struct {
 	V      uint16 `msgpack:"v"`
 	Unit   string `msgpack:"unit"`

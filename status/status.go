@@ -133,9 +133,11 @@ func (v *View) Print(w io.Writer) {
 }
 
 // Serving reports whether the view shows the deployment whole: the issuer
-// and the manager answered, and cluster has at least units active units,
-// none of them late. The error says what is missing.
-func (v *View) Serving(cluster string, units int) error {
+// and the manager answered, and cluster has at least units active units
+// that have heartbeaten since since (a unit killed a moment ago still
+// counts as active until it misses its heartbeats), none of them late. The
+// error says what is missing.
+func (v *View) Serving(cluster string, units int, since time.Time) error {
 	switch {
 	case v.Issuer == nil:
 		return fmt.Errorf("status: the issuer did not answer: %s", v.IssuerError)
@@ -148,16 +150,16 @@ func (v *View) Serving(cluster string, units int) error {
 			continue
 		}
 		for _, u := range c.Units {
-			switch u.State {
-			case manager.Active:
-				active++
-			default:
+			switch {
+			case u.State != manager.Active:
 				return fmt.Errorf("status: unit %s of cluster %s is %s", u.Unit, cluster, u.State)
+			case u.LastHeartbeat.After(since):
+				active++
 			}
 		}
 	}
 	if active < units {
-		return fmt.Errorf("status: %d of %d units of cluster %s active", active, units, cluster)
+		return fmt.Errorf("status: %d of %d units of cluster %s active and heard from since %s", active, units, cluster, since.UTC().Format("15:04:05.000"))
 	}
 	return nil
 }

@@ -75,7 +75,7 @@ type Config struct {
 	CallTimeout          time.Duration   // how long the task may take over one call; default 30s
 	Workers              int             // channel workers; default 2 × GOMAXPROCS
 	RetryMin             time.Duration   // first retry after a failure; default 500ms
-	RetryMax             time.Duration   // longest wait between retries; default 30s
+	RetryMax             time.Duration   // longest wait between retries; default 5s
 	Timeout              time.Duration   // per issuer request; default 5s
 	Logger               *slog.Logger
 	Now                  func() time.Time
@@ -138,7 +138,7 @@ func (c *Config) fill() error {
 		c.RetryMin = 500 * time.Millisecond
 	}
 	if c.RetryMax < c.RetryMin {
-		c.RetryMax = max(30*time.Second, c.RetryMin)
+		c.RetryMax = max(5*time.Second, c.RetryMin)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -33,6 +33,7 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	retries := fs.Int("retries", 0, "the client's attempts per call; default the faults package's")
 	callTimeout := fs.Duration("call-timeout", 0, "how long one attempt waits; default the faults package's")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
+	trace := fs.Bool("trace", false, "print why each probe found service not yet full")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -53,7 +54,7 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer nc.Close()
-	ready := func(ctx context.Context) error { return checkHealth(ctx, splitList(*health)) }
+	ready := func(ctx context.Context, _ time.Time) error { return checkHealth(ctx, splitList(*health)) }
 	if *statusCreds != "" {
 		op := *nf
 		op.creds = statusCreds
@@ -62,7 +63,7 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		defer onc.Close()
-		ready = func(ctx context.Context) error {
+		ready = func(ctx context.Context, since time.Time) error {
 			if err := checkHealth(ctx, splitList(*health)); err != nil {
 				return err
 			}
@@ -70,7 +71,7 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			if err != nil {
 				return err
 			}
-			return v.Serving(*cluster, *units)
+			return v.Serving(*cluster, *units, since)
 		}
 	}
 	var ts []faults.Target
@@ -93,7 +94,7 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	rep, err := faults.Run(ctx, faults.Config{
 		Conn: nc, Cluster: *cluster, Roots: roots, Task: *task, Recovery: *recovery, Ready: ready, Out: out,
-		Retries: *retries, CallTimeout: *callTimeout,
+		Retries: *retries, CallTimeout: *callTimeout, Trace: *trace,
 	}, ts)
 	if err != nil {
 		return err
