@@ -38,7 +38,7 @@ trap cleanup EXIT
 
 bash deploy/build.sh
 "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
-"${compose[@]}" up -d 2>&1 | grep -v '^Creating' || true
+"${compose[@]}" up -d >"$work/up.log" 2>&1 || { cat "$work/up.log"; echo "FAIL: docker-compose up"; exit 1; }
 
 cohort=deploy/out/bin/cohort # the static binary the containers run
 creds=deploy/out/etc/creds
@@ -47,15 +47,18 @@ export COHORT_TLS_CA=deploy/out/etc/tls/ca.pem
 operator=(--creds "$creds/operator.creds")
 user=(--creds "$creds/user.creds")
 
+# Output goes to a file before grep reads it: under pipefail, 'cmd | grep -q'
+# fails whenever grep stops reading before cmd stops writing.
 for _ in $(seq 240); do
-	"$cohort" status "${operator[@]}" --timeout 1s 2>/dev/null | grep -q '3 units (3 active' && break
+	"$cohort" status "${operator[@]}" --timeout 1s >"$work/poll.txt" 2>/dev/null || true
+	grep -q '3 units (3 active' "$work/poll.txt" && break
 	sleep 0.5
 done
 "$cohort" status "${operator[@]}" | tee "$work/status.txt"
 grep -q '3 units (3 active' "$work/status.txt" || { echo "FAIL: the three units are not active"; exit 1; }
 echo "ok: the deployment is up: 3 NATS servers, issuer, manager, 3 active units"
 
-if "$cohort" status --timeout 1s >/dev/null 2>"$work/nocreds.err"; then echo "FAIL: served without credentials"; exit 1; fi
+if COHORT_CREDS= "$cohort" status --timeout 1s >/dev/null 2>"$work/nocreds.err"; then echo "FAIL: served without credentials"; exit 1; fi
 grep -q 'Authorization Violation' "$work/nocreds.err" || { cat "$work/nocreds.err"; exit 1; }
 if COHORT_TLS_CA= "$cohort" status "${operator[@]}" --timeout 1s >/dev/null 2>"$work/notls.err"; then echo "FAIL: connected without the deployment's CA"; exit 1; fi
 echo "ok: refused without credentials ($(head -c 120 "$work/nocreds.err")); TLS refuses a client without the CA ($(head -c 120 "$work/notls.err"))"
@@ -90,6 +93,7 @@ for s in KV_cohort_calls cohort_sessions KV_cohort_members KV_cohort_issuer_stat
 	"${nats[@]}" stream info "$s" --json | python3 -c 'import json,sys; print("led by", json.load(sys.stdin)["cluster"]["leader"])'
 done | tee "$work/leaders.txt"
 leader=$(awk '/^KV_cohort_calls/ {print $4}' "$work/leaders.txt")
+case "$leader" in nats-[123]) ;; *) echo "FAIL: no leader for KV_cohort_calls"; exit 1 ;; esac
 other=nats-1
 [ "$leader" = nats-1 ] && other=nats-2
 kill_cmd='kill -9 $(docker inspect -f "{{.State.Pid}}" $('"${compose[*]}"' ps -q {}))'

@@ -18,7 +18,9 @@
 //   - only the manager writes membership and session records, only the
 //     issuer its own state; each role touches only its own streams;
 //   - every role receives replies only under its own inbox prefix, so no
-//     credential can read the replies sent to another role;
+//     credential can read the replies sent to another role, and answers
+//     only into the inboxes of the roles that may ask it (a request cannot
+//     name a stream's subject as its reply and have it written there);
 //   - a client without a credential is refused.
 //
 // Permissions name cohort's default stream and bucket names; a deployment
@@ -108,6 +110,8 @@ const (
 // through the JetStream API: create, update, inspect, read, and consume.
 func ownStream(name string) []string {
 	return []string{
+		"$JS.FC." + name + ".>", // flow control of its consumers (a bucket's watcher)
+		"$JS.ACK." + name + ".>",
 		"$JS.API.STREAM.*." + name,          // CREATE, UPDATE, INFO, PURGE, DELETE
 		"$JS.API.STREAM.MSG.*." + name,      // MSG.GET, MSG.DELETE
 		"$JS.API.CONSUMER.*." + name,        // ordered and ephemeral consumers
@@ -130,8 +134,19 @@ func readStream(name, filter string) []string {
 	}
 }
 
+// Reply inboxes: a role that answers requests may publish to the inboxes of
+// the roles that ask it, and nowhere else by way of a reply. NATS's own
+// allow_responses is not used: it lets a responder publish to whatever
+// reply subject a request names, a JetStream bucket's subject included.
+const (
+	userInbox     = "_INBOX.user.>"
+	operatorInbox = "_INBOX.operator.>"
+	managerInbox  = "_INBOX.manager.>"
+	unitInboxes   = "_INBOX.unit.*.>"
+)
+
 // Permissions returns the subjects the grant may publish to and subscribe
-// to. Every role may answer the requests it receives (allow_responses).
+// to.
 func (g Grant) Permissions() (*server.Permissions, error) {
 	if err := g.Validate(); err != nil {
 		return nil, err
@@ -144,6 +159,7 @@ func (g Grant) Permissions() (*server.Permissions, error) {
 		pub = append(pub, issuerKV+">")
 		pub = append(pub, ownStream(eventsStream)...)
 		pub = append(pub, events.SubjectAll, "$JS.API.INFO")
+		pub = append(pub, unitInboxes, userInbox, operatorInbox, managerInbox) // certify, evidence, $SRV
 		sub = append(sub, "cohort.v1.issuer.>", "$SRV.>")
 	case Manager:
 		for _, s := range []string{membersStream, sessionsStream, callsStream, eventsStream} {
@@ -155,6 +171,7 @@ func (g Grant) Permissions() (*server.Permissions, error) {
 			events.SubjectAll,
 			messages.SubjectEvidence,
 			"$JS.API.INFO",
+			unitInboxes, operatorInbox, // join, heartbeat, session; status, $SRV
 		)
 		sub = append(sub, "cohort.v1.manager.>", "$SRV.>")
 	case Unit:
@@ -169,6 +186,7 @@ func (g Grant) Permissions() (*server.Permissions, error) {
 			"$JS.API.STREAM.INFO."+callsStream,
 			"$JS.API.DIRECT.GET."+callsStream+"."+callsKV+c+".>",
 			callsKV+c+".>",
+			userInbox, // handshakes, calls and closes are the users'
 		)
 		sub = append(sub, messages.SubjectClusterPrefix+c+".>")
 	case User:
@@ -184,6 +202,5 @@ func (g Grant) Permissions() (*server.Permissions, error) {
 	return &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: sub},
-		Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: 0},
 	}, nil
 }

@@ -3,6 +3,7 @@ package access
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,4 +106,16 @@ func FuzzParseCredential(f *testing.F) {
 			t.Fatalf("a parsed credential does not parse again: %v", err)
 		}
 	})
+}
+
+func TestCredentialPrintsNoSeed(t *testing.T) {
+	c, err := NewCredential(Grant{Role: User}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
+		if out := fmt.Sprintf(f, c); strings.Contains(out, string(c.seed)) {
+			t.Errorf("%s prints the seed: %s", f, out)
+		}
+	}
 }

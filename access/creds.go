@@ -74,13 +74,24 @@ func (c *Credential) Marshal() []byte {
 	return b.Bytes()
 }
 
-// WriteFile writes the credentials file, readable by its owner only.
+// WriteFile writes the credentials file, readable by its owner only (a
+// file that was there before is made so too).
 func (c *Credential) WriteFile(path string) error {
 	if err := os.WriteFile(path, c.Marshal(), 0o600); err != nil {
 		return fmt.Errorf("access: %w", err)
 	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		return fmt.Errorf("access: %w", err)
+	}
 	return nil
 }
+
+// String names the credential without its seed, so that printing one
+// leaks nothing.
+func (c *Credential) String() string { return c.Grant.String() + " " + c.Public }
+
+// GoString is String, for %#v.
+func (c *Credential) GoString() string { return c.String() }
 
 // ParseCredential reads a credentials file's contents.
 func ParseCredential(data []byte) (*Credential, error) {

@@ -117,7 +117,11 @@ func Generate(cfg Config) error {
 		return err
 	}
 	for _, d := range []string{"tls", "creds", "nats"} {
-		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o700); err != nil {
+		dir := filepath.Join(cfg.Dir, d)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("deploy: %w", err)
+		}
+		if err := os.Chmod(dir, 0o700); err != nil { // one made before keeps its mode otherwise
 			return fmt.Errorf("deploy: %w", err)
 		}
 	}
@@ -155,13 +159,13 @@ func Generate(cfg Config) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(cfg.Dir, ServerConfigFile(s)), conf, 0o644); err != nil {
-			return fmt.Errorf("deploy: %w", err)
+		if err := writeFile(filepath.Join(cfg.Dir, ServerConfigFile(s)), conf, 0o644); err != nil {
+			return err
 		}
 	}
 	if cfg.Policy != nil {
-		if err := os.WriteFile(filepath.Join(cfg.Dir, PolicyFile), cfg.Policy, 0o644); err != nil {
-			return fmt.Errorf("deploy: %w", err)
+		if err := writeFile(filepath.Join(cfg.Dir, PolicyFile), cfg.Policy, 0o644); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -194,9 +198,8 @@ func serverConfig(cfg *Config, name string, users []*server.NkeyUser) ([]byte, e
 		us = append(us, map[string]any{
 			"nkey": u.Nkey,
 			"permissions": map[string]any{
-				"publish":         map[string]any{"allow": p.Publish.Allow},
-				"subscribe":       map[string]any{"allow": p.Subscribe.Allow},
-				"allow_responses": true,
+				"publish":   map[string]any{"allow": p.Publish.Allow},
+				"subscribe": map[string]any{"allow": p.Subscribe.Allow},
 			},
 		})
 	}
@@ -314,7 +317,15 @@ func serial(rnd io.Reader) (*big.Int, error) {
 }
 
 func writePEM(path string, mode os.FileMode, typ string, der []byte) error {
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode); err != nil {
+	return writeFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
+}
+
+// writeFile writes data with mode, which a file there before takes too.
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	if err := os.WriteFile(path, data, mode); err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
 		return fmt.Errorf("deploy: %w", err)
 	}
 	return nil

@@ -32,7 +32,7 @@ func TestServerConfigsParse(t *testing.T) {
 			t.Errorf("%s: %d users, want 6", name, len(o.Nkeys))
 		}
 		for _, u := range o.Nkeys {
-			if u.Permissions == nil || u.Permissions.Response == nil || len(u.Permissions.Publish.Allow) == 0 {
+			if u.Permissions == nil || u.Permissions.Response != nil || len(u.Permissions.Publish.Allow) == 0 {
 				t.Errorf("%s: user %s without permissions", name, u.Nkey)
 			}
 		}

@@ -237,20 +237,11 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 	for _, t := range targets {
 		res := Result{Target: t.Name, Judged: !t.Planned, Bar: cmp.Or(t.Recovery, cfg.Recovery)}
 		calls0, failed0 := l.counts()
-		if t.Planned {
-			l.gate.Lock() // waits for the calls in flight
+		killed, err := apply(ctx, l, t)
+		if err != nil {
+			return nil, err
 		}
-		if err := t.Kill(ctx); err != nil {
-			return nil, fmt.Errorf("faults: kill %s: %w", t.Name, err)
-		}
-		// From here the part is dead: what it did before does not count.
-		killed := cfg.Now()
-		if t.Restart != nil {
-			if err := t.Restart(ctx); err != nil {
-				return nil, fmt.Errorf("faults: restart %s: %w", t.Name, err)
-			}
-		}
-		err := waitFullService(ctx, l, killed, t.Planned)
+		err = waitFullService(ctx, l, killed, t.Planned)
 		if t.Planned {
 			l.gate.Unlock()
 		}
@@ -294,6 +285,31 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 	fmt.Fprintf(cfg.Out, "faults: %d calls answered, %d failed beyond the budget; %d acknowledged sessions, %d lost; ok=%v\n",
 		rep.Calls, rep.Failed, rep.Sessions, rep.SessionsLost, rep.OK)
 	return rep, nil
+}
+
+// apply kills the target, and restarts it if it says how, and returns when
+// the kill was done. A planned target pauses the load first; on success the
+// pause lasts until the caller lifts it, on failure it is lifted here.
+func apply(ctx context.Context, l *load, t Target) (killed time.Time, err error) {
+	if t.Planned {
+		l.gate.Lock() // waits for the calls in flight
+		defer func() {
+			if err != nil {
+				l.gate.Unlock()
+			}
+		}()
+	}
+	if err := t.Kill(ctx); err != nil {
+		return time.Time{}, fmt.Errorf("faults: kill %s: %w", t.Name, err)
+	}
+	// From here the part is dead: what it did before does not count.
+	killed = l.cfg.Now()
+	if t.Restart != nil {
+		if err := t.Restart(ctx); err != nil {
+			return time.Time{}, fmt.Errorf("faults: restart %s: %w", t.Name, err)
+		}
+	}
+	return killed, nil
 }
 
 func barText(r *Result) string {

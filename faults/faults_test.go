@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"testing"
 	"time"
 )
@@ -27,5 +28,18 @@ func TestResultOK(t *testing.T) {
 		if got := tc.r.OK(); got != tc.want {
 			t.Errorf("%+v: OK %v, want %v", tc.r, got, tc.want)
 		}
+	}
+}
+
+// A planned target whose kill fails ends the run with the error; the load
+// it paused is not left waiting (the run returns at all).
+func TestApplyLiftsThePauseOnFailure(t *testing.T) {
+	l := &load{cfg: &Config{Now: time.Now}}
+	_, err := apply(context.Background(), l, Target{Name: "x", Planned: true, Kill: func(context.Context) error { return errors.New("no") }})
+	if err == nil {
+		t.Fatal("a failed kill was taken")
+	}
+	if !l.gate.TryLock() {
+		t.Fatal("the load is still paused")
 	}
 }

@@ -120,6 +120,7 @@ func TestAccessHoldsEachRoleToItsSubjects(t *testing.T) {
 		allowed: []op{
 			pub("cohort.v1.issuer.certify"), pub("cohort.v1.manager.join"), pub("cohort.v1.manager.session"),
 			pub("$KV.cohort_calls.alpha.00ff.1"), sub("cohort.v1.cluster.alpha.call"), sub("_INBOX.unit.alpha.x"),
+			pub("_INBOX.user.x"), // answers to users
 		},
 		refused: []op{
 			pub("cohort.v1.sessions.alpha.00ff"),    // only the manager writes session records
@@ -133,6 +134,7 @@ func TestAccessHoldsEachRoleToItsSubjects(t *testing.T) {
 			sub("cohort.v1.cluster.beta.call"),           // serve another cluster
 			sub("_INBOX.>"),                              // read others' replies
 			sub("_INBOX.user.x"),
+			pub("_INBOX.operator.x"), // a reply goes to users only
 		},
 	}, {
 		grant: gUser,
@@ -144,6 +146,7 @@ func TestAccessHoldsEachRoleToItsSubjects(t *testing.T) {
 			pub("cohort.v1.issuer.certify"), pub("cohort.v1.manager.session"), pub("cohort.v1.manager.join"),
 			pub("cohort.v1.manager.status"), pub("cohort.v1.sessions.alpha.00ff"),
 			pub("$JS.API.STREAM.INFO.cohort_sessions"), pub("$KV.cohort_calls.alpha.00ff.1"),
+			pub("_INBOX.unit.alpha.x"),          // answer a unit's request
 			sub("cohort.v1.cluster.alpha.call"), // pose as a unit
 			sub("_INBOX.unit.alpha.>"),
 		},
@@ -175,10 +178,14 @@ func TestAccessHoldsEachRoleToItsSubjects(t *testing.T) {
 		allowed: []op{
 			pub("$KV.cohort_issuer_state.root"), pub("$JS.API.STREAM.CREATE.KV_cohort_issuer_state"),
 			pub("cohort.v1.events.certificate.issued"), sub("cohort.v1.issuer.certify"),
+			pub("_INBOX.user.x"), pub("_INBOX.unit.alpha.x"), pub("_INBOX.operator.x"), pub("_INBOX.manager.x"),
 		},
 		refused: []op{
 			pub("cohort.v1.sessions.alpha.00ff"), pub("$KV.cohort_members.alpha.u1"),
 			pub("$JS.API.STREAM.DELETE.cohort_sessions"), pub("cohort.v1.manager.session"),
+			// A request naming a bucket's subject as its reply gets no
+			// answer written there: replies are publishes like any other.
+			pub("$KV.cohort_calls.alpha.00ff.closed"),
 			sub("cohort.v1.manager.>"), sub("cohort.v1.cluster.alpha.handshake"),
 		},
 	}}

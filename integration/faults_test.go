@@ -335,12 +335,12 @@ func TestFaultsInProcessCluster(t *testing.T) {
 
 // TestClaimOfADeadUnitIsTakenOver: a call claimed by a unit that died
 // before it answered (its claim no longer renewed) is run by another unit
-// once the claim's lease has passed, within the client's retry budget; a
-// live claim is not taken before.
+// once that unit has seen the claim unchanged for the lease, within the
+// client's retry budget; not before.
 func TestClaimOfADeadUnitIsTakenOver(t *testing.T) {
 	c := startCluster(t, 2, "t", nil)
 	ctx := context.Background()
-	s, err := client.Dial(ctx, client.Config{Conn: c.nc, Cluster: "c1", Roots: c.roots, CallTimeout: 500 * time.Millisecond, Retries: 12})
+	s, err := client.Dial(ctx, client.Config{Conn: c.nc, Cluster: "c1", Roots: c.roots, CallTimeout: 500 * time.Millisecond, Retries: 24})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,5 +366,36 @@ func TestClaimOfADeadUnitIsTakenOver(t *testing.T) {
 	}
 	if waited := time.Since(claimed); waited < 3*time.Second {
 		t.Errorf("the claim was taken over after %v, before its 3 s lease", waited)
+	}
+}
+
+// TestCallClaimsCannotBeRolledUp: the calls bucket refuses a roll-up, with
+// which a unit allowed to write its own cluster's claims could erase every
+// cluster's.
+func TestCallClaimsCannotBeRolledUp(t *testing.T) {
+	c := startCluster(t, 1, "r", nil)
+	ctx := context.Background()
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "$KV." + messages.CallsBucket + ".o1.00ff.1"
+	if _, err := js.Publish(ctx, other, []byte("another cluster's claim")); err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg("$KV." + messages.CallsBucket + ".c1.00ff.1")
+	m.Header.Set("Nats-Rollup", "all")
+	if _, err := js.PublishMsg(ctx, m); err == nil || !strings.Contains(err.Error(), "rollup not permitted") {
+		t.Fatalf("a roll-up of the calls bucket: %v, want it refused", err)
+	}
+	calls, err := js.KeyValue(ctx, messages.CallsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := calls.Get(ctx, "o1.00ff.1"); err != nil {
+		t.Fatalf("another cluster's claim is gone: %v", err)
+	}
+	if err := calls.Purge(ctx, "c1.00ff.1"); err == nil {
+		t.Fatal("a purge of the calls bucket was taken")
 	}
 }

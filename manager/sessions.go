@@ -47,15 +47,28 @@ func (m *Manager) ensureSessions(ctx context.Context) error {
 	}
 	// Claims on calls: a call is run by the unit that creates its key.
 	// Claims outlive the window in which a call's time is accepted, so a
-	// replay is refused by its claim or by its age.
-	_, err = m.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:       messages.CallsBucket,
-		Description:  "cohort call claims: which unit took each call of each session and its sealed answer, for five minutes",
-		History:      1,
-		TTL:          callClaimTTL,
-		MaxValueSize: messages.MaxCallClaim,
-		Storage:      jetstream.FileStorage,
-		Replicas:     m.cfg.Replicas,
+	// replay is refused by its claim or by its age. The bucket is made as
+	// nats.go makes a key-value bucket, but with purges and roll-ups denied:
+	// a unit may write its own cluster's keys, and a roll-up would let it
+	// erase every cluster's.
+	_, err = m.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              "KV_" + messages.CallsBucket,
+		Description:       "cohort call claims: which unit took each call of each session and its sealed answer, for five minutes",
+		Subjects:          []string{"$KV." + messages.CallsBucket + ".>"},
+		MaxMsgsPerSubject: 1,
+		MaxAge:            callClaimTTL,
+		MaxMsgSize:        messages.MaxCallClaim,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		MaxConsumers:      -1,
+		Storage:           jetstream.FileStorage,
+		Replicas:          m.cfg.Replicas,
+		Discard:           jetstream.DiscardNew,
+		Duplicates:        duplicatesWindow,
+		AllowDirect:       true,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		AllowRollup:       false,
 	})
 	if err != nil {
 		return fmt.Errorf("manager: bucket %s: %w", messages.CallsBucket, err)

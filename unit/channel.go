@@ -276,6 +276,7 @@ type accepted struct {
 	session *session
 	request []byte
 	claim   uint64 // the claim's revision, to store the answer under
+	lost    bool   // another unit took the claim over while this one ran it
 	stored  []byte // an answer given before: send it again, run nothing
 }
 
@@ -317,11 +318,12 @@ func (u *Unit) accept(ctx context.Context, ck *issuerclient.ClusterKey, calls je
 		var e jetstream.KeyValueEntry
 		var refusal *messages.Error
 		var a *accepted
-		if a, refusal, e = u.claimed(ctx, calls, key, c.Seq); e == nil || now.Sub(e.Created()) < claimLease {
+		if a, refusal, e = u.claimed(ctx, calls, key, c.Seq); e == nil || !u.stale.expired(key, e.Revision(), now) {
 			return a, refusal
 		}
 		// The unit that claimed the call stopped renewing its claim before
-		// it answered: it died. Take the call over, once.
+		// it answered: it died. Take the call over, once: the revision
+		// decides between units that try at the same time.
 		if rev, err = calls.Update(ctx, key, mine, e.Revision()); err != nil {
 			return nil, refusal
 		}
@@ -357,19 +359,77 @@ func (u *Unit) claimed(ctx context.Context, calls jetstream.KeyValue, key string
 	return &accepted{stored: cl.Answer}, messages.Refusal(messages.CodeReplay, "call %d of this session ran already, on unit %s", seq, cl.Unit), nil
 }
 
-// A unit renews its claim on a call every claimRenew while the task runs;
-// a claim not renewed for claimLease is its dead unit's, and another unit
-// may take the call over. The lease is measured from the claim's time in
-// JetStream to the taking unit's clock, which calls require to be in step
-// within maxClockSkew anyway.
+// A unit renews its claim on a call every claimRenew while it runs the
+// call; another unit takes the call over when it has seen the same revision
+// of the claim, without an answer, for claimLease on its own clock (no
+// clock is compared with another's). A unit whose renewal finds its claim
+// taken stops the task and answers with what the taker stores.
+//
+// The guarantee is at most once while JetStream takes writes. A unit that
+// cannot renew for claimLease (its link to NATS, or a stream's leader, gone
+// that long) while its task still runs may see the call run a second time
+// elsewhere: the task's context is cancelled when it learns of it.
 const (
 	claimRenew = time.Second
 	claimLease = 3 * time.Second
+	maxStale   = 4096 // claims watched at once; beyond, the oldest are forgotten
 )
 
-// renewClaim keeps a's claim alive until stop is called; stop returns when
-// renewing has stopped, after which a.claim is the claim's revision.
-func (u *Unit) renewClaim(ctx context.Context, calls jetstream.KeyValue, a *accepted) (stop func()) {
+// staleClaims remembers when this unit first saw each claim in progress at
+// a revision. Its zero value is ready.
+type staleClaims struct {
+	mu   sync.Mutex
+	seen map[string]staleSeen
+}
+
+type staleSeen struct {
+	rev uint64
+	at  time.Time
+}
+
+// expired reports whether key has been at revision rev for claimLease,
+// as far as this unit has seen; it starts the watch otherwise.
+func (s *staleClaims) expired(key string, rev uint64, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen == nil {
+		s.seen = map[string]staleSeen{}
+	}
+	e, ok := s.seen[key]
+	if ok && e.rev == rev {
+		if now.Sub(e.at) < claimLease {
+			return false
+		}
+		delete(s.seen, key)
+		return true
+	}
+	if len(s.seen) >= maxStale {
+		for k, v := range s.seen {
+			if now.Sub(v.at) > 4*claimLease || len(s.seen) >= maxStale {
+				delete(s.seen, k)
+			}
+		}
+	}
+	s.seen[key] = staleSeen{rev: rev, at: now}
+	return false
+}
+
+// wrongRevision reports whether a write failed because the key moved on:
+// another unit took the claim.
+func wrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// renewClaim keeps a's claim alive until stop is called (once or more);
+// stop returns when renewing has stopped, after which a.claim is the claim's revision and
+// a.lost says whether another unit took the claim. Taken, it calls lost
+// (to stop the task) and renews no more.
+func (u *Unit) renewClaim(ctx context.Context, calls jetstream.KeyValue, a *accepted, lost func()) (stop func()) {
 	done, stopped := make(chan struct{}), make(chan struct{})
 	key := callKey(u.cfg.Cluster, a.call.Session, a.call.Seq)
 	mine, _ := messages.Marshal(&messages.CallClaim{V: messages.Version, Unit: u.cfg.ID})
@@ -384,15 +444,30 @@ func (u *Unit) renewClaim(ctx context.Context, calls jetstream.KeyValue, a *acce
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if rev, err := calls.Update(ctx, key, mine, a.claim); err == nil {
+				rev, err := calls.Update(ctx, key, mine, a.claim)
+				switch {
+				case err == nil:
 					a.claim = rev
-				} else {
+				case wrongRevision(err):
+					u.log.Warn("another unit took over a call this unit runs: stopping it", "seq", a.call.Seq)
+					a.lost = true
+					lost()
+					return
+				default:
 					u.log.Warn("renewing a call's claim failed", "seq", a.call.Seq, "err", err)
 				}
 			}
 		}
 	}()
-	return func() { close(done); <-stopped }
+	var once sync.Once
+	return func() { once.Do(func() { close(done); <-stopped }) }
+}
+
+// takenFrom answers a call whose claim another unit took over from this
+// one: with that unit's stored answer, or "in progress".
+func (u *Unit) takenFrom(ctx context.Context, calls jetstream.KeyValue, a *accepted) ([]byte, *messages.Error) {
+	stored, refusal, _ := u.claimed(ctx, calls, callKey(u.cfg.Cluster, a.call.Session, a.call.Seq), a.call.Seq)
+	return stored.storedAnswer(), refusal
 }
 
 // callKey is a call's key in the calls bucket. Keys begin with the cluster,
@@ -421,10 +496,13 @@ func (u *Unit) call(ctx context.Context, ck *issuerclient.ClusterKey, calls jets
 		return a.storedAnswer(), refusal
 	}
 	actx, cancel := context.WithTimeout(ctx, u.cfg.CallTimeout)
-	stopRenewing := u.renewClaim(actx, calls, a)
+	stopRenewing := u.renewClaim(actx, calls, a, cancel)
 	answer, err := u.cfg.App(actx, a.session.task, a.request)
 	stopRenewing()
 	cancel()
+	if a.lost {
+		return u.takenFrom(ctx, calls, a)
+	}
 	if err != nil {
 		// The error stays here: a refusal travels in the clear, and a task's
 		// error may quote what the user sent.
@@ -454,7 +532,10 @@ func (u *Unit) answer(ctx context.Context, calls jetstream.KeyValue, a *accepted
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the answer failed")
 	}
 	done, _ := messages.Marshal(&messages.CallClaim{V: messages.Version, Unit: u.cfg.ID, Answer: out})
-	if _, err := calls.Update(ctx, callKey(u.cfg.Cluster, c.Session, c.Seq), done, a.claim); err != nil {
+	if _, err := calls.Update(ctx, callKey(u.cfg.Cluster, c.Session, c.Seq), done, a.claim); wrongRevision(err) {
+		// Another unit took the call over: its answer is the one kept.
+		return u.takenFrom(ctx, calls, a)
+	} else if err != nil {
 		u.log.Warn("storing an answer with its claim failed: a retry of the call will hear in_progress", "err", err)
 	}
 	return out, nil
@@ -470,6 +551,8 @@ func (u *Unit) close(ctx context.Context, ck *issuerclient.ClusterKey, calls jet
 	if refusal != nil || a.stored != nil {
 		return a.storedAnswer(), refusal
 	}
+	stopRenewing := u.renewClaim(ctx, calls, a, func() {}) // a close runs twice harmlessly
+	defer stopRenewing()
 	c, s := a.call, a.session
 	if string(a.request) != messages.CloseMarker {
 		return nil, messages.Refusal(messages.CodeMalformed, "a close carries the close marker")
@@ -500,6 +583,7 @@ func (u *Unit) close(ctx context.Context, ck *issuerclient.ClusterKey, calls jet
 		return nil, messages.Refusal(messages.CodeOverloaded, "the close could not be marked: %v", err)
 	}
 	u.sessions.put(c.Session, &session{task: s.task, expires: s.expires, closed: true})
+	stopRenewing() // a.claim is read from here on
 	return u.answer(ctx, calls, a, channel.KindClose, []byte(closedAnswer))
 }
 

@@ -164,6 +164,7 @@ type Unit struct {
 	pool     *service.Pool
 	js       jetstream.JetStream
 	sessions sessionTable
+	stale    staleClaims // claims seen in progress, for taking over a dead unit's
 }
 
 // New checks cfg and returns a unit ready to Run.
