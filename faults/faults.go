@@ -183,6 +183,13 @@ func (l *load) call(ctx context.Context, s *client.Session, data []byte) error {
 	return nil
 }
 
+// served records an answered call of the probe's on s.
+func (l *load) served(s *client.Session) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lastOK[s] = l.cfg.Now()
+}
+
 func (l *load) counts() (calls, failed int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -363,16 +370,21 @@ func probe(ctx context.Context, l *load, killed time.Time, before []*client.Sess
 	} else if err := l.servedSince(killed, before[:l.cfg.Sessions]); err != nil {
 		return err
 	}
+	// The deployment first: a probe's call waits its whole retry budget
+	// while no unit is there.
+	if err := l.cfg.Ready(ctx, killed); err != nil {
+		return err
+	}
 	for _, s := range probed {
 		if l.servedSince(killed, []*client.Session{s}) == nil {
 			continue
 		}
-		if err := l.call(ctx, s, []byte("probe")); err != nil {
+		// A probe's call that fails is no user's: it is not counted, and
+		// the session is called again by the next probe and at the end.
+		if _, err := s.Call(ctx, []byte("probe")); err != nil {
 			return fmt.Errorf("session %x, opened before the fault: %w", s.ID, err)
 		}
-	}
-	if err := l.cfg.Ready(ctx, killed); err != nil {
-		return err
+		l.served(s)
 	}
 	pctx, cancel := context.WithTimeout(ctx, 2*l.cfg.CallTimeout)
 	defer cancel()
