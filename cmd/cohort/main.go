@@ -304,7 +304,7 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nf.connect("cohort issuer", true, 0)
+	nc, err := nf.connectService(ctx, "cohort issuer")
 	if err != nil {
 		return err
 	}
@@ -353,7 +353,7 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nf.connect("cohort unit "+*task, true, 0)
+	nc, err := nf.connectService(ctx, "cohort unit "+*task)
 	if err != nil {
 		return err
 	}
@@ -466,7 +466,7 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if (*pin == "") == (*rootFile == "") {
 		return fmt.Errorf("%w: give one of --issuer-measurement and --root", errUsage)
 	}
-	nc, err := nf.connect("cohort manager", true, 0)
+	nc, err := nf.connectService(ctx, "cohort manager")
 	if err != nil {
 		return err
 	}

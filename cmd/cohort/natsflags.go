@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/unit"
 )
 
 // natsFlags are the flags, common to every command that connects, that say
@@ -55,4 +58,25 @@ func (n *natsFlags) connect(name string, service bool, timeout time.Duration) (*
 		return nil, fmt.Errorf("connect to %s: %w", *n.url, err)
 	}
 	return nc, nil
+}
+
+// connectService connects a long-running role. While no server is up yet
+// (the role started before them, as in a deployment coming up) it keeps
+// trying until ctx is done, rather than exit and be restarted.
+func (n *natsFlags) connectService(ctx context.Context, name string) (*nats.Conn, error) {
+	for failures := 0; ; failures++ {
+		nc, err := n.connect(name, true, 2*time.Second)
+		if err == nil || !errors.Is(err, nats.ErrNoServers) {
+			return nc, err
+		}
+		wait := unit.Backoff(failures, 100*time.Millisecond, 2*time.Second)
+		fmt.Fprintf(n.stderr, "%s: no NATS server answers yet (%v); again in %v\n", name, err, wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
