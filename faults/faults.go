@@ -217,10 +217,16 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 	}
 	l := &load{cfg: &cfg, lastOK: map[*client.Session]time.Time{}}
 	var steady []*client.Session
-	for range cfg.Sessions {
+	// The deployment may still be settling (a unit not yet joined refuses
+	// handshakes): the first sessions are tried for up to Wait.
+	deadline := cfg.Now().Add(cfg.Wait)
+	for len(steady) < cfg.Sessions {
 		s, err := l.dial(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("faults: open a session: %w", err)
+			if cfg.Now().After(deadline) || !pause(ctx, 100*time.Millisecond) {
+				return nil, fmt.Errorf("faults: open a session: %w", err)
+			}
+			continue
 		}
 		l.add(s)
 		steady = append(steady, s)

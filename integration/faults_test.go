@@ -262,6 +262,7 @@ func TestFaultsInProcessCluster(t *testing.T) {
 		}
 		return v.Serving(faultCluster, 3, since)
 	}
+	eventually(t, "the deployment serves", func() bool { return ready(context.Background(), time.Time{}) == nil })
 	restartProc := func(name string) faults.Target {
 		p := d.proc(name)
 		return faults.Target{

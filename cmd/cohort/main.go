@@ -770,12 +770,20 @@ func awaitIssuer(ctx context.Context, cfg issuerclient.Config, log *slog.Logger)
 		}
 		wait := unit.Backoff(failures, 100*time.Millisecond, 2*time.Second)
 		log.Warn("no issuer answers yet; waiting", "err", err, "retry_in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !pauseFor(ctx, wait) {
 			return nil, ctx.Err()
-		case <-t.C:
 		}
+	}
+}
+
+// pauseFor waits d, or until ctx is done; it reports whether it waited d.
+func pauseFor(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }

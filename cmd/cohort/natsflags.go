@@ -71,12 +71,8 @@ func (n *natsFlags) connectService(ctx context.Context, name string) (*nats.Conn
 		}
 		wait := unit.Backoff(failures, 100*time.Millisecond, 2*time.Second)
 		fmt.Fprintf(n.stderr, "%s: no NATS server answers yet (%v); again in %v\n", name, err, wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !pauseFor(ctx, wait) {
 			return nil, ctx.Err()
-		case <-t.C:
 		}
 	}
 }
