@@ -85,6 +85,25 @@ func (g Grant) String() string {
 	return string(g.Role)
 }
 
+// FileName is the name of the grant's credentials file: issuer.creds,
+// unit-dev.creds.
+func (g Grant) FileName() string {
+	if g.Role == Unit {
+		return "unit-" + g.Cluster + ".creds"
+	}
+	return string(g.Role) + ".creds"
+}
+
+// Grants lists the grants of a deployment: one for each role, the units'
+// once for each of clusters.
+func Grants(clusters ...string) []Grant {
+	gs := []Grant{{Role: Issuer}, {Role: Manager}, {Role: User}, {Role: Operator}}
+	for _, c := range clusters {
+		gs = append(gs, Grant{Role: Unit, Cluster: c})
+	}
+	return gs
+}
+
 // InboxPrefix is the prefix of the grant's reply subjects; it is the only
 // inbox the grant may subscribe to.
 func (g Grant) InboxPrefix() string {

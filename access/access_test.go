@@ -119,3 +119,17 @@ func TestCredentialPrintsNoSeed(t *testing.T) {
 		}
 	}
 }
+
+func TestGrantsAndFileNames(t *testing.T) {
+	var names []string
+	for _, g := range Grants("dev", "prod") {
+		if err := g.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, g.FileName())
+	}
+	want := "issuer.creds manager.creds user.creds operator.creds unit-dev.creds unit-prod.creds"
+	if got := strings.Join(names, " "); got != want {
+		t.Fatalf("files %q, want %q", got, want)
+	}
+}

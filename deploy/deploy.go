@@ -30,7 +30,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -101,12 +100,7 @@ const (
 )
 
 // CredsFile is the credentials file of a grant, relative to Config.Dir.
-func CredsFile(g access.Grant) string {
-	if g.Role == access.Unit {
-		return "creds/unit-" + g.Cluster + ".creds"
-	}
-	return "creds/" + string(g.Role) + ".creds"
-}
+func CredsFile(g access.Grant) string { return "creds/" + g.FileName() }
 
 // ServerConfigFile is a server's configuration, relative to Config.Dir.
 func ServerConfigFile(name string) string { return "nats/" + name + ".conf" }
@@ -125,12 +119,8 @@ func Generate(cfg Config) error {
 			return fmt.Errorf("deploy: %w", err)
 		}
 	}
-	grants := []access.Grant{{Role: access.Issuer}, {Role: access.Manager}, {Role: access.User}, {Role: access.Operator}}
-	for _, c := range cfg.Clusters {
-		grants = append(grants, access.Grant{Role: access.Unit, Cluster: c})
-	}
 	var users []*server.NkeyUser
-	for _, g := range grants {
+	for _, g := range access.Grants(cfg.Clusters...) {
 		c, err := access.NewCredential(g, cfg.Rand)
 		if err != nil {
 			return err
@@ -329,15 +319,4 @@ func writeFile(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("deploy: %w", err)
 	}
 	return nil
-}
-
-// ClientURL is the comma-separated list of URLs that reach every server
-// of the deployment from host, on the client ports counted up from
-// firstPort, as docker-compose.yml publishes them.
-func ClientURL(host string, firstPort, servers int) string {
-	urls := make([]string, servers)
-	for i := range urls {
-		urls[i] = fmt.Sprintf("tls://%s", net.JoinHostPort(host, fmt.Sprint(firstPort+i)))
-	}
-	return strings.Join(urls, ",")
 }

@@ -40,8 +40,8 @@ func printStack(w io.Writer, dir string, s *Stack) {
 		fmt.Fprintf(w, "  unit      https://%s/  task %s, certificate sha256 %s\n", u.Addr(), p.Task, sha256Hex(p.Leaf.Raw))
 	}
 	first := s.Units[0].Addr().Port
-	user := filepath.Join(s.CredsDir, CredsFile(access.Grant{Role: access.User}))
-	op := filepath.Join(s.CredsDir, CredsFile(access.Grant{Role: access.Operator}))
+	user := filepath.Join(s.CredsDir, access.Grant{Role: access.User}.FileName())
+	op := filepath.Join(s.CredsDir, access.Grant{Role: access.Operator}.FileName())
 	fmt.Fprintf(w, `  manager   cluster %q: %d units joined, heartbeat every %v
   NATS credentials: one per role in %s; the server admits no other client,
             and holds each role to its subjects. JetStream fsyncs every write.

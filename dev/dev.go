@@ -91,7 +91,7 @@ func (c *Config) fill() error {
 type Stack struct {
 	NATS              *embednats.Server
 	Creds             map[access.Grant]*access.Credential
-	CredsDir          string // the credentials files, one per grant: CredsFile names them
+	CredsDir          string // the credentials files, one per grant, named by Grant.FileName
 	Issuer            *issuer.Issuer
 	Manager           *manager.Manager
 	Units             []*unit.Unit
@@ -306,27 +306,14 @@ func LoadOrCreateCreds(dir, cluster string) (map[access.Grant]*access.Credential
 		return nil, fmt.Errorf("dev: credentials folder: %w", err)
 	}
 	creds := map[access.Grant]*access.Credential{}
-	for _, r := range access.Roles {
-		g := access.Grant{Role: r}
-		if r == access.Unit {
-			g.Cluster = cluster
-		}
-		c, err := access.LoadOrCreate(filepath.Join(dir, CredsFile(g)), g)
+	for _, g := range access.Grants(cluster) {
+		c, err := access.LoadOrCreate(filepath.Join(dir, g.FileName()), g)
 		if err != nil {
 			return nil, err
 		}
 		creds[g] = c
 	}
 	return creds, nil
-}
-
-// CredsFile is the name of a grant's credentials file: issuer.creds,
-// unit-dev.creds.
-func CredsFile(g access.Grant) string {
-	if g.Role == access.Unit {
-		return "unit-" + g.Cluster + ".creds"
-	}
-	return string(g.Role) + ".creds"
 }
 
 // Connect opens a connection to the stack's NATS server as grant.

@@ -91,18 +91,8 @@ func StartCluster(cc ClusterConfig) (*Cluster, error) {
 // it: a client fails over to the next server when its own goes.
 func (c *Cluster) URL() string { return strings.Join(c.urls, ",") }
 
-// URLs are the servers' client URLs, in order.
-func (c *Cluster) URLs() []string { return slices.Clone(c.urls) }
-
 // Size is the number of servers, running or killed.
 func (c *Cluster) Size() int { return len(c.cfgs) }
-
-// Server is server i, or nil while it is killed.
-func (c *Cluster) Server(i int) *Server {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.servers[i]
-}
 
 // Kill shuts server i down at once; its clients fail over to the others.
 func (c *Cluster) Kill(i int) {

@@ -125,16 +125,6 @@ func Start(cfg Config) (*Server, error) {
 // ClientURL is the URL other processes connect to.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
-// ClusterURL is the URL of the server's cluster listener, for other
-// servers' routes; empty when the server is not in a cluster.
-func (s *Server) ClusterURL() string {
-	addr := s.ns.ClusterAddr()
-	if addr == nil {
-		return ""
-	}
-	return "nats-route://" + addr.String()
-}
-
 // Connect opens a TCP connection to the server.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	nc, err := nats.Connect(s.ClientURL(), opts...)

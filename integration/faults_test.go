@@ -94,16 +94,19 @@ func (d *deployment) start(p *proc) error {
 	return nil
 }
 
-// supervise starts p as a supervisor would: again, after a pause, while it
-// fails to start (as the issuer does while JetStream elects its leaders).
+// supervise starts p as a supervisor would: again, on the next tick, while
+// it fails to start (as the issuer does while JetStream elects its
+// leaders), until the deadline.
 func (d *deployment) supervise(p *proc) error {
 	end := time.Now().Add(deadline)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		err := d.start(p)
 		if err == nil || time.Now().After(end) {
 			return err
 		}
-		time.Sleep(100 * time.Millisecond) // a supervisor's restart delay, not synchronisation
+		<-tick.C
 	}
 }
 
@@ -136,7 +139,7 @@ func startDeployment(t *testing.T) *deployment {
 	t.Helper()
 	d := &deployment{t: t, creds: map[access.Grant]*access.Credential{}, secret: sealSecret(t), units: map[string]*unit.Unit{}}
 	var all []*access.Credential
-	for _, g := range []access.Grant{{Role: access.Issuer}, {Role: access.Manager}, {Role: access.User}, {Role: access.Operator}, {Role: access.Unit, Cluster: faultCluster}} {
+	for _, g := range access.Grants(faultCluster) {
 		c, err := access.NewCredential(g, nil)
 		if err != nil {
 			t.Fatal(err)
