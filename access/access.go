@@ -1,41 +1,49 @@
-// Package access owns who may do what on cohort's NATS bus: the roles
-// (issuer, manager, unit, user, operator), the subjects each may publish to
-// and subscribe to, and the credentials that prove a role to the NATS server.
+// Package access owns who may do what on cohort's NATS bus: the identities
+// (the issuer, the manager, each unit of each cluster, each user, the
+// operator), the NATS accounts that keep their state apart, the subjects each
+// credential may publish to and subscribe to, and the credentials that
+// prove an identity to the NATS server.
 //
-// A credential is a NATS nkey (an Ed25519 key pair): the server knows only
-// the public key and the permissions that go with it; the client proves the
-// seed by signing the server's nonce. The seed is written to a credentials
-// file, decorated as NATS tools expect, so `nats --nkey FILE` reads it too; a
-// header line names the role, from which Options derives the connection's
-// reply-inbox prefix.
+// The threat it answers (THREATS.md): every credential is held by someone
+// hostile, who uses every permission it has. A NATS permission names the
+// subject a client publishes to, not the reply subject it names, and every
+// responder, cohort's services and the NATS server's own JetStream API
+// alike, answers to whatever reply subject a request names. So within one
+// NATS account, any credential that may send any request can have a
+// responder write into any stream of that account. The defence is
+// structural:
 //
-// Guarantees, enforced by the NATS server, not by cohort's processes:
-//   - a unit publishes only to its own cluster's subjects and to the
-//     issuer's and manager's request subjects, and reads only its own
-//     cluster's session records and call claims;
-//   - a user publishes only to the clusters' handshake, call and close
-//     subjects and to the issuer's evidence subject;
-//   - only the manager writes membership and session records, only the
-//     issuer its own state; each role touches only its own streams;
-//   - every role receives replies only under its own inbox prefix, so no
-//     credential can read the replies sent to another role, and answers
-//     only into the inboxes of the roles that may ask it (a request cannot
-//     name a stream's subject as its reply and have it written there);
-//   - a client without a credential is refused.
+//   - State lives in accounts of its own, each holding only the credentials
+//     that may write all of it: the issuer's state (account issuer), the
+//     membership and the audit stream (manager), and each cluster's session
+//     records and call claims (cluster-<id>, its units). Users and the
+//     operator have accounts without JetStream. Requests cross accounts
+//     through service imports, whose replies the server maps back into the
+//     requester's own account: no request reaches a subject of another
+//     account as its reply.
+//   - A service answers on a connection whose credential may publish only
+//     such mapped replies (_R_.>) and subscribe only to its service's
+//     subjects; it writes state over a second connection whose credential
+//     serves nothing. A credentials file of the issuer, the manager or a
+//     unit holds both keys (Key State and Key Serve).
+//   - Identities are in the subjects: a unit may publish to the manager only
+//     under its own cluster and unit id, a user to a cluster only under its
+//     own name, so that services learn from the server, not from the
+//     request, who asks; every identity receives only in its own inbox.
+//   - No running role may update, purge or delete a stream, or delete a
+//     message: JetStream keeps what it was created with.
 //
-// Permissions name cohort's default stream and bucket names; a deployment
-// that renames them must extend them.
+// Credentials are NATS nkeys (Ed25519): the server knows the public keys,
+// each with its account and permissions; the client proves the seed by
+// signing the server's nonce. Permissions name cohort's default stream and
+// bucket names; a deployment that renames them must extend them.
 package access
 
 import (
 	"fmt"
 	"slices"
+	"strings"
 
-	"github.com/nats-io/nats-server/v2/server"
-
-	"github.com/cohort-dev/cohort/events"
-	"github.com/cohort-dev/cohort/issuer"
-	"github.com/cohort-dev/cohort/manager"
 	"github.com/cohort-dev/cohort/messages"
 )
 
@@ -46,180 +54,284 @@ type Role string
 const (
 	Issuer   Role = "issuer"
 	Manager  Role = "manager"
-	Unit     Role = "unit" // one credential per cluster
-	User     Role = "user"
+	Unit     Role = "unit" // one credential per unit, of one cluster
+	User     Role = "user" // one credential per user
 	Operator Role = "operator"
 )
 
 // Roles lists the roles in a stable order.
 var Roles = []Role{Issuer, Manager, Unit, User, Operator}
 
-// Grant is one role's credential scope: the role and, for a unit, its
-// cluster.
+// Grant is one identity: the role and, for a unit, its cluster and unit
+// id, for a user, its name.
 type Grant struct {
 	Role    Role
 	Cluster string // units only
+	Name    string // a unit's id, a user's name
 }
 
-// Validate checks that the grant names a known role, and a valid cluster
-// for a unit and only for a unit.
+// Validate checks that the grant names a known role, with a valid cluster
+// and unit id for a unit, a valid name for a user, and nothing else.
 func (g Grant) Validate() error {
-	if !slices.Contains(Roles, g.Role) {
+	switch g.Role {
+	case Unit:
+		if !messages.ValidTaskName(g.Cluster) {
+			return fmt.Errorf("access: a unit credential needs a valid cluster id, not %q", g.Cluster)
+		}
+		if !messages.ValidUnitID(g.Name) {
+			return fmt.Errorf("access: a unit credential needs a valid unit id (letters, digits, '-' and '_'), not %q", g.Name)
+		}
+	case User:
+		if !messages.ValidUserName(g.Name) {
+			return fmt.Errorf("access: a user credential needs a valid name (lower-case letters, digits and inner '-'), not %q", g.Name)
+		}
+		if g.Cluster != "" {
+			return fmt.Errorf("access: role %s takes no cluster", g.Role)
+		}
+	case Issuer, Manager, Operator:
+		if g.Cluster != "" || g.Name != "" {
+			return fmt.Errorf("access: role %s takes no cluster and no name", g.Role)
+		}
+	default:
 		return fmt.Errorf("access: unknown role %q", g.Role)
-	}
-	if g.Role == Unit && !messages.ValidTaskName(g.Cluster) {
-		return fmt.Errorf("access: a unit credential needs a valid cluster id, not %q", g.Cluster)
-	}
-	if g.Role != Unit && g.Cluster != "" {
-		return fmt.Errorf("access: role %s takes no cluster", g.Role)
 	}
 	return nil
 }
 
-// String names the grant as credentials files and logs do: "unit/dev",
-// "issuer".
+// String names the grant as credentials files and logs do: "issuer",
+// "unit/dev/dev-1", "user/alice".
 func (g Grant) String() string {
-	if g.Role == Unit {
-		return string(g.Role) + "/" + g.Cluster
+	switch g.Role {
+	case Unit:
+		return string(g.Role) + "/" + g.Cluster + "/" + g.Name
+	case User:
+		return string(g.Role) + "/" + g.Name
 	}
 	return string(g.Role)
 }
 
+// ParseGrant reads a grant as String writes it.
+func ParseGrant(s string) (Grant, error) {
+	parts := strings.Split(s, "/")
+	g := Grant{Role: Role(parts[0])}
+	switch {
+	case g.Role == Unit && len(parts) == 3:
+		g.Cluster, g.Name = parts[1], parts[2]
+	case g.Role == User && len(parts) == 2:
+		g.Name = parts[1]
+	case len(parts) != 1:
+		return Grant{}, fmt.Errorf("access: grant %q: want issuer, manager, operator, unit/CLUSTER/ID or user/NAME", s)
+	}
+	if err := g.Validate(); err != nil {
+		return Grant{}, err
+	}
+	return g, nil
+}
+
 // FileName is the name of the grant's credentials file: issuer.creds,
-// unit-dev.creds.
+// unit-dev-dev-1.creds, user-alice.creds.
 func (g Grant) FileName() string {
-	if g.Role == Unit {
-		return "unit-" + g.Cluster + ".creds"
+	switch g.Role {
+	case Unit:
+		return "unit-" + g.Cluster + "-" + g.Name + ".creds"
+	case User:
+		return "user-" + g.Name + ".creds"
 	}
 	return string(g.Role) + ".creds"
 }
 
-// Grants lists the grants of a deployment: one for each role, the units'
-// once for each of clusters.
-func Grants(clusters ...string) []Grant {
-	gs := []Grant{{Role: Issuer}, {Role: Manager}, {Role: User}, {Role: Operator}}
-	for _, c := range clusters {
-		gs = append(gs, Grant{Role: Unit, Cluster: c})
+// Keys lists the keys a grant's credential holds: the services (issuer,
+// manager, units) hold a State and a Serve key; users and the operator only
+// a State key.
+func (g Grant) Keys() []Key {
+	switch g.Role {
+	case Issuer, Manager, Unit:
+		return []Key{State, Serve}
 	}
-	return gs
+	return []Key{State}
 }
 
-// InboxPrefix is the prefix of the grant's reply subjects; it is the only
-// inbox the grant may subscribe to.
+// Key says which of a credential's connections a key is for.
+type Key string
+
+// The keys.
+const (
+	// State is the connection that writes state and asks other services:
+	// JetStream, requests, the audit stream. It serves nothing.
+	State Key = "state"
+	// Serve is the connection a service answers on: it subscribes to the
+	// service's subjects and may publish only replies.
+	Serve Key = "serve"
+)
+
+// InboxPrefix is the prefix of the reply subjects of a grant's State
+// connection; it is the only inbox the grant may subscribe to.
 func (g Grant) InboxPrefix() string {
-	if g.Role == Unit {
-		return "_INBOX.unit." + g.Cluster
+	switch g.Role {
+	case Unit:
+		return "_INBOX.unit." + g.Cluster + "." + g.Name
+	case User:
+		return "_INBOX.user." + g.Name
 	}
 	return "_INBOX." + string(g.Role)
 }
 
-// Stream and bucket names the permissions cover.
-const (
-	sessionsStream = messages.SessionsStream
-	callsStream    = "KV_" + messages.CallsBucket
-	callsKV        = "$KV." + messages.CallsBucket + "."
-	membersStream  = "KV_" + manager.DefaultBucket
-	membersKV      = "$KV." + manager.DefaultBucket + "."
-	issuerStream   = "KV_" + issuer.DefaultBucket
-	issuerKV       = "$KV." + issuer.DefaultBucket + "."
-	eventsStream   = events.StreamName
-)
-
-// ownStream is what a role that creates and writes a stream may do with it
-// through the JetStream API: create, update, inspect, read, and consume.
-func ownStream(name string) []string {
-	return []string{
-		"$JS.FC." + name + ".>", // flow control of its consumers (a bucket's watcher)
-		"$JS.ACK." + name + ".>",
-		"$JS.API.STREAM.*." + name,          // CREATE, UPDATE, INFO, PURGE, DELETE
-		"$JS.API.STREAM.MSG.*." + name,      // MSG.GET, MSG.DELETE
-		"$JS.API.CONSUMER.*." + name,        // ordered and ephemeral consumers
-		"$JS.API.CONSUMER.*." + name + ".>", // CREATE, INFO, DELETE by name
-		"$JS.API.CONSUMER.MSG.NEXT." + name + ".>",
-		"$JS.API.DIRECT.GET." + name,
-		"$JS.API.DIRECT.GET." + name + ".>",
+// Account is the NATS account the grant's credentials belong to.
+func (g Grant) Account() string {
+	switch g.Role {
+	case Unit:
+		return ClusterAccount(g.Cluster)
+	case User:
+		return "user-" + g.Name
 	}
+	return string(g.Role)
 }
 
-// readStream is what a reader may do: inspect the stream and run its own
-// consumers on it, filtered to filter (">" for all of it).
-func readStream(name, filter string) []string {
+// ClusterAccount is the NATS account of a cluster: its units, its session
+// records and its call claims.
+func ClusterAccount(cluster string) string { return "cluster-" + cluster }
+
+// Deployment is who a deployment admits: its clusters, each with its units'
+// ids, and its users. The issuer, the manager and the operator are always
+// there.
+type Deployment struct {
+	Clusters []Cluster `json:"clusters"`
+	Users    []string  `json:"users"`
+}
+
+// Cluster is one cluster and the ids of its units.
+type Cluster struct {
+	ID    string   `json:"id"`
+	Units []string `json:"units"`
+}
+
+// Validate checks every name, and that none is given twice.
+func (d Deployment) Validate() error {
+	seen := map[string]bool{}
+	for _, c := range d.Clusters {
+		if !messages.ValidTaskName(c.ID) || seen["c/"+c.ID] {
+			return fmt.Errorf("access: cluster id %q is not valid or named twice", c.ID)
+		}
+		seen["c/"+c.ID] = true
+		for _, u := range c.Units {
+			if !messages.ValidUnitID(u) || seen["u/"+c.ID+"/"+u] {
+				return fmt.Errorf("access: unit id %q of cluster %s is not valid or named twice", u, c.ID)
+			}
+			seen["u/"+c.ID+"/"+u] = true
+		}
+	}
+	for _, u := range d.Users {
+		if !messages.ValidUserName(u) || seen["user/"+u] {
+			return fmt.Errorf("access: user name %q is not valid or named twice", u)
+		}
+		seen["user/"+u] = true
+	}
+	return nil
+}
+
+// Grants lists the deployment's grants in a stable order: the issuer, the
+// manager, the operator, the units of each cluster, the users.
+func (d Deployment) Grants() []Grant {
+	gs := []Grant{{Role: Issuer}, {Role: Manager}, {Role: Operator}}
+	for _, c := range d.Clusters {
+		for _, u := range c.Units {
+			gs = append(gs, Grant{Role: Unit, Cluster: c.ID, Name: u})
+		}
+	}
+	for _, u := range d.Users {
+		gs = append(gs, Grant{Role: User, Name: u})
+	}
+	return gs
+}
+
+// ClusterIDs lists the deployment's cluster ids.
+func (d Deployment) ClusterIDs() []string {
+	ids := make([]string, 0, len(d.Clusters))
+	for _, c := range d.Clusters {
+		ids = append(ids, c.ID)
+	}
+	return ids
+}
+
+// Stream and bucket names the permissions cover.
+const (
+	issuerBucket  = messages.IssuerStateBucket
+	issuerStream  = "KV_" + messages.IssuerStateBucket
+	membersBucket = messages.MembersBucket
+	membersStream = "KV_" + messages.MembersBucket
+	eventsStream  = messages.EventsStream
+)
+
+// ownStream is what the creator and writer of a stream may do with it
+// through the JetStream API: create it (never update, purge or delete it),
+// inspect it, read it directly and run its own consumers on it.
+func ownStream(name string) []string {
 	return []string{
+		"$JS.API.INFO", // the account's: nats.go asks before it makes a bucket
+		"$JS.API.STREAM.CREATE." + name,
 		"$JS.API.STREAM.INFO." + name,
-		"$JS.API.CONSUMER.CREATE." + name + ".*." + filter,
+		"$JS.API.STREAM.MSG.GET." + name,
+		"$JS.API.DIRECT.GET." + name,
+		"$JS.API.DIRECT.GET." + name + ".>",
+		"$JS.API.CONSUMER.CREATE." + name,
+		"$JS.API.CONSUMER.CREATE." + name + ".>",
 		"$JS.API.CONSUMER.INFO." + name + ".*",
 		"$JS.API.CONSUMER.DELETE." + name + ".*",
 		"$JS.API.CONSUMER.MSG.NEXT." + name + ".*",
+		"$JS.ACK." + name + ".>",
+		"$JS.FC." + name + ".>",
 	}
 }
 
-// Reply inboxes: a role that answers requests may publish to the inboxes of
-// the roles that ask it, and nowhere else by way of a reply. NATS's own
-// allow_responses is not used: it lets a responder publish to whatever
-// reply subject a request names, a JetStream bucket's subject included.
-const (
-	userInbox     = "_INBOX.user.>"
-	operatorInbox = "_INBOX.operator.>"
-	managerInbox  = "_INBOX.manager.>"
-	unitInboxes   = "_INBOX.unit.*.>"
-)
+// The subjects of the issuer's events on the audit stream.
+const issuerEvents = "cohort.v1.events.certificate.>"
 
-// Permissions returns the subjects the grant may publish to and subscribe
-// to.
-func (g Grant) Permissions() (*server.Permissions, error) {
+// Subjects says what one key of a grant may publish to and subscribe to.
+func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
 	if err := g.Validate(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var pub, sub []string
-	sub = append(sub, g.InboxPrefix()+".>")
+	if !slices.Contains(g.Keys(), k) {
+		return nil, nil, fmt.Errorf("access: %s holds no %s key", g, k)
+	}
+	if k == Serve {
+		// Replies only, through the server's mapping back into the
+		// requester's account: every requester is in another account.
+		pub = []string{"_R_.>"}
+		switch g.Role {
+		case Issuer:
+			sub = []string{messages.SubjectEvidence, messages.SubjectCertify, "$SRV.>"}
+		case Manager:
+			sub = []string{messages.SubjectManagerPrefix + ">", "$SRV.>"}
+		case Unit:
+			for _, verb := range []string{messages.VerbHandshake, messages.VerbCall, messages.VerbClose} {
+				sub = append(sub, messages.ClusterFilter(g.Cluster, verb))
+			}
+		}
+		return pub, sub, nil
+	}
+	sub = []string{g.InboxPrefix() + ".>"}
 	switch g.Role {
 	case Issuer:
-		pub = append(pub, ownStream(issuerStream)...)
-		pub = append(pub, issuerKV+">")
-		pub = append(pub, ownStream(eventsStream)...)
-		pub = append(pub, events.SubjectAll, "$JS.API.INFO")
-		pub = append(pub, unitInboxes, userInbox, operatorInbox, managerInbox) // certify, evidence, $SRV
-		sub = append(sub, "cohort.v1.issuer.>", "$SRV.>")
+		pub = append(ownStream(issuerStream), "$KV."+issuerBucket+".>", issuerEvents)
 	case Manager:
-		for _, s := range []string{membersStream, sessionsStream, callsStream, eventsStream} {
-			pub = append(pub, ownStream(s)...)
-		}
-		pub = append(pub,
-			membersKV+">",
-			messages.SubjectSessionsPrefix+">",
-			events.SubjectAll,
-			messages.SubjectEvidence,
-			"$JS.API.INFO",
-			unitInboxes, operatorInbox, // join, heartbeat, session; status, $SRV
-		)
-		sub = append(sub, "cohort.v1.manager.>", "$SRV.>")
+		pub = append(ownStream(membersStream), "$KV."+membersBucket+".>")
+		pub = append(pub, ownStream(eventsStream)...)
+		pub = append(pub, messages.SubjectEventsPrefix+">", messages.SubjectSessionsPrefix+"*.*", messages.SubjectEvidence)
 	case Unit:
 		c := g.Cluster
-		pub = append(pub,
-			messages.SubjectCertify, messages.SubjectEvidence,
-			messages.SubjectJoin, messages.SubjectHeartbeat, messages.SubjectLeave, messages.SubjectSession,
-		)
-		pub = append(pub, readStream(sessionsStream, messages.SessionsOfCluster(c))...)
-		pub = append(pub, "$JS.API.DIRECT.GET."+sessionsStream+"."+messages.SessionsOfCluster(c))
-		pub = append(pub,
-			"$JS.API.STREAM.INFO."+callsStream,
-			"$JS.API.DIRECT.GET."+callsStream+"."+callsKV+c+".>",
-			callsKV+c+".>",
-			userInbox, // handshakes, calls and closes are the users'
-		)
-		sub = append(sub, messages.SubjectClusterPrefix+c+".>")
+		pub = []string{messages.SubjectCertify, messages.SubjectEvidence, messages.SubjectManagerPrefix + "*." + c + "." + g.Name}
+		pub = append(pub, ownStream(messages.SessionsStream(c))...)
+		pub = append(pub, ownStream(messages.CallsStream(c))...)
+		pub = append(pub, messages.ClaimsOfCluster(c))
 	case User:
-		pub = append(pub,
-			messages.HandshakeSubject("*"), messages.CallSubject("*"), messages.CloseSubject("*"),
-			messages.SubjectEvidence,
-		)
+		for _, verb := range []string{messages.VerbHandshake, messages.VerbCall, messages.VerbClose} {
+			pub = append(pub, messages.ClusterSubject("*", verb, g.Name))
+		}
+		pub = append(pub, messages.SubjectEvidence)
 	case Operator:
-		pub = append(pub, messages.SubjectStatus, messages.SubjectEvidence, "$SRV.>",
-			"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.STREAM.INFO.*")
-		pub = append(pub, readStream(eventsStream, events.SubjectAll)...)
+		pub = []string{messages.SubjectStatus, messages.SubjectEvidence, "$SRV.>",
+			"$JS.API.DIRECT.GET." + eventsStream, "$JS.API.DIRECT.GET." + eventsStream + ".>", "$JS.API.STREAM.INFO.*"}
 	}
-	return &server.Permissions{
-		Publish:   &server.SubjectPermission{Allow: pub},
-		Subscribe: &server.SubjectPermission{Allow: sub},
-	}, nil
+	return pub, sub, nil
 }

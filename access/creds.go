@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
@@ -17,22 +18,31 @@ import (
 // MaxCredentials bounds a credentials file.
 const MaxCredentials = 4 << 10
 
-// grantLine is the header line that names a credential's grant.
-const grantLine = "# cohort-grant: "
+// Header lines of a credentials file.
+const (
+	grantLine = "# cohort-grant: "
+	keyLine   = "# cohort-key: "
+	seedBegin = "-----BEGIN USER NKEY SEED-----"
+	seedEnd   = "------END USER NKEY SEED------"
+)
 
 // ErrCredentials is wrapped by every error about a credentials file that
 // does not parse.
 var ErrCredentials = errors.New("access: bad credentials")
 
-// Credential is one grant's nkey. Public is what the NATS server is told;
-// the seed stays with the holder.
+// Credential is one grant's nkeys, one for each of Grant.Keys. The NATS
+// server is told the public keys; the seeds stay with the holder.
 type Credential struct {
-	Grant  Grant
-	Public string // the user nkey, "U…"
+	Grant Grant
+	keys  map[Key]nkey
+}
+
+type nkey struct {
+	public string // the user nkey, "U…"
 	seed   []byte
 }
 
-// NewCredential makes a fresh nkey for grant from rnd (crypto/rand when nil).
+// NewCredential makes fresh nkeys for grant from rnd (crypto/rand when nil).
 func NewCredential(g Grant, rnd io.Reader) (*Credential, error) {
 	if err := g.Validate(); err != nil {
 		return nil, err
@@ -40,37 +50,49 @@ func NewCredential(g Grant, rnd io.Reader) (*Credential, error) {
 	if rnd == nil {
 		rnd = rand.Reader
 	}
-	kp, err := nkeys.CreatePairWithRand(nkeys.PrefixByteUser, rnd)
-	if err != nil {
-		return nil, fmt.Errorf("access: new nkey: %w", err)
+	c := &Credential{Grant: g, keys: map[Key]nkey{}}
+	for _, k := range g.Keys() {
+		kp, err := nkeys.CreatePairWithRand(nkeys.PrefixByteUser, rnd)
+		if err != nil {
+			return nil, fmt.Errorf("access: new nkey: %w", err)
+		}
+		if c.keys[k], err = fromPair(kp); err != nil {
+			return nil, err
+		}
 	}
-	return fromPair(g, kp)
+	return c, nil
 }
 
-func fromPair(g Grant, kp nkeys.KeyPair) (*Credential, error) {
+func fromPair(kp nkeys.KeyPair) (nkey, error) {
 	pub, err := kp.PublicKey()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCredentials, err)
+		return nkey{}, fmt.Errorf("%w: %v", ErrCredentials, err)
 	}
 	seed, err := kp.Seed()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCredentials, err)
+		return nkey{}, fmt.Errorf("%w: %v", ErrCredentials, err)
 	}
 	// A copy: the key pair's Wipe clears the slice Seed returns.
-	return &Credential{Grant: g, Public: pub, seed: bytes.Clone(seed)}, nil
+	return nkey{public: pub, seed: bytes.Clone(seed)}, nil
 }
 
+// Public is the public nkey of one of the credential's keys, "" if it has
+// none such.
+func (c *Credential) Public(k Key) string { return c.keys[k].public }
+
 // Marshal gives the credentials file: a header that names the grant and how
-// to use the file, and the decorated seed.
+// to use the file, then each key, named, and its decorated seed. The State
+// key comes first: it is the one `nats --nkey FILE` takes.
 func (c *Credential) Marshal() []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "# cohort NATS credentials for %s: an nkey seed. Keep this file secret.\n", c.Grant)
-	b.WriteString("# Use it with 'cohort COMMAND --creds FILE' (or COHORT_CREDS=FILE), or 'nats --nkey FILE'.\n")
+	fmt.Fprintf(&b, "# cohort NATS credentials for %s: nkey seeds. Keep this file secret.\n", c.Grant)
+	b.WriteString("# Use it with 'cohort COMMAND --creds FILE' (or COHORT_CREDS=FILE); 'nats --nkey FILE' takes the first key.\n")
 	fmt.Fprintf(&b, "%s%s\n", grantLine, c.Grant)
-	fmt.Fprintf(&b, "# public key: %s\n", c.Public)
-	b.WriteString("-----BEGIN USER NKEY SEED-----\n")
-	b.Write(c.seed)
-	b.WriteString("\n------END USER NKEY SEED------\n")
+	for _, k := range c.Grant.Keys() {
+		key := c.keys[k]
+		fmt.Fprintf(&b, "%s%s %s\n", keyLine, k, key.public)
+		fmt.Fprintf(&b, "%s\n%s\n%s\n", seedBegin, key.seed, seedEnd)
+	}
 	return b.Bytes()
 }
 
@@ -86,9 +108,15 @@ func (c *Credential) WriteFile(path string) error {
 	return nil
 }
 
-// String names the credential without its seed, so that printing one
+// String names the credential without its seeds, so that printing one
 // leaks nothing.
-func (c *Credential) String() string { return c.Grant.String() + " " + c.Public }
+func (c *Credential) String() string {
+	s := c.Grant.String()
+	for _, k := range c.Grant.Keys() {
+		s += " " + string(k) + "=" + c.keys[k].public
+	}
+	return s
+}
 
 // GoString is String, for %#v.
 func (c *Credential) GoString() string { return c.String() }
@@ -98,35 +126,70 @@ func ParseCredential(data []byte) (*Credential, error) {
 	if len(data) > MaxCredentials {
 		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrCredentials, len(data), MaxCredentials)
 	}
-	var g Grant
-	found := false
+	var grant *Grant
+	type section struct {
+		key    Key
+		public string
+		body   strings.Builder
+	}
+	var sections []*section
 	for line := range strings.Lines(string(data)) {
-		rest, ok := strings.CutPrefix(strings.TrimSpace(line), strings.TrimSpace(grantLine))
-		if !ok {
+		trimmed := strings.TrimSpace(line)
+		if rest, ok := strings.CutPrefix(trimmed, strings.TrimSpace(grantLine)); ok {
+			if grant != nil {
+				return nil, fmt.Errorf("%w: two grant lines", ErrCredentials)
+			}
+			g, err := ParseGrant(strings.TrimSpace(rest))
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrCredentials, err)
+			}
+			grant = &g
 			continue
 		}
-		if found {
-			return nil, fmt.Errorf("%w: two grant lines", ErrCredentials)
+		if rest, ok := strings.CutPrefix(trimmed, strings.TrimSpace(keyLine)); ok {
+			k, pub, _ := strings.Cut(strings.TrimSpace(rest), " ")
+			sections = append(sections, &section{key: Key(k), public: strings.TrimSpace(pub)})
+			continue
 		}
-		found = true
-		role, cluster, _ := strings.Cut(strings.TrimSpace(rest), "/")
-		g = Grant{Role: Role(role), Cluster: cluster}
+		if len(sections) > 0 {
+			sections[len(sections)-1].body.WriteString(line)
+		}
 	}
-	if !found {
+	if grant == nil {
 		return nil, fmt.Errorf("%w: no %q line", ErrCredentials, strings.TrimSpace(grantLine))
 	}
-	if err := g.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCredentials, err)
+	c := &Credential{Grant: *grant, keys: map[Key]nkey{}}
+	for _, s := range sections {
+		if !slices.Contains(grant.Keys(), s.key) {
+			return nil, fmt.Errorf("%w: %s holds no %q key", ErrCredentials, grant, s.key)
+		}
+		if _, dup := c.keys[s.key]; dup {
+			return nil, fmt.Errorf("%w: two %s keys", ErrCredentials, s.key)
+		}
+		kp, err := nkeys.ParseDecoratedUserNKey([]byte(s.body.String()))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s key: %v", ErrCredentials, s.key, err)
+		}
+		if _, err := kp.Seed(); err != nil { // a public key alone is no credential
+			kp.Wipe()
+			return nil, fmt.Errorf("%w: %s key: no user nkey seed", ErrCredentials, s.key)
+		}
+		key, err := fromPair(kp)
+		kp.Wipe()
+		if err != nil {
+			return nil, err
+		}
+		if key.public != s.public {
+			return nil, fmt.Errorf("%w: the %s key's seed is not that of public key %q", ErrCredentials, s.key, s.public)
+		}
+		c.keys[s.key] = key
 	}
-	kp, err := nkeys.ParseDecoratedUserNKey(data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCredentials, err)
+	for _, k := range grant.Keys() {
+		if _, ok := c.keys[k]; !ok {
+			return nil, fmt.Errorf("%w: no %s key for %s", ErrCredentials, k, grant)
+		}
 	}
-	defer kp.Wipe()
-	if _, err := kp.Seed(); err != nil { // a public key alone is no credential
-		return nil, fmt.Errorf("%w: no user nkey seed", ErrCredentials)
-	}
-	return fromPair(g, kp)
+	return c, nil
 }
 
 // LoadCredential reads a credentials file.
@@ -167,56 +230,41 @@ func LoadOrCreate(path string, g Grant) (*Credential, error) {
 	return c, nil
 }
 
-// User is the server's side of the credential: the public key and the
-// grant's permissions.
-func (c *Credential) User() (*server.NkeyUser, error) {
-	p, err := c.Grant.Permissions()
-	if err != nil {
+// LoadOrCreateAll reads or makes the credential of every grant of d in dir,
+// named by Grant.FileName.
+func LoadOrCreateAll(dir string, d Deployment) (map[Grant]*Credential, error) {
+	if err := d.Validate(); err != nil {
 		return nil, err
 	}
-	return &server.NkeyUser{Nkey: c.Public, Permissions: p}, nil
-}
-
-// Users gives the server's side of several credentials.
-func Users(creds ...*Credential) ([]*server.NkeyUser, error) {
-	users := make([]*server.NkeyUser, 0, len(creds))
-	for _, c := range creds {
-		u, err := c.User()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("access: credentials folder: %w", err)
+	}
+	creds := map[Grant]*Credential{}
+	for _, g := range d.Grants() {
+		c, err := LoadOrCreate(filepath.Join(dir, g.FileName()), g)
 		if err != nil {
 			return nil, err
 		}
-		users = append(users, u)
+		creds[g] = c
 	}
-	return users, nil
+	return creds, nil
 }
 
-// Options are the nats.go options that connect as the credential: the nkey,
-// whose seed signs the server's nonce, and the grant's inbox prefix.
-func (c *Credential) Options() []nats.Option {
-	kp, err := nkeys.FromSeed(c.seed)
+// Options are the nats.go options that connect as one of the credential's
+// keys: the nkey, whose seed signs the server's nonce, and, for the State
+// key, the grant's inbox prefix.
+func (c *Credential) Options(k Key) []nats.Option {
+	key, ok := c.keys[k]
+	if !ok {
+		return []nats.Option{func(*nats.Options) error { return fmt.Errorf("%w: %s holds no %s key", ErrCredentials, c.Grant, k) }}
+	}
+	kp, err := nkeys.FromSeed(key.seed)
 	if err != nil { // cannot happen: the seed was checked when c was made
 		return []nats.Option{func(*nats.Options) error { return fmt.Errorf("%w: %v", ErrCredentials, err) }}
 	}
-	return []nats.Option{nats.Nkey(c.Public, kp.Sign), nats.CustomInboxPrefix(c.Grant.InboxPrefix())}
-}
-
-// ConnectOptions are the options for a cohort command's connection: the
-// credentials in credsFile, if given, and TLS verified against the CA
-// certificates in caFile, if given.
-func ConnectOptions(credsFile, caFile string) ([]nats.Option, error) {
-	var opts []nats.Option
-	if credsFile != "" {
-		c, err := LoadCredential(credsFile)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, c.Options()...)
+	prefix := c.Grant.InboxPrefix()
+	if k == Serve {
+		prefix += ".serve" // a serving connection asks nothing: no inbox of its own is granted
 	}
-	if caFile != "" {
-		if _, err := os.Stat(caFile); err != nil {
-			return nil, fmt.Errorf("access: TLS CA: %w", err)
-		}
-		opts = append(opts, nats.RootCAs(caFile))
-	}
-	return opts, nil
+	return []nats.Option{nats.Nkey(key.public, kp.Sign), nats.CustomInboxPrefix(prefix)}
 }

@@ -165,7 +165,7 @@ func Members(ctx context.Context, cfg MembersConfig) (*MembersResult, error) {
 			req, err := unit.JoinRequest(pairs[c], m.cluster, m.id, measurements[c], fmt.Sprintf("10.0.%d.%d:8443", i/250, i%250), time.Now(), nil)
 			if err == nil {
 				var r *messages.JoinReply
-				if r, err = unit.Join(ctx, m.conn, req, 30*time.Second); err == nil {
+				if r, err = unit.Join(ctx, m.conn, m.cluster, m.id, req, 30*time.Second); err == nil {
 					m.token = r.Token
 					return
 				}

@@ -26,12 +26,12 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/hpke"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/cohort-dev/cohort/messages"
 )
@@ -59,6 +59,9 @@ const (
 	labelRecordAAD  = "cohort/v1 session record\x00"
 	labelCallAAD    = "cohort/v1 call\x00"
 	labelAnswerAAD  = "cohort/v1 answer\x00"
+	labelSessionID  = "cohort/v1 session id\x00"
+	labelClaimKey   = "cohort/v1 call claims\x00"
+	labelClaimMAC   = "cohort/v1 call claim\x00"
 )
 
 func kem(id uint16) (hpke.KEM, error) {
@@ -322,11 +325,53 @@ func OpenAnswer(k *Keys, kind Kind, unit string, session []byte, seq uint64, cip
 	return pt, nil
 }
 
-// NewSessionID draws a session id.
-func NewSessionID(r io.Reader) ([]byte, error) {
-	id := make([]byte, SessionIDSize)
-	if _, err := io.ReadFull(r, id); err != nil {
-		return nil, fmt.Errorf("channel: draw session id: %w", err)
+// SessionID is the id of the session a hello opens: a hash of the encoded
+// hello, so that the same hello sent again, to any unit, names the same
+// session, whose record exists already: a replayed hello opens nothing new.
+// The hello holds a fresh nonce and ephemeral key, so ids do not repeat.
+func SessionID(hello []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(labelSessionID))
+	h.Write(hello)
+	return h.Sum(nil)[:SessionIDSize]
+}
+
+// ClaimKey derives, from a cluster key, the key that authenticates the
+// cluster's call claims (messages.CallClaim): only the cluster's units hold
+// it, so no NATS credential can write a claim that a unit accepts.
+func ClaimKey(clusterKey []byte, cluster string, epoch uint32) ([]byte, error) {
+	return hkdf.Key(sha256.New, clusterKey, epochBytes(epoch), labelClaimKey+cluster, KeySize)
+}
+
+// claimMAC is the MAC of a claim kept under subject: over the subject, the
+// unit, the state, the revision written over and the answer.
+func claimMAC(key []byte, subject string, c *messages.CallClaim) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(aad(labelClaimMAC, []byte(subject), []byte(c.Unit), []byte{c.State},
+		binary.BigEndian.AppendUint64(nil, c.Prev), c.Answer))
+	return m.Sum(nil)
+}
+
+// SignClaim sets c.MAC for the claim's subject.
+func SignClaim(key []byte, subject string, c *messages.CallClaim) {
+	c.MAC = claimMAC(key, subject, c)
+}
+
+// ErrTampered: stored state that a unit should have written does not
+// authenticate, or does not stand where it says it was written.
+var ErrTampered = errors.New("channel: tampered with")
+
+// CheckClaim checks a claim read from subject, stored by JetStream over
+// revision expectedPrev (its Nats-Expected-Last-Subject-Sequence header;
+// hasPrev false when the message carries none): its MAC, and that it names
+// the revision it stands over. A claim written again later, a delete
+// marker, or anything a credential published there fails.
+func CheckClaim(key []byte, subject string, c *messages.CallClaim, expectedPrev uint64, hasPrev bool) error {
+	if !hmac.Equal(c.MAC, claimMAC(key, subject, c)) {
+		return fmt.Errorf("%w: the claim does not authenticate under the cluster's claim key", ErrTampered)
 	}
-	return id, nil
+	if !hasPrev || expectedPrev != c.Prev {
+		return fmt.Errorf("%w: the claim names revision %d as the one it was written over, and stands elsewhere", ErrTampered, c.Prev)
+	}
+	return nil
 }

@@ -137,7 +137,7 @@ func TestNoKeyCrossesNATS(t *testing.T) {
 			}
 		}
 	})
-	s, err := Dial(context.Background(), Config{Conn: st.conn(), Cluster: "c1", Roots: st.roots})
+	s, err := Dial(context.Background(), Config{Conn: st.conn(), User: "alice", Cluster: "c1", Roots: st.roots})
 	if err != nil {
 		t.Fatal(err)
 	}

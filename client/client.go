@@ -2,8 +2,9 @@
 // with any unit of a cluster opens a session that every unit of the cluster
 // can serve.
 //
-// Dial sends a hello to the cluster's handshake subject; exactly one unit
-// answers (a queue group). The client checks the unit's certificate chain
+// Dial sends a hello to the cluster's handshake subject, under the user's
+// name (which the NATS server lets only that user's credential publish
+// to); exactly one unit answers (a queue group). The client checks the unit's certificate chain
 // against the user's root (from `cohort trust`), that the certificate names
 // the expected task and covers the cluster, and the unit's signature over the
 // transcript, before it derives the session keys. The unit answered only
@@ -12,6 +13,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -34,7 +36,11 @@ var ErrUnauthentic = errors.New("client: the unit's answer is not authentic")
 
 // Config says which cluster to open a session with and how to recognise it.
 type Config struct {
-	Conn    *nats.Conn     // required
+	Conn *nats.Conn // required
+	// User is the user's name, the one its NATS credential is for
+	// (access.Grant.Name); required. Units hold a session for this user
+	// only, and count it against this user's quota.
+	User    string
 	Cluster string         // required
 	Roots   *x509.CertPool // required: the issuer's root
 	Task    string         // the task the cluster must run; empty accepts any
@@ -69,6 +75,9 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Conn == nil || cfg.Roots == nil || !messages.ValidTaskName(cfg.Cluster) {
 		return nil, errors.New("client: Config.Conn, Roots and a valid Cluster are required")
 	}
+	if !messages.ValidUserName(cfg.User) {
+		return nil, fmt.Errorf("client: Config.User %q is not a valid user name: the name the user's NATS credential is for", cfg.User)
+	}
 	if cfg.KEM == 0 {
 		cfg.KEM = messages.KEMMLKEM768X25519
 	}
@@ -84,22 +93,13 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Retries <= 0 {
 		cfg.Retries = 12
 	}
-	c, pub, err := channel.NewClient(cfg.KEM)
-	if err != nil {
-		return nil, err
-	}
-	nonce := make([]byte, messages.NonceSize)
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, err
-	}
-	hello, err := messages.Marshal(&messages.Hello{
-		V: messages.Version, Cluster: cfg.Cluster, Task: cfg.Task, KEM: cfg.KEM, PublicKey: pub, Nonce: nonce, Time: cfg.Now().UnixNano(),
-	})
-	if err != nil {
-		return nil, err
-	}
 	for try := 0; ; try++ {
-		reply, err := service.Request(ctx, cfg.Conn, messages.HandshakeSubject(cfg.Cluster), hello, cfg.Timeout)
+		// A fresh hello each time: a hello sent again is a replay.
+		c, hello, err := newHello(cfg)
+		if err != nil {
+			return nil, err
+		}
+		reply, err := service.Request(ctx, cfg.Conn, messages.HandshakeSubject(cfg.Cluster, cfg.User), hello, cfg.Timeout)
 		// A unit that has not joined yet: the queue group may pick another.
 		if errors.Is(err, &messages.Error{Code: messages.CodeNotReady}) && try < 3 {
 			continue
@@ -111,6 +111,25 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	}
 }
 
+// newHello makes a hello: a fresh ephemeral key and nonce.
+func newHello(cfg Config) (*channel.Client, []byte, error) {
+	c, pub, err := channel.NewClient(cfg.KEM)
+	if err != nil {
+		return nil, nil, err
+	}
+	nonce := make([]byte, messages.NonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, nil, err
+	}
+	hello, err := messages.Marshal(&messages.Hello{
+		V: messages.Version, Cluster: cfg.Cluster, Task: cfg.Task, KEM: cfg.KEM, PublicKey: pub, Nonce: nonce, Time: cfg.Now().UnixNano(),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, hello, nil
+}
+
 func finish(cfg Config, c *channel.Client, hello, data []byte) (*Session, error) {
 	var r messages.HelloReply
 	if err := messages.Decode(data, messages.MaxHelloReply, &r); err != nil {
@@ -119,6 +138,9 @@ func finish(cfg Config, c *channel.Client, hello, data []byte) (*Session, error)
 	var b messages.HelloReplyBody
 	if err := messages.Decode(r.Body, messages.MaxHelloReplyBody, &b); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnauthentic, err)
+	}
+	if !bytes.Equal(b.Session, channel.SessionID(hello)) {
+		return nil, fmt.Errorf("%w: the session id is not the one this hello opens", ErrUnauthentic)
 	}
 	leaf, err := x509.ParseCertificate(b.Chain[0])
 	if err != nil {
@@ -185,13 +207,13 @@ func (s *Session) Call(ctx context.Context, data []byte) (*Answer, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
-	return s.send(ctx, channel.KindCall, messages.CallSubject(s.Cluster), data)
+	return s.send(ctx, channel.KindCall, messages.CallSubject(s.Cluster, s.cfg.User), data)
 }
 
 // Close closes the session for the whole cluster: once it returns, no unit
 // runs a call of the session.
 func (s *Session) Close(ctx context.Context) error {
-	a, err := s.send(ctx, channel.KindClose, messages.CloseSubject(s.Cluster), []byte(messages.CloseMarker))
+	a, err := s.send(ctx, channel.KindClose, messages.CloseSubject(s.Cluster, s.cfg.User), []byte(messages.CloseMarker))
 	if err != nil {
 		return err
 	}
@@ -264,7 +286,7 @@ func (s *Session) attempt(ctx context.Context, kind channel.Kind, subject string
 	if err != nil {
 		return nil, err
 	}
-	if code := msg.Header.Get("Nats-Service-Error-Code"); code != "" {
+	if code := msg.Header.Get(service.ErrorCodeHeader); code != "" {
 		if messages.Code(code) == messages.CodeReplay {
 			// The call ran already (an earlier attempt): its answer comes along.
 			if ans, err := s.open(kind, seq, msg.Data); err == nil {

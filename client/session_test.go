@@ -45,7 +45,7 @@ func TestSlowCallRunsOnce(t *testing.T) {
 		return append([]byte("done: "), req...), nil
 	}
 	st := newStack(t, 3, app, nil)
-	s, err := Dial(context.Background(), Config{Conn: st.conn(), Cluster: "c1", Roots: st.roots, CallTimeout: 100 * time.Millisecond, Retries: 50})
+	s, err := Dial(context.Background(), Config{Conn: st.conn(), User: "alice", Cluster: "c1", Roots: st.roots, CallTimeout: 100 * time.Millisecond, Retries: 50})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,14 +81,14 @@ func TestSlowCallRunsOnce(t *testing.T) {
 // other, and the session stays open.
 func TestCloseAndCallCannotBeSwapped(t *testing.T) {
 	st := newStack(t, 2, nil, nil)
-	s, err := Dial(context.Background(), Config{Conn: st.conn(), Cluster: "c1", Roots: st.roots})
+	s, err := Dial(context.Background(), Config{Conn: st.conn(), User: "alice", Cluster: "c1", Roots: st.roots})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := rawSend(t, s, channel.KindClose, messages.CallSubject("c1"), []byte(messages.CloseMarker)); code != messages.CodeAuth {
+	if code := rawSend(t, s, channel.KindClose, messages.CallSubject("c1", "alice"), []byte(messages.CloseMarker)); code != messages.CodeAuth {
 		t.Errorf("a close on the call subject: %q, want %s", code, messages.CodeAuth)
 	}
-	if code := rawSend(t, s, channel.KindCall, messages.CloseSubject("c1"), []byte(messages.CloseMarker)); code != messages.CodeAuth {
+	if code := rawSend(t, s, channel.KindCall, messages.CloseSubject("c1", "alice"), []byte(messages.CloseMarker)); code != messages.CodeAuth {
 		t.Errorf("a call on the close subject: %q, want %s", code, messages.CodeAuth)
 	}
 	if _, err := s.Call(context.Background(), []byte("still open")); err != nil {
@@ -102,12 +102,12 @@ func TestCloseAndCallCannotBeSwapped(t *testing.T) {
 func TestClosedSessionStaysClosed(t *testing.T) {
 	st := newStack(t, 3, nil, nil)
 	nc := st.conn()
-	s, err := Dial(context.Background(), Config{Conn: nc, Cluster: "c1", Roots: st.roots})
+	s, err := Dial(context.Background(), Config{Conn: nc, User: "alice", Cluster: "c1", Roots: st.roots})
 	if err != nil {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
-	stream, err := js.Stream(context.Background(), messages.SessionsStream)
+	stream, err := js.Stream(context.Background(), messages.SessionsStream("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestClosedSessionStaysClosed(t *testing.T) {
 	// Straight after Close, before other units may have read the record:
 	// every unit the queue group picks refuses.
 	for range 9 {
-		if code := rawSend(t, s, channel.KindCall, messages.CallSubject("c1"), []byte("after close")); code != messages.CodeNoSession {
+		if code := rawSend(t, s, channel.KindCall, messages.CallSubject("c1", "alice"), []byte("after close")); code != messages.CodeNoSession {
 			t.Fatalf("a call after close: %q, want %s", code, messages.CodeNoSession)
 		}
 	}
@@ -129,7 +129,7 @@ func TestClosedSessionStaysClosed(t *testing.T) {
 	if _, err := js.Publish(context.Background(), messages.SessionSubject("c1", s.ID), open.Data); err != nil {
 		t.Fatal(err)
 	}
-	marker, err := Dial(context.Background(), Config{Conn: nc, Cluster: "c1", Roots: st.roots})
+	marker, err := Dial(context.Background(), Config{Conn: nc, User: "alice", Cluster: "c1", Roots: st.roots})
 	if err != nil {
 		t.Fatal(err)
 	}

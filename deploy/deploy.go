@@ -1,16 +1,19 @@
 // Package deploy writes what a scale-out deployment of cohort needs besides
 // its binaries: a NATS cluster's server configurations (JetStream, routes,
-// TLS, the per-role users and permissions of package access), a private CA
-// and the servers' TLS certificates, one credentials file per role, and the
-// issuer's policy. `cohort deploy` runs it; docker-compose.yml mounts what it
-// writes.
+// TLS, the accounts, users and permissions of package access), a private CA
+// and the servers' TLS certificates, one credentials file per identity (the
+// issuer, the manager, the operator, each unit, each user), the issuer's
+// policy, and a manifest of who is in the deployment, from which AddUser
+// (`cohort user add`) admits another user. `cohort deploy` runs Generate;
+// docker-compose.yml mounts what it writes.
 //
 // Guarantees: client connections and routes speak TLS (routes verify both
 // ends against the deployment's CA); the servers admit only the credentials
-// written here, each to its role's subjects; secrets (the credentials' seeds
-// and the servers' TLS keys) are written readable by their owner only, and
-// the CA's private key is never written: a deployment that needs another
-// server certificate is generated again.
+// written here, each in its account and to its subjects; JetStream's API is
+// strict; secrets (the credentials' seeds and the servers' TLS keys) are
+// written readable by their owner only, and the CA's private key is never
+// written: a deployment that needs another server certificate is generated
+// again. Credentials already in the folder are kept.
 package deploy
 
 import (
@@ -32,18 +35,18 @@ import (
 	"slices"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/messages"
 )
 
 // Config says what to generate. Zero fields take the defaults noted.
 type Config struct {
-	Dir      string   // required: where the files go
-	Servers  []string // NATS servers' host names; default nats-1, nats-2, nats-3
-	Clusters []string // clusters whose units get credentials; required
-	Policy   []byte   // the issuer's policy, written as policy.yaml; optional
+	Dir     string   // required: where the files go
+	Servers []string // NATS servers' host names; default nats-1, nats-2, nats-3
+	// Deployment is who the servers admit: the clusters, each with its
+	// units, and the users. At least one cluster is required.
+	Deployment access.Deployment
+	Policy     []byte // the issuer's policy, written as policy.yaml; optional
 	// Root is where Dir is mounted in the servers' containers; the server
 	// configurations name their files under it. Default /etc/cohort.
 	Root string
@@ -72,8 +75,11 @@ func (c *Config) fill() error {
 			return fmt.Errorf("deploy: server name %q: want lower-case letters, digits and dashes", s)
 		}
 	}
-	if len(c.Clusters) == 0 {
-		return errors.New("deploy: Config.Clusters is required: units get credentials per cluster")
+	if len(c.Deployment.Clusters) == 0 {
+		return errors.New("deploy: Config.Deployment needs a cluster: units get credentials per cluster")
+	}
+	if err := c.Deployment.Validate(); err != nil {
+		return fmt.Errorf("deploy: %w", err)
 	}
 	if c.Root == "" {
 		c.Root = "/etc/cohort"
@@ -95,8 +101,9 @@ func (c *Config) fill() error {
 
 // Files, relative to Config.Dir.
 const (
-	CAFile     = "tls/ca.pem"
-	PolicyFile = "policy.yaml"
+	CAFile       = "tls/ca.pem"
+	PolicyFile   = "policy.yaml"
+	ManifestFile = "deployment.json"
 )
 
 // CredsFile is the credentials file of a grant, relative to Config.Dir.
@@ -104,6 +111,15 @@ func CredsFile(g access.Grant) string { return "creds/" + g.FileName() }
 
 // ServerConfigFile is a server's configuration, relative to Config.Dir.
 func ServerConfigFile(name string) string { return "nats/" + name + ".conf" }
+
+// Manifest is what a deployment's folder records of how it was generated,
+// so that it can be changed without being generated again.
+type Manifest struct {
+	Servers    []string          `json:"servers"`
+	Deployment access.Deployment `json:"deployment"`
+	Root       string            `json:"root"`
+	Sync       string            `json:"sync,omitempty"`
+}
 
 // Generate writes the deployment into cfg.Dir.
 func Generate(cfg Config) error {
@@ -119,21 +135,6 @@ func Generate(cfg Config) error {
 			return fmt.Errorf("deploy: %w", err)
 		}
 	}
-	var users []*server.NkeyUser
-	for _, g := range access.Grants(cfg.Clusters...) {
-		c, err := access.NewCredential(g, cfg.Rand)
-		if err != nil {
-			return err
-		}
-		if err := c.WriteFile(filepath.Join(cfg.Dir, CredsFile(g))); err != nil {
-			return err
-		}
-		u, err := c.User()
-		if err != nil {
-			return err
-		}
-		users = append(users, u)
-	}
 	ca, caKey, err := newCA(&cfg)
 	if err != nil {
 		return err
@@ -145,13 +146,10 @@ func Generate(cfg Config) error {
 		if err := serverCert(&cfg, ca, caKey, s); err != nil {
 			return err
 		}
-		conf, err := serverConfig(&cfg, s, users)
-		if err != nil {
-			return err
-		}
-		if err := writeFile(filepath.Join(cfg.Dir, ServerConfigFile(s)), conf, 0o644); err != nil {
-			return err
-		}
+	}
+	m := &Manifest{Servers: cfg.Servers, Deployment: cfg.Deployment, Root: cfg.Root, Sync: cfg.Sync}
+	if err := write(cfg.Dir, m, cfg.Rand); err != nil {
+		return err
 	}
 	if cfg.Policy != nil {
 		if err := writeFile(filepath.Join(cfg.Dir, PolicyFile), cfg.Policy, 0o644); err != nil {
@@ -159,6 +157,72 @@ func Generate(cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// AddUser admits another user to the deployment in dir: it writes the
+// user's credentials (creds/user-NAME.creds) and the servers'
+// configurations again, and returns the credentials file's path. The
+// servers take the new configuration when they reload it (nats-server on
+// SIGHUP).
+func AddUser(dir, name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return "", fmt.Errorf("deploy: %s is no deployment folder ('cohort deploy' writes one): %w", dir, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return "", fmt.Errorf("deploy: %s: %w", ManifestFile, err)
+	}
+	if !slices.Contains(m.Deployment.Users, name) {
+		m.Deployment.Users = append(m.Deployment.Users, name)
+	}
+	if err := m.Deployment.Validate(); err != nil {
+		return "", fmt.Errorf("deploy: %w", err)
+	}
+	if err := write(dir, &m, nil); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, CredsFile(access.Grant{Role: access.User, Name: name})), nil
+}
+
+// write writes the credentials of m's deployment that are missing, the
+// servers' configurations and the manifest.
+func write(dir string, m *Manifest, rnd io.Reader) error {
+	creds := map[access.Grant]*access.Credential{}
+	for _, g := range m.Deployment.Grants() {
+		path := filepath.Join(dir, CredsFile(g))
+		c, err := access.LoadCredential(path)
+		if errors.Is(err, os.ErrNotExist) {
+			if c, err = access.NewCredential(g, rnd); err == nil {
+				err = c.WriteFile(path)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if c.Grant != g {
+			return fmt.Errorf("deploy: %s holds a credential for %s, not %s", path, c.Grant, g)
+		}
+		creds[g] = c
+	}
+	accounts, err := access.Accounts(m.Deployment, creds)
+	if err != nil {
+		return err
+	}
+	for _, s := range m.Servers {
+		conf, err := serverConfig(m, s, accounts)
+		if err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(dir, ServerConfigFile(s)), conf, 0o644); err != nil {
+			return err
+		}
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	return writeFile(filepath.Join(dir, ManifestFile), append(b, '\n'), 0o644)
 }
 
 // Ports the servers listen on inside their containers.
@@ -171,35 +235,26 @@ const (
 // serverConfig renders one server's configuration. nats-server reads JSON
 // as configuration, so the structure is built as data and marshalled: no
 // quoting by hand.
-func serverConfig(cfg *Config, name string, users []*server.NkeyUser) ([]byte, error) {
+func serverConfig(cfg *Manifest, name string, accounts map[string]any) ([]byte, error) {
 	in := func(rel string) string { return cfg.Root + "/" + rel }
 	tlsBlock := map[string]any{
 		"cert_file": in("tls/" + name + ".pem"),
 		"key_file":  in("tls/" + name + "-key.pem"),
 		"timeout":   2,
 	}
-	js := map[string]any{"store_dir": "/data"}
+	// The JetStream API's strictness is set, not left to a default: a
+	// request with a field the server does not know is refused.
+	js := map[string]any{"store_dir": "/data", "strict": true}
 	if cfg.Sync != "" {
 		js["sync_interval"] = cfg.Sync
 	}
-	var us []map[string]any
-	for _, u := range users {
-		p := u.Permissions
-		us = append(us, map[string]any{
-			"nkey": u.Nkey,
-			"permissions": map[string]any{
-				"publish":   map[string]any{"allow": p.Publish.Allow},
-				"subscribe": map[string]any{"allow": p.Subscribe.Allow},
-			},
-		})
-	}
 	conf := map[string]any{
-		"server_name":   name,
-		"listen":        fmt.Sprintf("0.0.0.0:%d", ClientPort),
-		"http":          fmt.Sprintf("0.0.0.0:%d", MonitorPort),
-		"jetstream":     js,
-		"tls":           tlsBlock,
-		"authorization": map[string]any{"users": us},
+		"server_name": name,
+		"listen":      fmt.Sprintf("0.0.0.0:%d", ClientPort),
+		"http":        fmt.Sprintf("0.0.0.0:%d", MonitorPort),
+		"jetstream":   js,
+		"tls":         tlsBlock,
+		"accounts":    accounts,
 	}
 	if len(cfg.Servers) > 1 {
 		var routes []string

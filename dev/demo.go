@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,25 +41,27 @@ func printStack(w io.Writer, dir string, s *Stack) {
 		fmt.Fprintf(w, "  unit      https://%s/  task %s, certificate sha256 %s\n", u.Addr(), p.Task, sha256Hex(p.Leaf.Raw))
 	}
 	first := s.Units[0].Addr().Port
-	user := filepath.Join(s.CredsDir, access.Grant{Role: access.User}.FileName())
+	user := filepath.Join(s.CredsDir, access.Grant{Role: access.User, Name: DemoUser}.FileName())
 	op := filepath.Join(s.CredsDir, access.Grant{Role: access.Operator}.FileName())
 	fmt.Fprintf(w, `  manager   cluster %q: %d units joined, heartbeat every %v
-  NATS credentials: one per role in %s; the server admits no other client,
-            and holds each role to its subjects. JetStream fsyncs every write.
+  NATS credentials in %s: one for each identity (issuer, manager, operator,
+            each unit, users %s); the server admits no other client and holds each
+            to its account and subjects. JetStream fsyncs every write.
 
-Every unit presents the same certificate. Check it from another terminal, as a user:
+Every unit presents the same certificate. Check it from another terminal, as user %s:
   cohort trust --nats %s --creds %s --issuer-measurement %s --out root.pem
   curl --cacert root.pem https://localhost:%d/
   openssl s_client -connect localhost:%d -CAfile root.pem -verify_return_error </dev/null
   cohort call --nats %s --creds %s --cluster %s --trust root.pem hello      (one handshake, any unit answers)
+Another user: cohort user add NAME --data %s (admitted at once), then --creds %s
 Watch it, as an operator (or export COHORT_NATS and COHORT_CREDS once):
   cohort status --nats %s --creds %s
   cohort events --nats %s --creds %s --follow
-  nats micro ls; nats stream view cohort_events    (with natscli: -s %s --nkey %s)
+  nats micro ls    (with natscli: -s %s --nkey %s --inbox-prefix _INBOX.operator)
 (cohort is 'go run ./cmd/cohort' from the repository, or a binary built from it.)
 Ctrl-C stops.
-`, DemoCluster, len(s.Units), s.Manager.Status().Interval, s.CredsDir,
-		url, user, m, first, first, url, user, DemoCluster, url, op, url, op, url, op)
+`, DemoCluster, len(s.Units), s.Manager.Status().Interval, s.CredsDir, strings.Join(s.Deployment.Users, ", "), DemoUser,
+		url, user, m, first, first, url, user, DemoCluster, dir, filepath.Join(s.CredsDir, "user-NAME.creds"), url, op, url, op, url, op)
 }
 
 // Demo is `cohort demo`: it starts a stack on free ports in a fresh folder and
@@ -83,7 +86,7 @@ func Demo(ctx context.Context, out io.Writer) error {
 		step(2, "The issuer runs in a (simulated) enclave measured %x.\n   It made a root CA and one key pair and certificate for task %q, sealed them, and keeps them in JetStream.",
 			s.IssuerMeasurement, DemoTask)
 
-		nc, err := s.Connect(access.Grant{Role: access.User})
+		nc, err := s.Connect(access.Grant{Role: access.User, Name: DemoUser}, access.State)
 		if err != nil {
 			return err
 		}
@@ -120,7 +123,7 @@ func Demo(ctx context.Context, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		unc, err := s.Connect(access.Grant{Role: access.Unit, Cluster: DemoCluster})
+		unc, err := s.Connect(access.Grant{Role: access.Unit, Cluster: DemoCluster, Name: UnitID(0)}, access.State)
 		if err != nil {
 			return err
 		}
@@ -137,12 +140,13 @@ func Demo(ctx context.Context, out io.Writer) error {
 		}
 		step(5, "Code the policy does not accept asks for the task's key and is refused:\n   %v", err)
 
-		inc, err := s.Connect(access.Grant{Role: access.Issuer})
+		inc, isc, err := s.ConnectBoth(access.Grant{Role: access.Issuer})
 		if err != nil {
 			return err
 		}
 		defer inc.Close()
-		again, err := secondIssuer(ctx, dir, s, inc)
+		defer isc.Close()
+		again, err := secondIssuer(ctx, dir, s, inc, isc)
 		if err != nil {
 			return err
 		}
@@ -160,7 +164,7 @@ func Demo(ctx context.Context, out io.Writer) error {
 // demoChannel walks through the cluster channel: one handshake, calls
 // served by several units, the handshake's unit killed, calls carrying on.
 func demoChannel(ctx context.Context, out io.Writer, s *Stack, roots *x509.CertPool, nc *nats.Conn, step func(int, string, ...any)) error {
-	sess, err := client.Dial(ctx, client.Config{Conn: nc, Cluster: DemoCluster, Task: DemoTask, Roots: roots, CallTimeout: 500 * time.Millisecond, Retries: 10})
+	sess, err := client.Dial(ctx, client.Config{Conn: nc, User: DemoUser, Cluster: DemoCluster, Task: DemoTask, Roots: roots, CallTimeout: 500 * time.Millisecond, Retries: 10})
 	if err != nil {
 		return err
 	}
@@ -177,7 +181,7 @@ func demoChannel(ctx context.Context, out io.Writer, s *Stack, roots *x509.CertP
 	step(8, "30 calls through that one session, answered by %d units: %v", len(served), served)
 	killed := -1
 	for i, u := range s.Units {
-		if u.Pair() != nil && fmt.Sprintf("%s-%d", DemoTask, i+1) == sess.Unit {
+		if u.Pair() != nil && UnitID(i) == sess.Unit {
 			killed = i
 		}
 	}
@@ -238,7 +242,7 @@ func sha256Hex(b []byte) string {
 
 // secondIssuer starts another issuer on the stack's data and returns it once
 // it serves; it stops when ctx is done.
-func secondIssuer(ctx context.Context, dir string, s *Stack, nc *nats.Conn) (*issuer.Issuer, error) {
+func secondIssuer(ctx context.Context, dir string, s *Stack, nc, serve *nats.Conn) (*issuer.Issuer, error) {
 	secret, err := sim.LoadOrCreateSealSecret(filepath.Join(dir, sim.SealSecretFile))
 	if err != nil {
 		return nil, err
@@ -247,7 +251,7 @@ func secondIssuer(ctx context.Context, dir string, s *Stack, nc *nats.Conn) (*is
 	if err != nil {
 		return nil, err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: s.Policy})
+	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Policy: s.Policy})
 	if err != nil {
 		return nil, err
 	}

@@ -5,10 +5,13 @@
 //
 // Everything it keeps lives under one data folder: the JetStream store, the
 // simulated CPU's seal secret, the policy it wrote and the NATS credentials
-// of each role (creds/). The NATS server admits only those credentials,
-// each held to its role's permissions, and fsyncs every JetStream write
-// before acknowledging it. It says everywhere that its attestation is
-// simulated.
+// of every identity (creds/): the issuer, the manager, the operator, each
+// unit, and a few users (alice, bob and carol, and any user added with
+// `cohort user add NAME --data DIR`, which a running dev admits within a
+// second). The NATS server admits only those credentials, each in its
+// account and held to its permissions (package access), and fsyncs every
+// JetStream write before acknowledging it. It says everywhere that its
+// attestation is simulated.
 package dev
 
 import (
@@ -21,7 +24,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -32,14 +37,24 @@ import (
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/issuer"
 	"github.com/cohort-dev/cohort/manager"
+	"github.com/cohort-dev/cohort/messages"
 	"github.com/cohort-dev/cohort/unit"
 )
 
-// DemoTask is the task dev's units run, and DemoCluster the cluster they form.
+// DemoTask is the task dev's units run, and DemoCluster the cluster they
+// form. DemoUser is the user the printed commands use; DemoUsers are the
+// users dev admits besides any added.
 const (
 	DemoTask    = "demo"
 	DemoCluster = "dev"
+	DemoUser    = "alice"
 )
+
+// DemoUsers are the users dev mints credentials for.
+var DemoUsers = []string{"alice", "bob", "carol"}
+
+// UnitID is the id of dev's unit i (from 0) in its cluster.
+func UnitID(i int) string { return fmt.Sprintf("%s-%d", DemoTask, i+1) }
 
 const readyTimeout = 60 * time.Second
 
@@ -90,13 +105,14 @@ func (c *Config) fill() error {
 // Stack is a running dev stack.
 type Stack struct {
 	NATS              *embednats.Server
+	Deployment        access.Deployment
 	Creds             map[access.Grant]*access.Credential
 	CredsDir          string // the credentials files, one per grant, named by Grant.FileName
 	Issuer            *issuer.Issuer
 	Manager           *manager.Manager
 	Units             []*unit.Unit
 	stopUnit          []context.CancelFunc
-	unitConns         []*nats.Conn
+	unitConns         [][2]*nats.Conn
 	IssuerMeasurement []byte
 	Policy            *issuer.Policy
 	PolicyPath        string
@@ -111,7 +127,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return start(ctx, cfg, func(ctx context.Context, s *Stack) error {
 		printStack(cfg.Out, cfg.DataDir, s)
-		<-ctx.Done()
+		s.admitNewUsers(ctx, cfg)
 		fmt.Fprintln(cfg.Out, "cohort dev: stopping")
 		return nil
 	})
@@ -146,19 +162,24 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	hash := policy.Hash()
 	s.PolicyHash = hex.EncodeToString(hash[:])
 	s.CredsDir = filepath.Join(cfg.DataDir, "creds")
-	if s.Creds, err = LoadOrCreateCreds(s.CredsDir, DemoCluster); err != nil {
+	units := make([]string, cfg.Units)
+	for i := range units {
+		units[i] = UnitID(i)
+	}
+	users, err := usersIn(s.CredsDir)
+	if err != nil {
 		return err
 	}
-	users := make([]*access.Credential, 0, len(s.Creds))
-	for _, c := range s.Creds {
-		users = append(users, c)
+	s.Deployment = access.Deployment{Clusters: []access.Cluster{{ID: DemoCluster, Units: units}}, Users: users}
+	if s.Creds, err = access.LoadOrCreateAll(s.CredsDir, s.Deployment); err != nil {
+		return err
 	}
-	nkeyUsers, err := access.Users(users...)
+	accounts, err := access.Accounts(s.Deployment, s.Creds)
 	if err != nil {
 		return err
 	}
 	s.NATS, err = embednats.Start(embednats.Config{
-		Port: cfg.NATSPort, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Users: nkeyUsers, SyncAlways: true,
+		Port: cfg.NATSPort, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Accounts: accounts, SyncAlways: true,
 	})
 	if err != nil {
 		return fmt.Errorf("dev: NATS on port %d: %w", cfg.NATSPort, err)
@@ -172,24 +193,26 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	if err != nil {
 		return err
 	}
-	nc, err := s.Connect(access.Grant{Role: access.Issuer})
+	inc, isc, err := s.ConnectBoth(access.Grant{Role: access.Issuer})
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	if s.Issuer, err = issuer.New(issuer.Config{Conn: nc, Platform: platform, Policy: policy, Logger: cfg.Logger}); err != nil {
+	defer inc.Close()
+	defer isc.Close()
+	if s.Issuer, err = issuer.New(issuer.Config{Conn: inc, Serve: isc, Platform: platform, Policy: policy, Logger: cfg.Logger}); err != nil {
 		return err
 	}
 	g.Go(func() error { return s.Issuer.Run(ctx) })
 	if err := wait(ctx, s.Issuer.Ready(), "issuer"); err != nil {
 		return errors.Join(err, stop(cancel, g))
 	}
-	mnc, err := s.Connect(access.Grant{Role: access.Manager})
+	mnc, msc, err := s.ConnectBoth(access.Grant{Role: access.Manager})
 	if err != nil {
 		return errors.Join(err, stop(cancel, g))
 	}
 	defer mnc.Close()
-	if s.Manager, err = manager.New(manager.Config{Conn: mnc, Root: s.Issuer.Root(), Logger: cfg.Logger}); err != nil {
+	defer msc.Close()
+	if s.Manager, err = manager.New(manager.Config{Conn: mnc, Serve: msc, Root: s.Issuer.Root(), Logger: cfg.Logger}); err != nil {
 		return errors.Join(err, stop(cancel, g))
 	}
 	g.Go(func() error { return s.Manager.Run(ctx) })
@@ -201,21 +224,23 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 		return err
 	}
 	for i := range cfg.Units {
-		unc, err := s.Connect(access.Grant{Role: access.Unit, Cluster: DemoCluster})
+		unc, usc, err := s.ConnectBoth(access.Grant{Role: access.Unit, Cluster: DemoCluster, Name: UnitID(i)})
 		if err != nil {
 			return errors.Join(err, stop(cancel, g))
 		}
 		defer unc.Close()
-		s.unitConns = append(s.unitConns, unc)
+		defer usc.Close()
+		s.unitConns = append(s.unitConns, [2]*nats.Conn{unc, usc})
 		port := 0
 		if cfg.HTTPSBase > 0 {
 			port = cfg.HTTPSBase + i
 		}
 		u, err := unit.New(unit.Config{
-			Conn: unc, Platform: unitPlatform, Task: DemoTask,
+			Conn: unc, Serve: usc, Platform: unitPlatform, Task: DemoTask,
 			IssuerMeasurement: s.IssuerMeasurement, AllowSimulatedIssuer: true,
 			HTTPSAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-			Name:      fmt.Sprintf("%s-%d", DemoTask, i+1), Cluster: DemoCluster, Logger: cfg.Logger,
+			Name:      UnitID(i), ID: UnitID(i), Cluster: DemoCluster, Logger: cfg.Logger,
+			SideEffectFree: true, // the demo task echoes: running a call twice changes nothing
 		})
 		if err != nil {
 			return errors.Join(err, stop(cancel, g))
@@ -298,36 +323,106 @@ clusters:
 `, DemoTask, hex.EncodeToString(m), DemoCluster, DemoTask), nil
 }
 
-// LoadOrCreateCreds reads the credentials of every role from dir, making
-// the missing ones: issuer, manager, user, operator, and the units of
-// cluster.
-func LoadOrCreateCreds(dir, cluster string) (map[access.Grant]*access.Credential, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// usersIn lists the users dev admits: DemoUsers, and those whose
+// credentials are in dir (added with `cohort user add NAME --data DIR`).
+func usersIn(dir string) ([]string, error) {
+	users := slices.Clone(DemoUsers)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return users, nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("dev: credentials folder: %w", err)
 	}
-	creds := map[access.Grant]*access.Credential{}
-	for _, g := range access.Grants(cluster) {
-		c, err := access.LoadOrCreate(filepath.Join(dir, g.FileName()), g)
-		if err != nil {
-			return nil, err
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(strings.TrimPrefix(e.Name(), "user-"), ".creds")
+		if ok && strings.HasPrefix(e.Name(), "user-") && messages.ValidUserName(name) && !slices.Contains(users, name) {
+			users = append(users, name)
 		}
-		creds[g] = c
 	}
-	return creds, nil
+	return users, nil
 }
 
-// Connect opens a connection to the stack's NATS server as grant.
-func (s *Stack) Connect(g access.Grant) (*nats.Conn, error) {
+// AddUser writes the credentials of another user into dev's data folder and
+// returns the file's path; a running dev admits the user within a second,
+// one started later at once.
+func AddUser(dataDir, name string) (string, error) {
+	g := access.Grant{Role: access.User, Name: name}
+	if err := g.Validate(); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(dataDir, "creds")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("dev: credentials folder: %w", err)
+	}
+	path := filepath.Join(dir, g.FileName())
+	if _, err := access.LoadOrCreate(path, g); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// admitNewUsers watches the credentials folder until ctx is done, and has
+// the NATS server admit the users added to it.
+func (s *Stack) admitNewUsers(ctx context.Context, cfg Config) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		users, err := usersIn(s.CredsDir)
+		if err != nil || slices.Equal(users, s.Deployment.Users) {
+			continue
+		}
+		d := s.Deployment
+		d.Users = users
+		creds, err := access.LoadOrCreateAll(s.CredsDir, d)
+		if err == nil {
+			var accounts map[string]any
+			if accounts, err = access.Accounts(d, creds); err == nil {
+				err = s.NATS.ReloadAccounts(accounts)
+			}
+		}
+		if err != nil {
+			cfg.Logger.Warn("admitting the users added to the credentials folder", "err", err)
+			continue
+		}
+		added := slices.DeleteFunc(slices.Clone(users), func(u string) bool { return slices.Contains(s.Deployment.Users, u) })
+		s.Deployment, s.Creds = d, creds
+		fmt.Fprintf(cfg.Out, "cohort dev: admitted user %s (credentials %s)\n", strings.Join(added, ", "), s.CredsDir)
+	}
+}
+
+// Connect opens a connection to the stack's NATS server as one key of a
+// grant's credential.
+func (s *Stack) Connect(g access.Grant, k access.Key) (*nats.Conn, error) {
 	c, ok := s.Creds[g]
 	if !ok {
 		return nil, fmt.Errorf("dev: no credentials for %s", g)
 	}
-	return s.NATS.Connect(c.Options()...)
+	return s.NATS.Connect(c.Options(k)...)
 }
 
-// KillUnit stops unit i as if its process died: its NATS connection is cut
-// first, so it neither answers nor leaves politely.
+// ConnectBoth opens a service's two connections: the one that writes state
+// and asks, and the one it answers on.
+func (s *Stack) ConnectBoth(g access.Grant) (state, serve *nats.Conn, err error) {
+	if state, err = s.Connect(g, access.State); err != nil {
+		return nil, nil, err
+	}
+	if serve, err = s.Connect(g, access.Serve); err != nil {
+		state.Close()
+		return nil, nil, err
+	}
+	return state, serve, nil
+}
+
+// KillUnit stops unit i as if its process died: its NATS connections are
+// cut first, so it neither answers nor leaves politely.
 func (s *Stack) KillUnit(i int) {
-	s.unitConns[i].Close()
+	s.unitConns[i][0].Close()
+	s.unitConns[i][1].Close()
 	s.stopUnit[i]()
 }

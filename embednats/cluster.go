@@ -22,7 +22,7 @@ type ClusterConfig struct {
 	Size       int    // servers; default 3
 	Dir        string // required: server i keeps its JetStream store in Dir/cohort-<i+1>
 	SyncAlways bool
-	Users      []*server.NkeyUser
+	Accounts   map[string]any // as Config.Accounts, on every server
 	TLS        *tls.Config
 }
 
@@ -63,7 +63,7 @@ func StartCluster(cc ClusterConfig) (*Cluster, error) {
 		name := "cohort-" + strconv.Itoa(i+1)
 		cfg := Config{
 			Host: "127.0.0.1", Name: name, StoreDir: filepath.Join(cc.Dir, name),
-			SyncAlways: cc.SyncAlways, Users: cc.Users, TLS: cc.TLS,
+			SyncAlways: cc.SyncAlways, Accounts: cc.Accounts, TLS: cc.TLS,
 			Cluster: &Route{Name: "cohort", Port: ports[i], Routes: slices.Delete(slices.Clone(routes), i, i+1)},
 		}
 		if err := os.MkdirAll(cfg.StoreDir, 0o700); err != nil {

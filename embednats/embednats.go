@@ -5,14 +5,19 @@
 // servers joined by routes whose JetStream replicates streams across them
 // (StartCluster), each of which can be killed and started again.
 //
-// A server given Users admits only clients that prove one of those nkeys,
-// and holds each to its permissions; one given TLS speaks TLS to clients.
+// A server given Accounts admits only the clients its accounts name (each
+// proves its nkey) and holds each to its account and its permissions; one
+// given TLS speaks TLS to clients. JetStream's API is always strict: a
+// request with a field it does not know is refused, not half-understood.
 package embednats
 
 import (
+	"bytes"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -32,9 +37,10 @@ type Config struct {
 	// SyncAlways makes JetStream fsync every write before acknowledging it.
 	SyncAlways bool
 	Name       string // server name; default "cohort-embedded"
-	// Users, when set, are the only clients admitted: each proves its nkey
-	// and is held to its permissions.
-	Users []*server.NkeyUser
+	// Accounts, when set, is the "accounts" block of the server's
+	// configuration, as package access renders it: its users are the only
+	// clients admitted, each in its account and held to its permissions.
+	Accounts map[string]any
 	// TLS, when set, is the server's TLS configuration for client
 	// connections; clients must then use TLS.
 	TLS *tls.Config
@@ -59,17 +65,25 @@ func (cfg *Config) options() (*server.Options, error) {
 	if name == "" {
 		name = "cohort-embedded"
 	}
-	o := &server.Options{
-		ServerName: name,
-		Host:       cfg.Host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		SyncAlways: cfg.SyncAlways,
-		Nkeys:      cfg.Users,
-		NoSigs:     true,
-		NoLog:      os.Getenv("EMBEDNATS_LOG") == "",
+	o := &server.Options{}
+	if cfg.Accounts != nil {
+		// Accounts, their users, exports and imports are what nats-server's
+		// configuration parser builds: the same text a deployment's servers
+		// read, parsed the same way.
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false) // NATS configuration knows no \u escapes; subjects hold '>'
+		if err := enc.Encode(map[string]any{"accounts": cfg.Accounts}); err != nil {
+			return nil, fmt.Errorf("embednats: accounts: %w", err)
+		}
+		if err := o.ProcessConfigString(b.String()); err != nil {
+			return nil, fmt.Errorf("embednats: accounts: %w", err)
+		}
 	}
+	o.ServerName, o.Host, o.Port = name, cfg.Host, port
+	o.JetStream, o.StoreDir, o.SyncAlways = true, cfg.StoreDir, cfg.SyncAlways
+	o.NoJetStreamStrict = false // set, not left to the default
+	o.NoSigs, o.NoLog = true, os.Getenv("EMBEDNATS_LOG") == ""
 	if cfg.TLS != nil {
 		o.TLS, o.TLSConfig, o.TLSTimeout = true, cfg.TLS, 2
 	}
@@ -91,6 +105,7 @@ func (cfg *Config) options() (*server.Options, error) {
 // Server is a running embedded NATS server.
 type Server struct {
 	ns      *server.Server
+	cfg     Config
 	once    sync.Once
 	tempDir string // removed by Close; set by StartTemp
 }
@@ -119,7 +134,34 @@ func Start(cfg Config) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("embednats: server on %s:%d not ready within %v", cfg.Host, cfg.Port, readyTimeout)
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, cfg: cfg}, nil
+}
+
+// ReloadAccounts has the running server take another accounts block, as a
+// server reloads its configuration: clients it no longer admits are
+// disconnected, new ones are admitted, the others stay connected. Not safe
+// to call concurrently with itself.
+//
+// It reloads twice: nats-server v2.15.2 registers an account that a reload
+// adds without subscribing its service imports (configureAccounts skips them
+// "if reloading"); the second reload finds the account registered and
+// subscribes them. A deployment's servers need two SIGHUPs for the same
+// reason.
+func (s *Server) ReloadAccounts(accounts map[string]any) error {
+	cfg := s.cfg
+	cfg.Accounts = accounts
+	cfg.Port = s.ns.Addr().(*net.TCPAddr).Port
+	for range 2 {
+		o, err := cfg.options()
+		if err != nil {
+			return err
+		}
+		if err := s.ns.ReloadOptions(o); err != nil {
+			return fmt.Errorf("embednats: reload: %w", err)
+		}
+	}
+	s.cfg = cfg
+	return nil
 }
 
 // ClientURL is the URL other processes connect to.

@@ -4,8 +4,11 @@
 //
 // Events are JSON, one object a message, on subjects
 // cohort.v1.events.<kind> (cohort.v1.events.unit.joined, …), so that the
-// standard nats tools and jq read them as they are. The stream keeps them
-// under limits (age, bytes, message size) and drops the oldest first.
+// standard nats tools and jq read them as they are. The stream lives in the
+// manager's account and keeps them under limits (age, bytes, message size),
+// dropping the oldest first; the issuer publishes its events into it through
+// the manager's account, and operators read it with direct gets, which write
+// nothing anywhere (package access).
 //
 // Guarantees:
 //   - An event carries no secret: no key, no token, no sealed blob; only
@@ -14,6 +17,11 @@
 //     published asynchronously with a bounded number in flight; an event that
 //     cannot be published is counted and logged, and the work it describes
 //     goes on.
+//   - Refusals, which anyone who may ask can cause, are limited: at most
+//     RefusalBurst at once and RefusalRate a second for each kind of refusal
+//     from each source, the rest counted into the next one published, so
+//     that a flood of bad requests cannot push the genuine events out of the
+//     stream.
 //   - Decode is strict (unknown fields refused, sizes capped) and fuzzed.
 package events
 
@@ -26,12 +34,14 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/cohort-dev/cohort/messages"
 )
 
 // Stream and subjects.
 const (
-	StreamName    = "cohort_events"
-	SubjectPrefix = "cohort.v1.events."
+	StreamName    = messages.EventsStream
+	SubjectPrefix = messages.SubjectEventsPrefix
 	SubjectAll    = SubjectPrefix + ">"
 	Version       = 1
 	MaxEventSize  = 4 << 10

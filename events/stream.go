@@ -2,9 +2,12 @@ package events
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -13,6 +16,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cohort-dev/cohort/rate"
 )
 
 // StreamConfig sets the audit stream's limits. Zero fields take the defaults.
@@ -22,9 +27,10 @@ type StreamConfig struct {
 	MaxBytes int64         // default 1 GiB
 }
 
-// EnsureStream creates the audit stream, or updates its limits. The issuer
-// and every manager call it at start; the same settings make it idempotent.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) error {
+// EnsureStream creates the audit stream, or takes the one there is; the
+// manager calls it at start. No role may update the stream (package
+// access): a stream made with other limits keeps them, and is reported.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, log *slog.Logger) error {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
 	}
@@ -34,9 +40,9 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 	if cfg.MaxBytes == 0 {
 		cfg.MaxBytes = 1 << 30
 	}
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	want := jetstream.StreamConfig{
 		Name:        StreamName,
-		Description: "cohort audit events: units joined, left, evicted or refused; certificates issued or refused",
+		Description: "cohort audit events: units joined, left, evicted or refused; certificates issued or refused; sessions opened and closed",
 		Subjects:    []string{SubjectAll},
 		Retention:   jetstream.LimitsPolicy,
 		Discard:     jetstream.DiscardOld,
@@ -45,7 +51,26 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		MaxMsgSize:  MaxEventSize,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
-	})
+		AllowDirect: true, // operators read events with direct gets only
+		DenyDelete:  true,
+		DenyPurge:   true,
+	}
+	_, err := js.CreateStream(ctx, want)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		st, serr := js.Stream(ctx, StreamName)
+		if serr != nil {
+			return fmt.Errorf("events: stream %s: %w", StreamName, serr)
+		}
+		got := st.CachedInfo().Config
+		if !got.AllowDirect || !slices.Equal(got.Subjects, want.Subjects) {
+			return fmt.Errorf("events: stream %s exists with subjects %v and direct gets %v; want %v and true: an administrator must recreate it", StreamName, got.Subjects, got.AllowDirect, want.Subjects)
+		}
+		if got.MaxAge != want.MaxAge || got.MaxBytes != want.MaxBytes || got.Replicas != want.Replicas {
+			log.Warn("the audit stream keeps the limits it was made with", "stream", StreamName,
+				"max_age", got.MaxAge, "max_bytes", got.MaxBytes, "replicas", got.Replicas)
+		}
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("events: stream %s: %w", StreamName, err)
 	}
@@ -58,12 +83,24 @@ const maxPending = 4096
 // Publisher publishes events without blocking its caller. It is safe for
 // concurrent use.
 type Publisher struct {
-	js      jetstream.JetStream
-	source  string
-	now     func() time.Time
-	log     *slog.Logger
-	dropped atomic.Int64
+	js       jetstream.JetStream
+	source   string
+	now      func() time.Time
+	log      *slog.Logger
+	dropped  atomic.Int64
+	refusals *rate.Buckets
+	held     atomic.Int64
 }
+
+// Limits of the refusals a publisher records from one source.
+const (
+	RefusalRate  = 1  // a second, for each kind of refusal from each source
+	RefusalBurst = 10 // at once
+	maxLimited   = 4096
+)
+
+// refusal marks the kinds of events that anyone who may ask can cause.
+var refusal = map[string]bool{UnitJoinRefused: true, CertificateRefused: true}
 
 // NewPublisher returns a publisher that signs its events as source.
 func NewPublisher(nc *nats.Conn, source string, log *slog.Logger, now func() time.Time) (*Publisher, error) {
@@ -73,7 +110,7 @@ func NewPublisher(nc *nats.Conn, source string, log *slog.Logger, now func() tim
 	if now == nil {
 		now = time.Now
 	}
-	p := &Publisher{source: source, now: now, log: log}
+	p := &Publisher{source: source, now: now, log: log, refusals: rate.New(rate.Limit{Rate: RefusalRate, Burst: RefusalBurst}, maxLimited)}
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(maxPending),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
@@ -87,11 +124,23 @@ func NewPublisher(nc *nats.Conn, source string, log *slog.Logger, now func() tim
 	return p, nil
 }
 
-// Publish stamps e with the time and the source and sends it.
+// Publish stamps e with the time and the source and sends it. A refusal
+// beyond its kind's limit is counted, not sent; the next one sent says how
+// many were not.
 func (p *Publisher) Publish(e Event) {
 	e.V = Version
 	e.Time = p.now().UTC()
 	e.Source = p.source
+	if refusal[e.Kind] {
+		ok, suppressed := p.refusals.Take(e.Kind+"\x00"+e.Code+"\x00"+e.Cluster+"\x00"+e.Unit+"\x00"+e.Task, 1, e.Time)
+		if !ok {
+			p.held.Add(1)
+			return
+		}
+		if suppressed > 0 {
+			e.Reason = fmt.Sprintf("(%d more like it not recorded) %s", suppressed, e.Reason)
+		}
+	}
 	// What the event quotes comes from requests: keep it printable and within
 	// the caps rather than lose the event.
 	e.Addr = printable(e.Addr, 255)
@@ -108,6 +157,9 @@ func (p *Publisher) Publish(e Event) {
 
 // Dropped is the number of events that could not be published.
 func (p *Publisher) Dropped() int64 { return p.dropped.Load() }
+
+// Suppressed is the number of refusals not recorded beyond their limit.
+func (p *Publisher) Suppressed() int64 { return p.held.Load() }
 
 // Flush waits until every event published so far is acknowledged, or ctx is
 // done.
@@ -130,59 +182,108 @@ func (p *Publisher) drop(subject string, err error) {
 type FollowConfig struct {
 	Since  time.Duration // only events newer than this; 0 for all
 	Follow bool          // keep waiting for new events
-	Now    func() time.Time
+	// Poll is how often a follower asks for new events; default 250ms.
+	Poll time.Duration
+	Now  func() time.Time
 }
+
+// followBatch is how many events one direct get returns at most.
+const followBatch = 256
 
 // Follow calls fn for each event of the stream in order, until it has read
 // every event there was when it started (or, with Follow, until ctx is done).
 // A message that does not decode is passed to fn as an error.
+//
+// It reads with batched direct gets, the only way operators may read the
+// stream: a direct get answers its requester and creates nothing (no
+// consumer, which could be made to deliver elsewhere).
 func Follow(ctx context.Context, nc *nats.Conn, cfg FollowConfig, fn func(*Event, error) error) error {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("events: %w", err)
+	if cfg.Poll <= 0 {
+		cfg.Poll = 250 * time.Millisecond
 	}
-	cc := jetstream.OrderedConsumerConfig{FilterSubjects: []string{SubjectAll}}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	req := directGet{Batch: followBatch, NextFor: SubjectAll, Seq: 1}
 	if cfg.Since > 0 {
-		now := time.Now
-		if cfg.Now != nil {
-			now = cfg.Now
-		}
-		start := now().Add(-cfg.Since)
-		cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+		start := cfg.Now().Add(-cfg.Since).UTC()
+		req.StartTime, req.Seq = &start, 0
 	}
-	cons, err := js.OrderedConsumer(ctx, StreamName, cc)
-	if err != nil {
-		return fmt.Errorf("events: open stream %s: %w", StreamName, err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("events: %w", err)
-	}
-	if !cfg.Follow && info.NumPending == 0 {
-		return nil
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("events: %w", err)
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
+	poll := time.NewTicker(cfg.Poll)
+	defer poll.Stop()
 	for {
-		msg, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return ctx.Err()
-		}
+		n, next, pending, err := getBatch(ctx, nc, req, fn)
 		if err != nil {
-			return fmt.Errorf("events: %w", err)
-		}
-		if err := fn(Decode(msg.Data())); err != nil {
 			return err
 		}
+		if n > 0 {
+			req.Seq, req.StartTime = next, nil
+		}
+		if pending > 0 {
+			continue // more is there already
+		}
 		if !cfg.Follow {
-			if md, err := msg.Metadata(); err == nil && md.NumPending == 0 {
-				return nil
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-poll.C:
+		}
+	}
+}
+
+// directGet is JetStream's direct get request.
+type directGet struct {
+	Seq       uint64     `json:"seq,omitempty"`
+	NextFor   string     `json:"next_by_subj,omitempty"`
+	Batch     int        `json:"batch,omitempty"`
+	StartTime *time.Time `json:"start_time,omitempty"`
+}
+
+// getBatch asks for one batch and hands each event to fn; it returns how
+// many messages came, the sequence after the last, and how many more the
+// stream holds after it.
+func getBatch(ctx context.Context, nc *nats.Conn, req directGet, fn func(*Event, error) error) (n int, next, pending uint64, err error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("events: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+StreamName, inbox, body); err != nil {
+		return 0, 0, 0, fmt.Errorf("events: %w", err)
+	}
+	next = req.Seq
+	for {
+		wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+		msg, err := sub.NextMsgWithContext(wait)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return n, next, 0, ctx.Err()
 			}
+			return n, next, 0, fmt.Errorf("events: reading stream %s: %w", StreamName, err)
+		}
+		if status := msg.Header.Get("Status"); status != "" {
+			switch status {
+			case "204", "404": // the batch's end; no (more) events
+				return n, next, pending, nil
+			}
+			return n, next, 0, fmt.Errorf("events: reading stream %s: status %s %s", StreamName, status, msg.Header.Get("Description"))
+		}
+		seq, err := strconv.ParseUint(msg.Header.Get("Nats-Sequence"), 10, 64)
+		if err != nil {
+			return n, next, 0, fmt.Errorf("events: a message of stream %s without its sequence", StreamName)
+		}
+		pending, _ = strconv.ParseUint(msg.Header.Get("Nats-Num-Pending"), 10, 64)
+		n, next = n+1, seq+1
+		if err := fn(Decode(msg.Data)); err != nil {
+			return n, next, 0, err
 		}
 	}
 }

@@ -33,6 +33,7 @@ import (
 // Config configures a run. Zero fields take the defaults noted.
 type Config struct {
 	Conn    *nats.Conn     // required: the user's connection
+	User    string         // required: the user's name, as its credential names it
 	Cluster string         // required
 	Roots   *x509.CertPool // required: the issuer's root
 	Task    string         // the task the cluster must run; empty accepts any
@@ -60,8 +61,8 @@ type Config struct {
 }
 
 func (c *Config) fill() error {
-	if c.Conn == nil || c.Roots == nil || !messages.ValidTaskName(c.Cluster) {
-		return errors.New("faults: Config.Conn, Roots and a valid Cluster are required")
+	if c.Conn == nil || c.Roots == nil || !messages.ValidTaskName(c.Cluster) || !messages.ValidUserName(c.User) {
+		return errors.New("faults: Config.Conn, User, Roots and a valid Cluster are required")
 	}
 	if c.Sessions <= 0 {
 		c.Sessions = 4
@@ -151,7 +152,7 @@ type load struct {
 
 func (l *load) dial(ctx context.Context) (*client.Session, error) {
 	return client.Dial(ctx, client.Config{
-		Conn: l.cfg.Conn, Cluster: l.cfg.Cluster, Roots: l.cfg.Roots, Task: l.cfg.Task, KEM: l.cfg.KEM,
+		Conn: l.cfg.Conn, User: l.cfg.User, Cluster: l.cfg.Cluster, Roots: l.cfg.Roots, Task: l.cfg.Task, KEM: l.cfg.KEM,
 		Timeout: l.cfg.CallTimeout * 2, CallTimeout: l.cfg.CallTimeout, Retries: l.cfg.Retries, Now: l.cfg.Now,
 	})
 }

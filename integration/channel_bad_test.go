@@ -40,7 +40,7 @@ func TestChannelRefusesBadInput(t *testing.T) {
 	c := startCluster(t, 2, "b", nil)
 	nc, units, roots := c.nc, c.units, c.roots
 	user := connect(t, c.srv)
-	s, err := client.Dial(context.Background(), client.Config{Conn: user, Cluster: "c1", Roots: roots})
+	s, err := client.Dial(context.Background(), client.Config{Conn: user, User: "alice", Cluster: "c1", Roots: roots})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,21 +60,21 @@ func TestChannelRefusesBadInput(t *testing.T) {
 		data          []byte
 		code          messages.Code
 	}{
-		{"garbage hello", messages.HandshakeSubject("c1"), []byte("garbage"), messages.CodeMalformed},
-		{"oversized hello", messages.HandshakeSubject("c1"), make([]byte, messages.MaxHello+1), messages.CodeMalformed},
-		{"hello for another cluster", messages.HandshakeSubject("c1"), otherCluster, messages.CodeWrongCluster},
-		{"garbage call", messages.CallSubject("c1"), []byte{0x81, 0xa1, 'v'}, messages.CodeMalformed},
-		{"truncated call", messages.CallSubject("c1"), call[:len(call)/2], messages.CodeMalformed},
-		{"oversized call", messages.CallSubject("c1"), make([]byte, messages.MaxCall+1), messages.CodeMalformed},
-		{"forged call", messages.CallSubject("c1"), forgedCall, messages.CodeAuth},
-		{"call of an unknown session", messages.CallSubject("c1"), unknownCall, messages.CodeNoSession},
-		{"replayed call", messages.CallSubject("c1"), call, messages.CodeReplay},
-		{"session record from no member", messages.SubjectSession, mustMarshal(t, &messages.SessionRecord{
+		{"garbage hello", messages.HandshakeSubject("c1", "alice"), []byte("garbage"), messages.CodeMalformed},
+		{"oversized hello", messages.HandshakeSubject("c1", "alice"), make([]byte, messages.MaxHello+1), messages.CodeTooLarge},
+		{"hello for another cluster", messages.HandshakeSubject("c1", "alice"), otherCluster, messages.CodeWrongCluster},
+		{"garbage call", messages.CallSubject("c1", "alice"), []byte{0x81, 0xa1, 'v'}, messages.CodeMalformed},
+		{"truncated call", messages.CallSubject("c1", "alice"), call[:len(call)/2], messages.CodeMalformed},
+		{"oversized call", messages.CallSubject("c1", "alice"), make([]byte, messages.MaxCall+1), messages.CodeTooLarge},
+		{"forged call", messages.CallSubject("c1", "alice"), forgedCall, messages.CodeAuth},
+		{"call of an unknown session", messages.CallSubject("c1", "alice"), unknownCall, messages.CodeNoSession},
+		{"replayed call", messages.CallSubject("c1", "alice"), call, messages.CodeReplay},
+		{"session record from no member", messages.ManagerSubject(messages.VerbSession, "c1", "nobody"), mustMarshal(t, &messages.SessionRecord{
 			V: messages.Version, Cluster: "c1", Session: bytes.Repeat([]byte{1}, 16), Epoch: 1, Expires: time.Now().Add(time.Hour).UnixNano(),
 			Sealed: []byte("forged"), Unit: "nobody", Token: make([]byte, 32),
 		}), messages.CodeUnknownUnit},
-		{"garbage session record", messages.SubjectSession, []byte("garbage"), messages.CodeMalformed},
-		{"oversized session record", messages.SubjectSession, make([]byte, messages.MaxSessionRecord+1), messages.CodeTooLarge},
+		{"garbage session record", messages.ManagerSubject(messages.VerbSession, "c1", "nobody"), []byte("garbage"), messages.CodeMalformed},
+		{"oversized session record", messages.ManagerSubject(messages.VerbSession, "c1", "nobody"), make([]byte, messages.MaxSessionRecord+1), messages.CodeTooLarge},
 	} {
 		if got := requestCode(t, user, tc.subject, tc.data); got != tc.code {
 			t.Errorf("%s: code %q, want %s", tc.name, got, tc.code)
@@ -88,7 +88,7 @@ func TestChannelRefusesBadInput(t *testing.T) {
 	// A forged record stored by a member (a unit's token is no secret from
 	// NATS) opens on no unit: the cluster key seals records, not the manager.
 	forgedID := bytes.Repeat([]byte{0x42}, messages.SessionIDSize)
-	if _, err := client.Dial(context.Background(), client.Config{Conn: user, Cluster: "c1", Roots: roots}); err != nil {
+	if _, err := client.Dial(context.Background(), client.Config{Conn: user, User: "alice", Cluster: "c1", Roots: roots}); err != nil {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
@@ -97,7 +97,7 @@ func TestChannelRefusesBadInput(t *testing.T) {
 	})); err != nil {
 		t.Fatal(err)
 	}
-	if code := requestCode(t, user, messages.CallSubject("c1"), mustMarshal(t, &messages.Call{
+	if code := requestCode(t, user, messages.CallSubject("c1", "alice"), mustMarshal(t, &messages.Call{
 		V: messages.Version, Session: forgedID, Seq: 1, Time: time.Now().UnixNano(), Ciphertext: bytes.Repeat([]byte{1}, 32),
 	})); code != messages.CodeNoSession {
 		t.Errorf("a call of a forged session: %q, want %s", code, messages.CodeNoSession)
@@ -110,7 +110,7 @@ func TestChannelRefusesBadInput(t *testing.T) {
 
 	// A unit of another cluster holds another key: this cluster's record does
 	// not open under it.
-	st, err := js.Stream(context.Background(), messages.SessionsStream)
+	st, err := js.Stream(context.Background(), messages.SessionsStream("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 func TestSessionReachesEveryUnit(t *testing.T) {
 	c := startCluster(t, 5, "s", nil)
 	srv, nc, units, roots := c.srv, c.nc, c.units, c.roots
-	cfg := client.Config{Conn: connect(t, srv), Cluster: "c1", Task: "demo", Roots: roots}
+	cfg := client.Config{Conn: connect(t, srv), User: "alice", Cluster: "c1", Task: "demo", Roots: roots}
 	opened := time.Now()
 	s, err := client.Dial(context.Background(), cfg)
 	if err != nil {
@@ -78,7 +78,7 @@ func TestCallsSurviveTheHandshakeUnit(t *testing.T) {
 	c := startCluster(t, 5, "k", func(cfg *unit.Config) { cfg.SessionTTL = 20 * time.Second })
 	conns, roots := c.conns, c.roots
 	userConn := connect(t, c.srv)
-	s, err := client.Dial(context.Background(), client.Config{Conn: userConn, Cluster: "c1", Task: "demo", Roots: roots, CallTimeout: 500 * time.Millisecond, Retries: 10})
+	s, err := client.Dial(context.Background(), client.Config{Conn: userConn, User: "alice", Cluster: "c1", Task: "demo", Roots: roots, CallTimeout: 500 * time.Millisecond, Retries: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestCallsSurviveTheHandshakeUnit(t *testing.T) {
 	// A replayed call: the same bytes again, to whichever unit.
 	call := recordCall(t, userConn, s)
 	for range 4 {
-		msg, err := userConn.Request(messages.CallSubject("c1"), call, deadline)
+		msg, err := userConn.Request(messages.CallSubject("c1", "alice"), call, deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +123,7 @@ func TestCallsSurviveTheHandshakeUnit(t *testing.T) {
 // crossed NATS, for replaying.
 func recordCall(t *testing.T, nc *nats.Conn, s *client.Session) []byte {
 	t.Helper()
-	sub, err := nc.SubscribeSync(messages.CallSubject(s.Cluster))
+	sub, err := nc.SubscribeSync(messages.CallSubject(s.Cluster, "alice"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func recordCall(t *testing.T, nc *nats.Conn, s *client.Session) []byte {
 
 func TestExpiredSessionIsRefusedEverywhere(t *testing.T) {
 	c := startCluster(t, 3, "e", func(cfg *unit.Config) { cfg.SessionTTL = time.Second })
-	s, err := client.Dial(context.Background(), client.Config{Conn: connect(t, c.srv), Cluster: "c1", Roots: c.roots})
+	s, err := client.Dial(context.Background(), client.Config{Conn: connect(t, c.srv), User: "alice", Cluster: "c1", Roots: c.roots})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestExpiredSessionIsRefusedEverywhere(t *testing.T) {
 func TestClosedSessionIsRefusedEverywhere(t *testing.T) {
 	c := startCluster(t, 3, "x", nil)
 	srv, nc, mgr, units := c.srv, c.nc, c.mgr, c.units
-	s, err := client.Dial(context.Background(), client.Config{Conn: connect(t, srv), Cluster: "c1", Roots: c.roots})
+	s, err := client.Dial(context.Background(), client.Config{Conn: connect(t, srv), User: "alice", Cluster: "c1", Roots: c.roots})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/channel"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
@@ -26,16 +28,16 @@ import (
 	"github.com/cohort-dev/cohort/unit"
 )
 
-// proc is one part of a deployment that runs on its own NATS connection, as
-// a process would: it can be killed (its connection cut, its run stopped)
-// and started again.
+// proc is one part of a deployment that runs on its own NATS connections,
+// as a process would: it can be killed (its connections cut, its run
+// stopped) and started again.
 type proc struct {
 	name   string
 	grant  access.Grant
-	newRun func(nc *nats.Conn) (run func(context.Context) error, ready <-chan struct{}, err error)
+	newRun func(state, serve *nats.Conn) (run func(context.Context) error, ready <-chan struct{}, err error)
 
 	mu     sync.Mutex
-	nc     *nats.Conn
+	nc     []*nats.Conn
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -57,19 +59,25 @@ type deployment struct {
 
 const faultCluster = "dev"
 
-func (d *deployment) connect(g access.Grant) (*nats.Conn, error) {
-	opts := append(d.creds[g].Options(),
+func (d *deployment) connect(g access.Grant, k access.Key) (*nats.Conn, error) {
+	opts := append(d.creds[g].Options(k),
 		nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	return nats.Connect(d.nats.URL(), opts...)
 }
 
 func (d *deployment) start(p *proc) error {
-	nc, err := d.connect(p.grant)
+	state, err := d.connect(p.grant, access.State)
 	if err != nil {
 		return fmt.Errorf("%s: connect: %w", p.name, err)
 	}
-	run, ready, err := p.newRun(nc)
+	serve, err := d.connect(p.grant, access.Serve)
+	if err != nil {
+		state.Close()
+		return fmt.Errorf("%s: connect: %w", p.name, err)
+	}
+	nc := closer{state, serve}
+	run, ready, err := p.newRun(state, serve)
 	if err != nil {
 		nc.Close()
 		return fmt.Errorf("%s: %w", p.name, err)
@@ -92,6 +100,15 @@ func (d *deployment) start(p *proc) error {
 	p.nc, p.cancel, p.done = nc, cancel, done
 	p.mu.Unlock()
 	return nil
+}
+
+// closer closes connections.
+type closer []*nats.Conn
+
+func (c closer) Close() {
+	for _, nc := range c {
+		nc.Close()
+	}
 }
 
 // supervise starts p as a supervisor would: again, on the next tick, while
@@ -120,7 +137,7 @@ func (d *deployment) kill(p *proc) {
 	if nc == nil {
 		return
 	}
-	nc.Close()
+	closer(nc).Close()
 	cancel()
 	<-done // its error is the cut connection's
 }
@@ -137,21 +154,17 @@ func (d *deployment) proc(name string) *proc {
 
 func startDeployment(t *testing.T) *deployment {
 	t.Helper()
-	d := &deployment{t: t, creds: map[access.Grant]*access.Credential{}, secret: sealSecret(t), units: map[string]*unit.Unit{}}
-	var all []*access.Credential
-	for _, g := range access.Grants(faultCluster) {
-		c, err := access.NewCredential(g, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d.creds[g] = c
-		all = append(all, c)
+	d := &deployment{t: t, secret: sealSecret(t), units: map[string]*unit.Unit{}}
+	dep := access.Deployment{Clusters: []access.Cluster{{ID: faultCluster, Units: []string{"unit-1", "unit-2", "unit-3"}}}, Users: []string{"alice"}}
+	var err error
+	if d.creds, err = access.LoadOrCreateAll(t.TempDir(), dep); err != nil {
+		t.Fatal(err)
 	}
-	users, err := access.Users(all...)
+	accounts, err := access.Accounts(dep, d.creds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.nats, err = embednats.StartCluster(embednats.ClusterConfig{Dir: t.TempDir(), Users: users}); err != nil {
+	if d.nats, err = embednats.StartCluster(embednats.ClusterConfig{Dir: t.TempDir(), Accounts: accounts}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.nats.Close)
@@ -166,12 +179,12 @@ clusters:
     task: demo
 `, measure(t, sim.UnitIdentity("demo")), faultCluster))
 
-	d.procs = append(d.procs, &proc{name: "issuer", grant: access.Grant{Role: access.Issuer}, newRun: func(nc *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
+	d.procs = append(d.procs, &proc{name: "issuer", grant: access.Grant{Role: access.Issuer}, newRun: func(nc, serve *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
 		p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: d.secret})
 		if err != nil {
 			return nil, nil, err
 		}
-		iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: policy, Replicas: 3, Logger: logger(t)})
+		iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Policy: policy, Replicas: 3, Logger: logger(t)})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -180,11 +193,11 @@ clusters:
 		d.mu.Unlock()
 		return iss.Run, iss.Ready(), nil
 	}})
-	d.procs = append(d.procs, &proc{name: "manager", grant: access.Grant{Role: access.Manager}, newRun: func(nc *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
+	d.procs = append(d.procs, &proc{name: "manager", grant: access.Grant{Role: access.Manager}, newRun: func(nc, serve *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
 		d.mu.Lock()
 		root := d.iss.Root()
 		d.mu.Unlock()
-		m, err := manager.New(manager.Config{Conn: nc, Root: root, Interval: 250 * time.Millisecond, Replicas: 3, Logger: logger(t)})
+		m, err := manager.New(manager.Config{Conn: nc, Serve: serve, Root: root, Interval: 250 * time.Millisecond, Replicas: 3, Logger: logger(t)})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -192,9 +205,10 @@ clusters:
 	}})
 	for i := range 3 {
 		name := fmt.Sprintf("unit-%d", i+1)
-		d.procs = append(d.procs, &proc{name: name, grant: access.Grant{Role: access.Unit, Cluster: faultCluster}, newRun: func(nc *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
+		d.procs = append(d.procs, &proc{name: name, grant: access.Grant{Role: access.Unit, Cluster: faultCluster, Name: name}, newRun: func(nc, serve *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
 			cfg := unitConfig(t, nc, "demo", sim.UnitIdentity("demo"))
-			cfg.Cluster, cfg.Name = faultCluster, name
+			cfg.Serve, cfg.Cluster, cfg.Name, cfg.ID, cfg.Replicas = serve, faultCluster, name, name, 3
+			cfg.SideEffectFree = true // the demo task echoes: a call of a killed unit may run again
 			u, err := unit.New(cfg)
 			if err != nil {
 				return nil, nil, err
@@ -241,12 +255,12 @@ func TestFaultsInProcessCluster(t *testing.T) {
 		t.Skip("a three-server cluster and five faults")
 	}
 	d := startDeployment(t)
-	user, err := d.connect(access.Grant{Role: access.User})
+	user, err := d.connect(access.Grant{Role: access.User, Name: "alice"}, access.State)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(user.Close)
-	op, err := d.connect(access.Grant{Role: access.Operator})
+	op, err := d.connect(access.Grant{Role: access.Operator}, access.State)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +327,7 @@ func TestFaultsInProcessCluster(t *testing.T) {
 	var out strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rep, err := faults.Run(ctx, faults.Config{Conn: user, Cluster: faultCluster, Roots: roots, Task: "demo", Ready: ready, Out: &out}, targets)
+	rep, err := faults.Run(ctx, faults.Config{Conn: user, User: "alice", Cluster: faultCluster, Roots: roots, Task: "demo", Ready: ready, Out: &out}, targets)
 	t.Log("\n" + out.String())
 	if err != nil {
 		t.Fatal(err)
@@ -337,30 +351,46 @@ func TestFaultsInProcessCluster(t *testing.T) {
 	}
 }
 
-// TestClaimOfADeadUnitIsTakenOver: a call claimed by a unit that died
-// before it answered (its claim no longer renewed) is run by another unit
-// once that unit has seen the claim unchanged for the lease, within the
-// client's retry budget; not before.
-func TestClaimOfADeadUnitIsTakenOver(t *testing.T) {
-	c := startCluster(t, 2, "t", nil)
+// ghostClaim writes, at the claim of a session's call, a running claim of a
+// unit that is gone, as that unit would have: signed with the cluster's
+// claim key, which the test obtains as a unit of the cluster does.
+func ghostClaim(t *testing.T, nc *nats.Conn, session []byte, seq uint64) {
+	t.Helper()
 	ctx := context.Background()
-	s, err := client.Dial(ctx, client.Config{Conn: c.nc, Cluster: "c1", Roots: c.roots, CallTimeout: 500 * time.Millisecond, Retries: 24})
+	pair, err := clusterCertifier(t, nc, sim.UnitIdentity("demo"), "c1").Certify(ctx, "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, err := jetstream.New(c.nc)
+	key, err := channel.ClaimKey(pair.ClusterKey.Key, "c1", pair.ClusterKey.Epoch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	calls, err := js.KeyValue(ctx, messages.CallsBucket)
+	subject := messages.ClaimSubject("c1", session, seq)
+	ghost := messages.CallClaim{V: messages.Version, Unit: "ghost", State: messages.ClaimRunning}
+	channel.SignClaim(key, subject, &ghost)
+	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ghost, _ := messages.Marshal(&messages.CallClaim{V: messages.Version, Unit: "ghost"})
+	if _, err := js.Publish(ctx, subject, mustMarshal(t, &ghost), jetstream.WithExpectLastSequencePerSubject(0), jetstream.WithMsgTTL(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestClaimOfADeadUnitIsTakenOver: for a task declared free of side
+// effects, a call claimed by a unit that died before it answered (its claim
+// no longer renewed) is run by another unit once that unit has seen the
+// claim unchanged for the lease, within the client's retry budget; not
+// before.
+func TestClaimOfADeadUnitIsTakenOver(t *testing.T) {
+	c := startCluster(t, 2, "t", func(cfg *unit.Config) { cfg.SideEffectFree = true })
+	ctx := context.Background()
+	s, err := client.Dial(ctx, client.Config{Conn: c.nc, User: "alice", Cluster: "c1", Roots: c.roots, CallTimeout: 500 * time.Millisecond, Retries: 24})
+	if err != nil {
+		t.Fatal(err)
+	}
 	claimed := time.Now()
-	if _, err := calls.Create(ctx, fmt.Sprintf("c1.%x.1", s.ID), ghost); err != nil { // the session's first call
-		t.Fatal(err)
-	}
+	ghostClaim(t, c.nc, s.ID, 1) // the session's first call
 	a, err := s.Call(ctx, []byte("orphan"))
 	if err != nil {
 		t.Fatalf("a call claimed by a dead unit: %v", err)
@@ -373,33 +403,62 @@ func TestClaimOfADeadUnitIsTakenOver(t *testing.T) {
 	}
 }
 
-// TestCallClaimsCannotBeRolledUp: the calls bucket refuses a roll-up, with
-// which a unit allowed to write its own cluster's claims could erase every
-// cluster's.
-func TestCallClaimsCannotBeRolledUp(t *testing.T) {
+// TestClaimOfADeadUnitIsFinal: for a task not declared free of side
+// effects (the default), a call claimed by a unit that died before it
+// answered is never run again: the client hears "in progress" until its
+// budget runs out, and fails.
+func TestClaimOfADeadUnitIsFinal(t *testing.T) {
+	var ran atomic.Int64
+	c := startCluster(t, 2, "f", func(cfg *unit.Config) {
+		cfg.App = func(context.Context, string, []byte) ([]byte, error) { ran.Add(1); return []byte("ran"), nil }
+	})
+	ctx := context.Background()
+	s, err := client.Dial(ctx, client.Config{Conn: c.nc, User: "alice", Cluster: "c1", Roots: c.roots, CallTimeout: 500 * time.Millisecond, Retries: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghostClaim(t, c.nc, s.ID, 1)
+	if _, err := s.Call(ctx, []byte("orphan")); !errors.Is(err, messages.ErrInProgress) {
+		t.Fatalf("a call claimed by a dead unit: %v, want it to fail in progress", err)
+	}
+	if n := ran.Load(); n != 0 {
+		t.Fatalf("the call ran %d times", n)
+	}
+	if a, err := s.Call(ctx, []byte("next")); err != nil || string(a.Data) != "ran" {
+		t.Fatalf("the next call: %v %v", a, err)
+	}
+}
+
+// TestCallClaimsCannotBeRolledUpOrPurged: a cluster's calls stream refuses
+// a roll-up and a purge, with which a writer of its claims could erase them,
+// and other clusters' claims are in streams of their own.
+func TestCallClaimsCannotBeRolledUpOrPurged(t *testing.T) {
 	c := startCluster(t, 1, "r", nil)
 	ctx := context.Background()
 	js, err := jetstream.New(c.nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other := "$KV." + messages.CallsBucket + ".o1.00ff.1"
-	if _, err := js.Publish(ctx, other, []byte("another cluster's claim")); err != nil {
+	claim := messages.ClaimSubject("c1", []byte{0, 0xff}, 1)
+	if _, err := js.Publish(ctx, claim, []byte("a claim")); err != nil {
 		t.Fatal(err)
 	}
-	m := nats.NewMsg("$KV." + messages.CallsBucket + ".c1.00ff.1")
+	m := nats.NewMsg(messages.ClaimSubject("c1", []byte{0, 0xff}, 2))
 	m.Header.Set("Nats-Rollup", "all")
 	if _, err := js.PublishMsg(ctx, m); err == nil || !strings.Contains(err.Error(), "rollup not permitted") {
-		t.Fatalf("a roll-up of the calls bucket: %v, want it refused", err)
+		t.Fatalf("a roll-up of the calls stream: %v, want it refused", err)
 	}
-	calls, err := js.KeyValue(ctx, messages.CallsBucket)
+	st, err := js.Stream(ctx, messages.CallsStream("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := calls.Get(ctx, "o1.00ff.1"); err != nil {
-		t.Fatalf("another cluster's claim is gone: %v", err)
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(claim)); err == nil {
+		t.Fatal("a purge of the calls stream was taken")
 	}
-	if err := calls.Purge(ctx, "c1.00ff.1"); err == nil {
-		t.Fatal("a purge of the calls bucket was taken")
+	if err := st.DeleteMsg(ctx, 1); err == nil {
+		t.Fatal("a message of the calls stream was deleted")
+	}
+	if _, err := st.GetLastMsgForSubject(ctx, claim); err != nil {
+		t.Fatalf("the claim is gone: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -150,18 +151,20 @@ func TestBadJoinsAreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	cases := []struct {
-		name string
-		req  []byte
-		code messages.Code
+		name        string
+		cluster, id string // the subject's
+		req         []byte
+		code        messages.Code
 	}{
-		{"key not chaining to the root", foreignJoin, messages.CodeCertificate},
-		{"cluster the certificate does not cover", join("o1", "x1", demo.Measurement()), messages.CodeClusterNotCovered},
-		{"measurement the certificate does not name", join("c1", "x2", measure(t, sim.UnitIdentity("other"))), messages.CodeMeasurement},
-		{"garbage", []byte("garbage \xc1"), messages.CodeMalformed},
-		{"oversized", make([]byte, messages.MaxJoinRequest+1), messages.CodeTooLarge},
+		{"key not chaining to the root", "c1", "f1", foreignJoin, messages.CodeCertificate},
+		{"cluster the certificate does not cover", "o1", "x1", join("o1", "x1", demo.Measurement()), messages.CodeClusterNotCovered},
+		{"measurement the certificate does not name", "c1", "x2", join("c1", "x2", measure(t, sim.UnitIdentity("other"))), messages.CodeMeasurement},
+		{"garbage", "c1", "x9", []byte("garbage \xc1"), messages.CodeMalformed},
+		{"oversized", "c1", "x9", make([]byte, messages.MaxJoinRequest+1), messages.CodeTooLarge},
+		{"another unit's join", "c1", "x4", join("c1", "x5", demo.Measurement()), messages.CodeWrongSubject},
 	}
 	for _, tc := range cases {
-		_, err := unit.Join(ctx, nc, tc.req, deadline)
+		_, err := unit.Join(ctx, nc, tc.cluster, tc.id, tc.req, deadline)
 		var e *messages.Error
 		if !errors.As(err, &e) || e.Code != tc.code || e.Reason == "" {
 			t.Errorf("%s: %v, want %s with a reason", tc.name, err, tc.code)
@@ -177,12 +180,21 @@ func TestBadJoinsAreRefused(t *testing.T) {
 	mustDecode(t, join("c1", "x3", demo.Measurement()), &r)
 	r.Signature[len(r.Signature)-1] ^= 1
 	forged, _ := messages.Marshal(&r)
-	if _, err := unit.Join(ctx, nc, forged, deadline); !errors.Is(err, messages.ErrSignature) {
+	if _, err := unit.Join(ctx, nc, "c1", "x3", forged, deadline); !errors.Is(err, messages.ErrSignature) {
 		t.Errorf("forged signature: %v", err)
 	}
 	// The real join is admitted.
-	if _, err := unit.Join(ctx, nc, join("c1", "ok1", demo.Measurement()), deadline); err != nil {
+	good := join("c1", "ok1", demo.Measurement())
+	if _, err := unit.Join(ctx, nc, "c1", "ok1", good, deadline); err != nil {
 		t.Fatalf("a good join: %v", err)
+	}
+	// The same join again is a replay: refused, and the member's token stays.
+	tok := mgr.Table().Snapshot(time.Now())[0].Member.Token
+	if _, err := unit.Join(ctx, nc, "c1", "ok1", good, deadline); !errors.Is(err, messages.ErrReplay) {
+		t.Errorf("a replayed join: %v, want %v", err, messages.ErrReplay)
+	}
+	if now := mgr.Table().Snapshot(time.Now())[0].Member.Token; !bytes.Equal(now, tok) {
+		t.Error("a replayed join rotated the member's token")
 	}
 	if n := len(mgr.Table().Snapshot(time.Now())); n != 1 {
 		t.Fatalf("%d members after one good join", n)

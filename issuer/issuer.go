@@ -20,12 +20,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/events"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/replay"
 	"github.com/cohort-dev/cohort/service"
 )
 
@@ -37,7 +37,12 @@ const reissueTimeout = 2 * time.Second
 
 // Config configures an Issuer. Zero fields take the defaults noted.
 type Config struct {
-	Conn     *nats.Conn       // required
+	// Conn writes the issuer's state and its events. Required.
+	Conn *nats.Conn
+	// Serve is the connection the issuer answers requests on; default
+	// Conn. With NATS credentials it is the credential's Serve key, which
+	// may publish nothing but replies (package access).
+	Serve    *nats.Conn
 	Platform enclave.Platform // required: attests the issuer, verifies units, seals state
 	Policy   *Policy          // required
 
@@ -69,6 +74,9 @@ func (c *Config) fill() error {
 		return errors.New("issuer: Config.Platform is required")
 	case c.Policy == nil:
 		return errors.New("issuer: Config.Policy is required")
+	}
+	if c.Serve == nil {
+		c.Serve = c.Conn
 	}
 	if c.Bucket == "" {
 		c.Bucket = DefaultBucket
@@ -103,7 +111,7 @@ type Issuer struct {
 	cfg     Config
 	log     *slog.Logger
 	ready   chan struct{}
-	replay  *replayCache
+	replay  *replay.Cache
 	running atomic.Bool
 	metrics *metrics
 	events  *events.Publisher // nil with NoEvents
@@ -158,7 +166,7 @@ func New(cfg Config) (*Issuer, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		ready:   make(chan struct{}),
-		replay:  newReplayCache(2*cfg.MaxClockSkew, cfg.Now()),
+		replay:  replay.New(2*cfg.MaxClockSkew, cfg.Now()),
 		metrics: m,
 	}, nil
 }
@@ -198,11 +206,9 @@ func (i *Issuer) Run(ctx context.Context) error {
 	if err := i.load(ctx); err != nil {
 		return err
 	}
-	pool := service.NewPool(i.cfg.Conn, i.cfg.Workers, i.cfg.Queue, i.log)
-	defer pool.Close()
-
 	hash := i.cfg.Policy.Hash()
-	svc, err := micro.AddService(i.cfg.Conn, micro.Config{
+	svc, err := service.New(service.Config{
+		Conn:        i.cfg.Serve,
 		Name:        messages.IssuerService,
 		Version:     Version,
 		Description: "cohort issuer: attested certificates for enclave replicas",
@@ -212,18 +218,19 @@ func (i *Issuer) Run(ctx context.Context) error {
 			"policy_hash": hex.EncodeToString(hash[:]),
 			"protocol":    fmt.Sprint(messages.Version),
 		},
+		Workers: i.cfg.Workers, Queue: i.cfg.Queue, Logger: i.log,
 	})
 	if err != nil {
 		return fmt.Errorf("issuer: start service: %w", err)
 	}
-	defer service.Stop(svc, i.log) // before pool.Close: no handler may queue after
-	g := svc.AddGroup("cohort.v1.issuer")
-	if err := g.AddEndpoint("evidence", micro.HandlerFunc(i.serveEvidence)); err != nil {
-		return fmt.Errorf("issuer: add evidence endpoint: %w", err)
-	}
-	certify := pool.Handler(func(data []byte) ([]byte, *messages.Error) { return i.certify(ctx, data) })
-	if err := g.AddEndpoint("certify", certify); err != nil {
-		return fmt.Errorf("issuer: add certify endpoint: %w", err)
+	defer svc.Stop()
+	for _, ep := range []service.Endpoint{
+		{Name: "evidence", Subject: messages.SubjectEvidence, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.evidence(m.Data) }},
+		{Name: "certify", Subject: messages.SubjectCertify, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.certify(ctx, m.Data) }},
+	} {
+		if err := svc.Add(ep); err != nil {
+			return fmt.Errorf("issuer: add %s endpoint: %w", ep.Name, err)
+		}
 	}
 	attrs := []any{"backend", i.cfg.Platform.Name(), "root", fingerprint(i.root.cert), "policy_hash", hex.EncodeToString(hash[:]),
 		"tasks", len(i.tasks), "groups", len(i.groups), "clusters", len(i.clusters)}
@@ -231,7 +238,7 @@ func (i *Issuer) Run(ctx context.Context) error {
 		attrs = append(attrs, "attestation", "SIMULATED")
 	}
 	// The server must know the subscriptions before anyone is told to ask.
-	if err := i.cfg.Conn.Flush(); err != nil {
+	if err := svc.Flush(); err != nil {
 		return fmt.Errorf("issuer: %w", err)
 	}
 	i.log.Info("issuer serving", attrs...)
@@ -261,9 +268,9 @@ func (i *Issuer) load(ctx context.Context) error {
 		return fmt.Errorf("issuer: root: %w", err)
 	}
 	if !i.cfg.NoEvents {
-		if err := events.EnsureStream(ctx, js, events.StreamConfig{Replicas: i.cfg.Replicas}); err != nil {
-			return fmt.Errorf("issuer: %w", err)
-		}
+		// The audit stream is the manager's: the issuer's events reach it
+		// through the manager's account, and are dropped (counted) while no
+		// manager has made it.
 		if i.events, err = events.NewPublisher(i.cfg.Conn, "issuer", i.log, i.cfg.Now); err != nil {
 			return fmt.Errorf("issuer: %w", err)
 		}
@@ -493,23 +500,23 @@ func (i *Issuer) reissue(ctx context.Context, s *slot, h *held) error {
 	return i.set(s, c)
 }
 
-func (i *Issuer) serveEvidence(req micro.Request) {
+// evidence answers an evidence request: the issuer's evidence, binding its
+// root, its policy and the requester's nonce.
+func (i *Issuer) evidence(data []byte) ([]byte, *messages.Error) {
 	var m messages.EvidenceRequest
-	if err := messages.Decode(req.Data(), messages.MaxEvidenceRequest, &m); err != nil {
-		service.RespondError(req, service.DecodeRefusal("evidence request", err), i.log)
-		return
+	if err := messages.Decode(data, messages.MaxEvidenceRequest, &m); err != nil {
+		return nil, service.DecodeRefusal("evidence request", err)
 	}
 	hash := i.cfg.Policy.Hash()
 	rd := messages.EvidenceBinding(i.root.cert.Raw, hash[:], m.Nonce)
 	ev, err := i.cfg.Platform.Attest(rd)
 	if err != nil {
 		i.log.Error("attest", "err", err)
-		service.RespondError(req, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence"), i.log)
-		return
+		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")
 	}
-	service.Respond(req, &messages.EvidenceReply{
+	return service.Encode(&messages.EvidenceReply{
 		V: messages.Version, Evidence: ev, Root: i.root.cert.Raw, PolicyHash: hash[:], Backend: i.cfg.Platform.Name(),
-	}, i.log)
+	})
 }
 
 // Certify decides an encoded certify request in process, without NATS: the
@@ -620,10 +627,10 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 		}
 		groups[k] = i.groups[id]
 	}
-	switch i.replay.check(body.Nonce, now) {
-	case replaySeen:
+	switch i.replay.Check(body.Nonce, now) {
+	case replay.Seen:
 		return nil, messages.Refusal(messages.CodeReplay, "this request's nonce was used before")
-	case replayFull:
+	case replay.Full:
 		return nil, messages.Refusal(messages.CodeOverloaded, "too many recent requests to track replays")
 	}
 

@@ -14,7 +14,7 @@ import (
 )
 
 // DefaultBucket is the JetStream key-value bucket of the issuer's sealed state.
-const DefaultBucket = "cohort_issuer_state"
+const DefaultBucket = messages.IssuerStateBucket
 
 const (
 	rootKey        = "root"
@@ -47,7 +47,9 @@ type store struct {
 }
 
 func openStore(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, sealer enclave.Sealer, policyHash [32]byte) (*store, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	// Created, never updated: the issuer's credential may not update,
+	// purge or delete its bucket (package access).
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:       bucket,
 		Description:  "cohort issuer: root CA, task and group keys, cluster keys, sealed to the issuer enclave",
 		History:      4,
@@ -55,6 +57,9 @@ func openStore(ctx context.Context, js jetstream.JetStream, bucket string, repli
 		Storage:      jetstream.FileStorage,
 		Replicas:     replicas,
 	})
+	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		kv, err = js.KeyValue(ctx, bucket)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open state bucket %q: %w", bucket, err)
 	}

@@ -70,7 +70,8 @@ func TestDecodeMember(t *testing.T) {
 		wantErr error // nil: any error
 	}{
 		"version 0":         {edit(func(m *Member) { m.V = 0 }), nil},
-		"version 2":         {edit(func(m *Member) { m.V = 2 }), nil},
+		"version 1":         {edit(func(m *Member) { m.V = 1 }), nil},
+		"version 3":         {edit(func(m *Member) { m.V = 3 }), nil},
 		"cluster empty":     {edit(func(m *Member) { m.Cluster = "" }), nil},
 		"cluster invalid":   {edit(func(m *Member) { m.Cluster = "Dev" }), nil},
 		"unit empty":        {edit(func(m *Member) { m.Unit = "" }), nil},
@@ -175,7 +176,7 @@ func testManager(now *time.Time) *Manager {
 	return &Manager{
 		cfg:   Config{ID: "m1", Interval: testInterval, Misses: testMisses, Now: func() time.Time { return *now }},
 		log:   slog.New(slog.DiscardHandler),
-		table: NewTable(testInterval, testMisses),
+		table: NewTable(testInterval, testMisses, 4*time.Minute),
 	}
 }
 
@@ -498,7 +499,7 @@ func FuzzDecodeMember(f *testing.F) {
 			}
 		}
 		// The table takes it, and its token is what heartbeats must carry.
-		tb := NewTable(testInterval, testMisses)
+		tb := NewTable(testInterval, testMisses, 4*time.Minute)
 		tb.Put(*mem, 1, t0)
 		if !tb.Heartbeat(mem.Cluster, mem.Unit, mem.Token, t0) {
 			t.Fatal("the record's own token is refused")

@@ -4,12 +4,20 @@
 // signatures chaining to the issuer's public root, and refuses the rest.
 //
 // Membership. A unit joins with a message signed by its task key and carrying
-// its certificate; the manager checks the chain to the root, that the
-// certificate covers the cluster named and the measurement claimed, the
-// signature and the time, then records the member in the JetStream key-value
+// its certificate, on a subject that names its cluster and unit id (which
+// the NATS server lets only that unit publish to); the manager checks that
+// the join names the same, the chain to the root, that the certificate
+// covers the cluster named and the measurement claimed, the signature, the
+// time and that the join is new (its nonce unseen, its time later than the
+// unit's last join), then records the member in the JetStream key-value
 // bucket DefaultBucket with compare-and-set, and answers with a token.
 // Heartbeats carry the token; a unit missing Misses heartbeats in a row is
 // evicted (deleted with compare-and-set), and one that comes back joins again.
+//
+// Connections. The manager answers on Config.Serve, whose credential may
+// publish only replies, and writes the bucket, the audit stream and the
+// clusters' session records on Config.Conn, whose credential serves nothing
+// (package access): no request can make the manager write where it points.
 //
 // Every manager mirrors the bucket through a watch and hears every heartbeat
 // (heartbeats use no queue group), so a restarted manager, or two at once,
@@ -41,12 +49,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cohort-dev/cohort/events"
 	"github.com/cohort-dev/cohort/identity"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/replay"
 	"github.com/cohort-dev/cohort/service"
 )
 
@@ -54,11 +62,11 @@ import (
 const Version = "0.1.0"
 
 // DefaultBucket is the JetStream key-value bucket of the members.
-const DefaultBucket = "cohort_members"
+const DefaultBucket = messages.MembersBucket
 
 const (
 	maxMember  = 4 << 10
-	memberV    = 1
+	memberV    = 2
 	chainCache = 1024
 	maxMisses  = 1000
 	// A status reply must fit NATS's default 1 MiB message: at most
@@ -71,8 +79,14 @@ const (
 
 // Config configures a Manager. Zero fields take the defaults noted.
 type Config struct {
-	Conn *nats.Conn        // required
-	Root *x509.Certificate // required: the issuer's root, to verify units' chains
+	// Conn writes the members bucket, the audit stream and the session
+	// records. Required.
+	Conn *nats.Conn
+	// Serve is the connection the manager answers on; default Conn. With
+	// NATS credentials it is the credential's Serve key, which may publish
+	// nothing but replies (package access).
+	Serve *nats.Conn
+	Root  *x509.Certificate // required: the issuer's root, to verify units' chains
 
 	Interval time.Duration // heartbeat interval units are told; default 1s
 	Misses   int           // heartbeats missed in a row before eviction; default 3
@@ -95,6 +109,9 @@ type Config struct {
 func (c *Config) fill() error {
 	if c.Conn == nil || c.Root == nil {
 		return errors.New("manager: Config.Conn and Config.Root are required")
+	}
+	if c.Serve == nil {
+		c.Serve = c.Conn
 	}
 	if c.Interval <= 0 {
 		c.Interval = time.Second
@@ -151,6 +168,7 @@ type Manager struct {
 	js     jetstream.JetStream
 	events *events.Publisher
 	stats  Stats
+	joins  *replay.Cache // nonces of recent joins
 
 	joinLatency prometheus.Histogram
 
@@ -176,8 +194,9 @@ func New(cfg Config) (*Manager, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(cfg.Root)
 	m := &Manager{
-		cfg: cfg, log: cfg.Logger, table: NewTable(cfg.Interval, cfg.Misses), roots: roots,
+		cfg: cfg, log: cfg.Logger, table: NewTable(cfg.Interval, cfg.Misses, 2*cfg.MaxClockSkew), roots: roots,
 		ready: make(chan struct{}), chains: make(map[[32]byte]*verifiedLeaf), joinLatency: newJoinLatency(),
+		joins: replay.New(2*cfg.MaxClockSkew, cfg.Now()),
 	}
 	if cfg.Metrics != nil {
 		if err := m.register(cfg.Metrics); err != nil {
@@ -202,7 +221,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	m.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	// Created, never updated: no role may update, purge or delete a
+	// stream (package access).
+	m.kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:       m.cfg.Bucket,
 		Description:  "cohort cluster members: units, their cluster, task, measurement and HTTPS address",
 		History:      1,
@@ -210,16 +231,16 @@ func (m *Manager) Run(ctx context.Context) error {
 		Storage:      jetstream.FileStorage,
 		Replicas:     m.cfg.Replicas,
 	})
+	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		m.kv, err = js.KeyValue(ctx, m.cfg.Bucket)
+	}
 	if err != nil {
 		return fmt.Errorf("manager: members bucket %q: %w", m.cfg.Bucket, err)
 	}
-	if err := events.EnsureStream(ctx, js, events.StreamConfig{Replicas: m.cfg.Replicas}); err != nil {
+	if err := events.EnsureStream(ctx, js, events.StreamConfig{Replicas: m.cfg.Replicas}, m.log); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
 	m.js = js
-	if err := m.ensureSessions(ctx); err != nil {
-		return err
-	}
 	if m.events, err = events.NewPublisher(m.cfg.Conn, "manager/"+m.cfg.ID, m.log, m.cfg.Now); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
@@ -239,38 +260,33 @@ func (m *Manager) Run(ctx context.Context) error {
 		return nil
 	}
 
-	pool := service.NewPool(m.cfg.Conn, m.cfg.Workers, m.cfg.Queue, m.log)
-	defer pool.Close()
-	svc, err := micro.AddService(m.cfg.Conn, micro.Config{
+	svc, err := service.New(service.Config{
+		Conn:        m.cfg.Serve,
 		Name:        messages.ManagerService,
 		Version:     Version,
-		Description: "cohort manager: cluster membership, heartbeats and the operators' view",
+		Description: "cohort manager: cluster membership, heartbeats, session records and the operators' view",
 		QueueGroup:  messages.ManagerQueue,
 		Metadata:    map[string]string{"id": m.cfg.ID, "interval": m.cfg.Interval.String(), "protocol": fmt.Sprint(messages.Version)},
+		Workers:     m.cfg.Workers, Queue: m.cfg.Queue, Logger: m.log,
 	})
 	if err != nil {
 		return fmt.Errorf("manager: start service: %w", err)
 	}
-	defer service.Stop(svc, m.log)
-	g := svc.AddGroup("cohort.v1.manager")
-	for _, ep := range []struct {
-		name string
-		h    micro.Handler
-		opts []micro.EndpointOpt
-	}{
-		{"join", pool.Handler(func(data []byte) ([]byte, *messages.Error) { return m.serveJoin(ctx, data) }), nil},
-		{"heartbeat", micro.HandlerFunc(m.serveHeartbeat), []micro.EndpointOpt{micro.WithEndpointQueueGroupDisabled()}},
-		{"leave", pool.Handler(func(data []byte) ([]byte, *messages.Error) { return m.serveLeave(ctx, data) }), nil},
-		{"status", pool.Handler(m.serveStatus), nil},
-		{"session", pool.Handler(func(data []byte) ([]byte, *messages.Error) { return m.serveSession(ctx, data) }), nil},
+	defer svc.Stop()
+	for _, ep := range []service.Endpoint{
+		{Name: "join", Subject: messages.ManagerFilter(messages.VerbJoin), Handle: func(r service.Msg) ([]byte, *messages.Error) { return m.serveJoin(ctx, r) }},
+		{Name: "heartbeat", Subject: messages.ManagerFilter(messages.VerbHeartbeat), EveryInstance: true, Inline: true, Handle: m.serveHeartbeat},
+		{Name: "leave", Subject: messages.ManagerFilter(messages.VerbLeave), Handle: func(r service.Msg) ([]byte, *messages.Error) { return m.serveLeave(ctx, r) }},
+		{Name: "status", Subject: messages.SubjectStatus, Handle: m.serveStatus},
+		{Name: "session", Subject: messages.ManagerFilter(messages.VerbSession), Handle: func(r service.Msg) ([]byte, *messages.Error) { return m.serveSession(ctx, r) }},
 	} {
-		if err := g.AddEndpoint(ep.name, ep.h, ep.opts...); err != nil {
-			return fmt.Errorf("manager: add %s endpoint: %w", ep.name, err)
+		if err := svc.Add(ep); err != nil {
+			return fmt.Errorf("manager: add %s endpoint: %w", ep.Name, err)
 		}
 	}
 	wg.Go(func() { m.sweep(ctx) })
 	// The server must know the subscriptions before anyone is told to ask.
-	if err := m.cfg.Conn.Flush(); err != nil {
+	if err := svc.Flush(); err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
 	m.log.Info("manager serving", "members", len(m.table.Snapshot(m.cfg.Now())), "interval", m.cfg.Interval, "misses", m.cfg.Misses)
@@ -394,9 +410,9 @@ func (m *Manager) reconcile(ctx context.Context, key string, rev uint64) {
 	}
 }
 
-func (m *Manager) serveJoin(ctx context.Context, data []byte) ([]byte, *messages.Error) {
+func (m *Manager) serveJoin(ctx context.Context, r service.Msg) ([]byte, *messages.Error) {
 	start := time.Now()
-	reply, body, refusal := m.join(ctx, data)
+	reply, body, refusal := m.join(ctx, r)
 	m.observeJoin(time.Since(start))
 	if refusal != nil {
 		m.stats.JoinsRefused.Add(1)
@@ -411,24 +427,35 @@ func (m *Manager) serveJoin(ctx context.Context, data []byte) ([]byte, *messages
 	return encode(reply)
 }
 
-func encode(m any) ([]byte, *messages.Error) {
-	b, err := messages.Marshal(m)
-	if err != nil {
-		return nil, messages.Refusal(messages.CodeInternal, "encoding the reply failed")
+func encode(m any) ([]byte, *messages.Error) { return service.Encode(m) }
+
+// sender returns the cluster and unit id a request's subject names, which
+// the NATS server let only that unit publish to, and refuses a request whose
+// body names another.
+func sender(subject, verb, cluster, unit string) *messages.Error {
+	c, u, ok := messages.UnitOfSubject(subject, verb)
+	if !ok {
+		return messages.Refusal(messages.CodeWrongSubject, "the subject %q names no cluster and unit", subject)
 	}
-	return b, nil
+	if c != cluster || u != unit {
+		return messages.Refusal(messages.CodeWrongSubject, "unit %s of cluster %s may not %s for unit %s of cluster %s", u, c, verb, unit, cluster)
+	}
+	return nil
 }
 
 // join decides a join request; it returns the reply, or a refusal and the
 // body as far as it decoded.
-func (m *Manager) join(ctx context.Context, data []byte) (*messages.JoinReply, *messages.JoinBody, *messages.Error) {
+func (m *Manager) join(ctx context.Context, req service.Msg) (*messages.JoinReply, *messages.JoinBody, *messages.Error) {
 	var r messages.JoinRequest
-	if err := messages.Decode(data, messages.MaxJoinRequest, &r); err != nil {
+	if err := messages.Decode(req.Data, messages.MaxJoinRequest, &r); err != nil {
 		return nil, nil, service.DecodeRefusal("join", err)
 	}
 	var body messages.JoinBody
 	if err := messages.Decode(r.Body, messages.MaxJoinBody, &body); err != nil {
 		return nil, nil, service.DecodeRefusal("join body", err)
+	}
+	if refusal := sender(req.Subject, messages.VerbJoin, body.Cluster, body.Unit); refusal != nil {
+		return nil, &body, refusal
 	}
 	now := m.cfg.Now()
 	if skew := now.Sub(time.Unix(0, body.Time)); skew > m.cfg.MaxClockSkew || skew < -m.cfg.MaxClockSkew {
@@ -452,6 +479,17 @@ func (m *Manager) join(ctx context.Context, data []byte) (*messages.JoinReply, *
 	if !ok || !ecdsa.VerifyASN1(pub, digest[:], r.Signature) {
 		return nil, &body, messages.Refusal(messages.CodeSignature, "the join is not signed by the certificate's key")
 	}
+	// A join sent again: to this manager (its nonce), or to any (its time is
+	// no later than the unit's last join, which every manager's table holds).
+	if !m.table.Newer(body.Cluster, body.Unit, body.Time) {
+		return nil, &body, messages.Refusal(messages.CodeReplay, "unit %s of cluster %s joined at this time or later already: a join sent again, or the unit's clock went back", body.Unit, body.Cluster)
+	}
+	switch m.joins.Check(body.Nonce, now) {
+	case replay.Seen:
+		return nil, &body, messages.Refusal(messages.CodeReplay, "this join's nonce was used before")
+	case replay.Full:
+		return nil, &body, messages.Refusal(messages.CodeOverloaded, "too many recent joins to track replays")
+	}
 
 	token := make([]byte, messages.TokenSize)
 	if _, err := io.ReadFull(m.cfg.Rand, token); err != nil {
@@ -459,7 +497,7 @@ func (m *Manager) join(ctx context.Context, data []byte) (*messages.JoinReply, *
 	}
 	mem := Member{
 		V: memberV, Cluster: body.Cluster, Unit: body.Unit, Task: body.Task, Measurement: body.Measurement,
-		Addr: body.Addr, Token: token, Joined: now.UnixNano(), Manager: m.cfg.ID,
+		Addr: body.Addr, Token: token, Joined: now.UnixNano(), JoinTime: body.Time, Manager: m.cfg.ID,
 	}
 	rev, rejoined, err := m.store(ctx, &mem)
 	if err != nil {
@@ -561,24 +599,29 @@ func containsBytes(list [][]byte, b []byte) bool {
 	return false
 }
 
-func (m *Manager) serveHeartbeat(req micro.Request) {
+func (m *Manager) serveHeartbeat(r service.Msg) ([]byte, *messages.Error) {
 	var hb messages.Heartbeat
-	if err := messages.Decode(req.Data(), messages.MaxHeartbeat, &hb); err != nil {
-		service.RespondError(req, service.DecodeRefusal("heartbeat", err), m.log)
-		return
+	if err := messages.Decode(r.Data, messages.MaxHeartbeat, &hb); err != nil {
+		return nil, service.DecodeRefusal("heartbeat", err)
+	}
+	if refusal := sender(r.Subject, messages.VerbHeartbeat, hb.Cluster, hb.Unit); refusal != nil {
+		return nil, refusal
 	}
 	known := m.table.Heartbeat(hb.Cluster, hb.Unit, hb.Token, m.cfg.Now())
 	m.stats.Heartbeats.Add(1)
 	if !known {
 		m.stats.HeartbeatsUnknown.Add(1)
 	}
-	service.Respond(req, &messages.HeartbeatReply{V: messages.Version, Known: known}, m.log)
+	return encode(&messages.HeartbeatReply{V: messages.Version, Known: known})
 }
 
-func (m *Manager) serveLeave(ctx context.Context, data []byte) ([]byte, *messages.Error) {
+func (m *Manager) serveLeave(ctx context.Context, r service.Msg) ([]byte, *messages.Error) {
 	var l messages.Heartbeat
-	if err := messages.Decode(data, messages.MaxHeartbeat, &l); err != nil {
+	if err := messages.Decode(r.Data, messages.MaxHeartbeat, &l); err != nil {
 		return nil, service.DecodeRefusal("leave", err)
+	}
+	if refusal := sender(r.Subject, messages.VerbLeave, l.Cluster, l.Unit); refusal != nil {
+		return nil, refusal
 	}
 	mem, rev, ok := m.table.Lookup(l.Cluster, l.Unit, l.Token)
 	if !ok {
@@ -597,7 +640,7 @@ func (m *Manager) serveLeave(ctx context.Context, data []byte) ([]byte, *message
 
 // serveStatus answers with the status as JSON; the request's payload is
 // ignored.
-func (m *Manager) serveStatus([]byte) ([]byte, *messages.Error) {
+func (m *Manager) serveStatus(service.Msg) ([]byte, *messages.Error) {
 	b, err := json.Marshal(m.Status())
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the status failed")

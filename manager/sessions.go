@@ -2,10 +2,12 @@ package manager
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
+	"errors"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cohort-dev/cohort/events"
@@ -13,81 +15,33 @@ import (
 	"github.com/cohort-dev/cohort/service"
 )
 
-// Session records: limits of the stream that keeps them.
+// Session records: how long they may live, and how long the manager waits
+// for JetStream to store one. The store limit is shorter than a unit's wait
+// for the manager (unit.Config.StoreTimeout), so that a unit hears why.
 const (
 	MaxSessionTTL     = 24 * time.Hour
-	sessionsMaxBytes  = 1 << 30
-	duplicatesWindow  = 2 * time.Minute
-	sessionStoreLimit = 5 * time.Second
-	callClaimTTL      = 5 * time.Minute
+	sessionStoreLimit = 2 * time.Second
 )
-
-// ensureSessions creates the stream of session records, or updates its
-// limits. A full stream refuses new records rather than drop acknowledged
-// ones.
-func (m *Manager) ensureSessions(ctx context.Context) error {
-	_, err := m.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              messages.SessionsStream,
-		Description:       "cohort session records: session keys sealed under their cluster's key, one subject a session",
-		Subjects:          []string{messages.SubjectSessionsPrefix + ">"},
-		Retention:         jetstream.LimitsPolicy,
-		Discard:           jetstream.DiscardNew,
-		MaxAge:            MaxSessionTTL,
-		MaxBytes:          sessionsMaxBytes,
-		MaxMsgSize:        messages.MaxSessionRecord,
-		MaxMsgsPerSubject: 1,
-		Duplicates:        duplicatesWindow,
-		AllowMsgTTL:       true, // each record lives as long as its session
-		AllowDirect:       true, // units read a record by subject, which NATS permissions confine to their cluster
-		Storage:           jetstream.FileStorage,
-		Replicas:          m.cfg.Replicas,
-	})
-	if err != nil {
-		return fmt.Errorf("manager: stream %s: %w", messages.SessionsStream, err)
-	}
-	// Claims on calls: a call is run by the unit that creates its key.
-	// Claims outlive the window in which a call's time is accepted, so a
-	// replay is refused by its claim or by its age. The bucket is made as
-	// nats.go makes a key-value bucket, but with purges and roll-ups denied:
-	// a unit may write its own cluster's keys, and a roll-up would let it
-	// erase every cluster's.
-	_, err = m.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              "KV_" + messages.CallsBucket,
-		Description:       "cohort call claims: which unit took each call of each session and its sealed answer, for five minutes",
-		Subjects:          []string{"$KV." + messages.CallsBucket + ".>"},
-		MaxMsgsPerSubject: 1,
-		MaxAge:            callClaimTTL,
-		MaxMsgSize:        messages.MaxCallClaim,
-		MaxMsgs:           -1,
-		MaxBytes:          -1,
-		MaxConsumers:      -1,
-		Storage:           jetstream.FileStorage,
-		Replicas:          m.cfg.Replicas,
-		Discard:           jetstream.DiscardNew,
-		Duplicates:        duplicatesWindow,
-		AllowDirect:       true,
-		DenyDelete:        true,
-		DenyPurge:         true,
-		AllowRollup:       false,
-	})
-	if err != nil {
-		return fmt.Errorf("manager: bucket %s: %w", messages.CallsBucket, err)
-	}
-	return nil
-}
 
 // serveSession stores a session record a member hands in, and confirms only
 // once JetStream has acknowledged it. The manager cannot read the record: it
-// checks the shape, the sender's membership and the expiry, and keeps it
-// under the session's subject with the session id as message id, so that a
-// retry is stored once.
-func (m *Manager) serveSession(ctx context.Context, data []byte) ([]byte, *messages.Error) {
+// checks the shape, the sender's membership (on its own subject) and the
+// expiry, and keeps it under the session's subject in the cluster's
+// sessions stream, which the cluster's units made. An open record is
+// created only where the session has none: the session id derives from the
+// user's hello, so a hello sent again finds its record there and opens
+// nothing. The message id is the record's hash, so that a unit's retry of
+// the same record is stored once.
+func (m *Manager) serveSession(ctx context.Context, req service.Msg) ([]byte, *messages.Error) {
 	var r messages.SessionRecord
-	if err := messages.Decode(data, messages.MaxSessionRecord, &r); err != nil {
+	if err := messages.Decode(req.Data, messages.MaxSessionRecord, &r); err != nil {
 		return nil, service.DecodeRefusal("session record", err)
 	}
 	if r.Token == nil {
 		return nil, messages.Refusal(messages.CodeUnknownUnit, "a session record must come from a member: unit and token")
+	}
+	if refusal := sender(req.Subject, messages.VerbSession, r.Cluster, r.Unit); refusal != nil {
+		return nil, refusal
 	}
 	if _, _, ok := m.table.Lookup(r.Cluster, r.Unit, r.Token); !ok {
 		return nil, messages.Refusal(messages.CodeUnknownUnit, "no member %s of cluster %s with that token", r.Unit, r.Cluster)
@@ -102,17 +56,27 @@ func (m *Manager) serveSession(ctx context.Context, data []byte) ([]byte, *messa
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the record failed")
 	}
-	ctx, cancel := context.WithTimeout(ctx, sessionStoreLimit)
-	defer cancel()
-	msgID := hex.EncodeToString(r.Session)
-	if r.Closed {
-		msgID += ".closed"
-	}
+	sum := sha256.Sum256(stored)
 	// The record lives until its session expires, and a little past it so
 	// that units refuse the session as expired rather than unknown.
-	ttl := time.Until(time.Unix(0, r.Expires)) + time.Minute
-	ack, err := m.js.Publish(ctx, messages.SessionSubject(r.Cluster, r.Session), stored, jetstream.WithMsgID(msgID), jetstream.WithMsgTTL(ttl))
+	opts := []jetstream.PublishOpt{
+		jetstream.WithMsgID(hex.EncodeToString(sum[:16])),
+		jetstream.WithMsgTTL(time.Until(time.Unix(0, r.Expires)) + time.Minute),
+	}
+	if !r.Closed {
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+	}
+	ctx, cancel := context.WithTimeout(ctx, sessionStoreLimit)
+	defer cancel()
+	ack, err := m.js.Publish(ctx, messages.SessionSubject(r.Cluster, r.Session), stored, opts...)
 	if err != nil {
+		var apiErr *jetstream.APIError
+		switch {
+		case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
+			return nil, messages.Refusal(messages.CodeReplay, "session %x has a record already: a hello sent again opens no session", r.Session)
+		case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
+			return nil, messages.Refusal(messages.CodeOverloaded, "cluster %s has no sessions stream yet (its units make it)", r.Cluster)
+		}
 		m.log.Warn("storing a session record failed", "cluster", r.Cluster, "err", err)
 		return nil, messages.Refusal(messages.CodeOverloaded, "the session could not be stored: %v", err)
 	}

@@ -21,7 +21,8 @@ type Member struct {
 	Measurement []byte `msgpack:"measurement"`
 	Addr        string `msgpack:"addr"`
 	Token       []byte `msgpack:"token"`
-	Joined      int64  `msgpack:"joined"` // Unix nanoseconds
+	Joined      int64  `msgpack:"joined"`    // Unix nanoseconds, the manager's clock
+	JoinTime    int64  `msgpack:"join_time"` // the time the join names, the unit's clock
 	Manager     string `msgpack:"manager"`
 }
 
@@ -48,16 +49,23 @@ const tableShards = 32
 //
 // The members bucket is the record; the table mirrors it (Put, Remove) and
 // adds what only the manager's memory holds: when each member was last heard.
+//
+// Joins are ordered by the time each names, on the unit's clock: a join no
+// later than the member's current one, or than the last one of a member
+// removed within the join window, is a replay (Newer).
 type Table struct {
 	interval time.Duration
 	misses   int
+	window   time.Duration
 	seed     maphash.Seed
 	shards   [tableShards]shard
 }
 
 type shard struct {
-	mu sync.Mutex
-	m  map[string]*entry
+	mu    sync.Mutex
+	m     map[string]*entry
+	gone  map[string]int64 // removed members: the time their last join named
+	swept time.Time
 }
 
 type entry struct {
@@ -68,12 +76,33 @@ type entry struct {
 
 // NewTable returns an empty table: members are heard every interval, and due
 // after misses intervals without a heartbeat.
-func NewTable(interval time.Duration, misses int) *Table {
-	t := &Table{interval: interval, misses: misses, seed: maphash.MakeSeed()}
+// A removed member's last join time is kept for window, the span in which
+// a join's time is accepted (twice the clock skew allowed).
+func NewTable(interval time.Duration, misses int, window time.Duration) *Table {
+	t := &Table{interval: interval, misses: misses, window: window, seed: maphash.MakeSeed()}
 	for i := range t.shards {
 		t.shards[i].m = make(map[string]*entry)
+		t.shards[i].gone = make(map[string]int64)
 	}
 	return t
+}
+
+// Newer reports whether a join of unit of cluster naming joinTime is later
+// than every join of it the table knows: its current membership's, and, for
+// a member removed within the window, its last one's. A join that is not is
+// a replay of an earlier one.
+func (t *Table) Newer(cluster, unit string, joinTime int64) bool {
+	key := Key(cluster, unit)
+	s := t.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.m[key]; ok && joinTime <= e.member.JoinTime {
+		return false
+	}
+	if last, ok := s.gone[key]; ok && joinTime <= last {
+		return false
+	}
+	return true
 }
 
 func (t *Table) shard(key string) *shard {
@@ -94,13 +123,15 @@ func (t *Table) Put(m Member, rev uint64, now time.Time) {
 	s.m[key] = &entry{member: m, rev: rev, lastSeen: now}
 }
 
-// Remove forgets a member if the table has it at revision rev or older.
+// Remove forgets a member if the table has it at revision rev or older,
+// and keeps the time of its last join.
 func (t *Table) Remove(key string, rev uint64) {
 	s := t.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.m[key]; ok && e.rev <= rev {
 		delete(s.m, key)
+		s.gone[key] = max(s.gone[key], e.member.JoinTime)
 	}
 }
 
@@ -141,12 +172,21 @@ type Eviction struct {
 	Silent time.Duration // how long it has not been heard
 }
 
-// Due returns the members not heard for misses intervals at now.
+// Due returns the members not heard for misses intervals at now. It also
+// forgets the joins of removed members that are older than the window.
 func (t *Table) Due(now time.Time) []Eviction {
 	var out []Eviction
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
+		if now.Sub(s.swept) >= t.window/4 {
+			for k, last := range s.gone {
+				if now.Sub(time.Unix(0, last)) > t.window {
+					delete(s.gone, k)
+				}
+			}
+			s.swept = now
+		}
 		for _, e := range s.m {
 			if t.state(e, now) == Due {
 				out = append(out, Eviction{Member: e.member, Rev: e.rev, Silent: now.Sub(e.lastSeen)})

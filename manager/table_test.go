@@ -57,7 +57,7 @@ func TestKey(t *testing.T) {
 }
 
 func TestTablePutNewerRevisionWins(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	m5 := member("dev", "u", 1)
 	tb.Put(m5, 5, at(0))
 
@@ -103,7 +103,7 @@ func TestTablePutNewerRevisionWins(t *testing.T) {
 }
 
 func TestTableRemoveRevision(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	tb.Put(member("dev", "u", 1), 5, at(0))
 	key := Key("dev", "u")
 
@@ -136,7 +136,7 @@ func TestTableRemoveRevision(t *testing.T) {
 }
 
 func TestTableHeartbeat(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	tb.Put(member("dev", "u", 1), 1, at(0))
 	tb.Put(member("dev", "v", 2), 2, at(0))
 
@@ -181,7 +181,7 @@ func TestTableHeartbeat(t *testing.T) {
 }
 
 func TestTableStates(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	tb.Put(member("dev", "u", 1), 1, at(0))
 	for _, tc := range []struct {
 		after time.Duration
@@ -222,7 +222,7 @@ func TestTableStates(t *testing.T) {
 }
 
 func TestTableStatesOtherSettings(t *testing.T) {
-	tb := NewTable(200*time.Millisecond, 5)
+	tb := NewTable(200*time.Millisecond, 5, 4*time.Minute)
 	tb.Put(member("dev", "u", 1), 1, at(0))
 	for _, tc := range []struct {
 		after time.Duration
@@ -240,7 +240,7 @@ func TestTableStatesOtherSettings(t *testing.T) {
 }
 
 func TestTableDue(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	tb.Put(member("dev", "fresh", 1), 11, at(0))
 	tb.Put(member("dev", "late", 2), 12, at(0))
 	tb.Put(member("dev", "due", 3), 13, at(0))
@@ -299,7 +299,7 @@ func TestTableDue(t *testing.T) {
 }
 
 func TestTableCounts(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	want := map[State]int{Active: 0, Late: 0, Due: 0}
 	if got := tb.Counts(at(0)); !equalCounts(got, want) {
 		t.Fatalf("empty table: Counts = %v, want %v", got, want)
@@ -346,7 +346,7 @@ func sortedByClusterThenUnit(vs []View) bool {
 }
 
 func TestTableSnapshotSorted(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	clusters := []string{"prod", "dev", "b", "a0", "a", "z9"}
 	units := []string{"u", "U", "_", "0", "a_b", "A-b", "a", "aa", "z"}
 	var all []Member
@@ -376,7 +376,7 @@ func TestTableSnapshotSorted(t *testing.T) {
 			t.Fatalf("%s/%s: state %s", v.Member.Cluster, v.Member.Unit, v.State)
 		}
 	}
-	if len(NewTable(testInterval, testMisses).Snapshot(t0)) != 0 {
+	if len(NewTable(testInterval, testMisses, 4*time.Minute).Snapshot(t0)) != 0 {
 		t.Fatal("an empty table has a snapshot")
 	}
 }
@@ -391,7 +391,7 @@ func TestTableSnapshotSorted(t *testing.T) {
 // clusters out of order. Units of one cluster stay together, so the grouping
 // in Status is not broken.
 func TestTableSnapshotSortedClusterPrefix(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	tb.Put(member("a-b", "x", 1), 1, t0)
 	tb.Put(member("a", "x", 2), 2, t0)
 	tb.Put(member("a", "y", 3), 3, t0)
@@ -409,7 +409,7 @@ func TestTableSnapshotSortedClusterPrefix(t *testing.T) {
 // manager loading the bucket) counts every member as heard when it loads
 // it, however long ago the member was last heard by the manager before.
 func TestTableRestartGivesGracePeriod(t *testing.T) {
-	before := NewTable(testInterval, testMisses)
+	before := NewTable(testInterval, testMisses, 4*time.Minute)
 	m := member("dev", "u", 1)
 	before.Put(m, 3, at(0))
 	if got := state(t, before, "dev", "u", at(time.Minute)); got != Due {
@@ -417,7 +417,7 @@ func TestTableRestartGivesGracePeriod(t *testing.T) {
 	}
 
 	load := at(time.Minute)
-	after := NewTable(testInterval, testMisses)
+	after := NewTable(testInterval, testMisses, 4*time.Minute)
 	after.Put(m, 3, load)
 	if d := after.Due(load); len(d) != 0 {
 		t.Fatalf("due right after the restart: %+v", d)
@@ -455,7 +455,7 @@ func TestTableRestartGivesGracePeriod(t *testing.T) {
 // run with -race. Each worker owns some members, so that the outcome is
 // known: every member a worker puts last is in the table at its revision.
 func TestTableConcurrent(t *testing.T) {
-	tb := NewTable(testInterval, testMisses)
+	tb := NewTable(testInterval, testMisses, 4*time.Minute)
 	const workers, members, rounds = 16, 8, 50
 	var wg sync.WaitGroup
 	for w := range workers {

@@ -3,33 +3,73 @@ package messages
 import (
 	"encoding/hex"
 	"fmt"
+	"regexp"
+	"strings"
 )
 
 // Subjects of the cluster channel. A cluster's units share queue groups on
-// its handshake and call subjects, so exactly one unit answers each request.
-// Session records travel to the manager on SubjectSession and are kept in the
-// stream SessionsStream, one subject a session.
+// its handshake, call and close subjects, so exactly one unit answers each
+// request. The last token of each is the user's name: NATS permissions (and,
+// in a deployment with accounts, the user's imports) let a user publish only
+// under its own name, so the unit knows, from the server, which user asks.
+//
+// Each cluster keeps its own state, so that permissions can name it: the
+// stream SessionsStream(cluster) of its sealed session records, one subject
+// a session, written by the manager; and the stream CallsStream(cluster) of
+// its call claims and closed marks, written by its units.
 const (
 	SubjectClusterPrefix  = "cohort.v1.cluster."
-	SubjectSession        = "cohort.v1.manager.session"
-	SessionsStream        = "cohort_sessions"
 	SubjectSessionsPrefix = "cohort.v1.sessions."
+	SubjectCallsPrefix    = "cohort.v1.calls."
 	UnitsQueuePrefix      = "cohort-units-"
+	sessionsStreamPrefix  = "cohort_sessions_"
+	callsStreamPrefix     = "cohort_calls_"
 )
 
-// HandshakeSubject is the subject of a cluster's handshakes.
-func HandshakeSubject(cluster string) string { return SubjectClusterPrefix + cluster + ".handshake" }
+// The verbs of a cluster's subjects.
+const (
+	VerbHandshake = "handshake"
+	VerbCall      = "call"
+	VerbClose     = "close"
+)
 
-// CallSubject is the subject of a cluster's calls.
-func CallSubject(cluster string) string { return SubjectClusterPrefix + cluster + ".call" }
+// ClusterSubject is the subject on which user asks cluster to verb: a
+// handshake, a call or a close.
+func ClusterSubject(cluster, verb, user string) string {
+	return SubjectClusterPrefix + cluster + "." + verb + "." + user
+}
 
-// CloseSubject is the subject on which a user closes a session: a Call whose
+// HandshakeSubject is the subject of user's handshakes with cluster.
+func HandshakeSubject(cluster, user string) string {
+	return ClusterSubject(cluster, VerbHandshake, user)
+}
+
+// CallSubject is the subject of user's calls to cluster.
+func CallSubject(cluster, user string) string { return ClusterSubject(cluster, VerbCall, user) }
+
+// CloseSubject is the subject on which user closes a session: a Call whose
 // plaintext is CloseMarker.
-func CloseSubject(cluster string) string { return SubjectClusterPrefix + cluster + ".close" }
+func CloseSubject(cluster, user string) string { return ClusterSubject(cluster, VerbClose, user) }
+
+// ClusterFilter is the subject filter a cluster's units serve verb on, for
+// every user.
+func ClusterFilter(cluster, verb string) string {
+	return SubjectClusterPrefix + cluster + "." + verb + ".*"
+}
+
+// UserOfSubject returns the user a cluster subject names, as the server
+// delivered it: the token after cluster and verb.
+func UserOfSubject(subject, cluster, verb string) (string, bool) {
+	user, ok := strings.CutPrefix(subject, SubjectClusterPrefix+cluster+"."+verb+".")
+	return user, ok && ValidUserName(user)
+}
 
 // CloseMarker is the plaintext of a close: only the session's holder can
 // encrypt it under the session's key.
 const CloseMarker = "cohort/v1 close session"
+
+// SessionsStream is the stream of a cluster's session records.
+func SessionsStream(cluster string) string { return sessionsStreamPrefix + cluster }
 
 // SessionSubject is the subject under which a session's record is kept.
 func SessionSubject(cluster string, session []byte) string {
@@ -38,6 +78,28 @@ func SessionSubject(cluster string, session []byte) string {
 
 // SessionsOfCluster is the subject filter of a cluster's session records.
 func SessionsOfCluster(cluster string) string { return SubjectSessionsPrefix + cluster + ".>" }
+
+// CallsStream is the stream of a cluster's call claims and closed marks.
+func CallsStream(cluster string) string { return callsStreamPrefix + cluster }
+
+// ClaimSubject is the subject of the claim on call seq of a session.
+func ClaimSubject(cluster string, session []byte, seq uint64) string {
+	return fmt.Sprintf("%s%s.%x.%d", SubjectCallsPrefix, cluster, session, seq)
+}
+
+// ClosedSubject is the subject of a session's closed mark.
+func ClosedSubject(cluster string, session []byte) string {
+	return fmt.Sprintf("%s%s.%x.closed", SubjectCallsPrefix, cluster, session)
+}
+
+// ClaimsOfCluster is the subject filter of a cluster's claims and marks.
+func ClaimsOfCluster(cluster string) string { return SubjectCallsPrefix + cluster + ".>" }
+
+var userName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidUserName reports whether s is a valid user name: as a task name,
+// lower-case letters, digits and inner hyphens, at most 63 bytes.
+func ValidUserName(s string) bool { return userName.MatchString(s) }
 
 // Sizes of the channel's messages.
 const (
@@ -52,7 +114,6 @@ const (
 	MaxCallData       = 64 << 10
 	MaxCall           = MaxCallData + 128
 	MaxCallReply      = MaxCallData + 128
-	CallsBucket       = "cohort_calls"
 )
 
 // Codes the channel adds.
@@ -63,19 +124,45 @@ const (
 	CodeNoSession    Code = "unknown_session" // no such session, or it expired
 	CodeAuth         Code = "not_authentic"   // the call does not authenticate under the session's key
 	CodeInProgress   Code = "in_progress"     // another unit runs this call now; ask again for its answer
+	CodeQuota        Code = "quota_exceeded"  // the user holds as many live sessions as a user may
+	CodeRateLimited  Code = "rate_limited"    // the user asks faster than a user may; retry later
+	CodeTampered     Code = "tampered"        // stored state does not authenticate, or has history it should not: nothing runs
 )
 
-// CallClaim is the value of a call's key in CallsBucket, which is
-// "<cluster>.<session hex>.<seq>" (and "<cluster>.<session hex>.closed" marks
-// a closed session): which unit took the call and, once it ran, the encoded
-// CallReply, so that a retry of the same call gets the same answer instead
-// of a second run. The unit renews the claim while the task runs; a claim
-// left unrenewed for 3 s is a dead unit's, and another unit takes the call.
+// CallClaim is a message of CallsStream: the claim on one call of a session
+// (subject ClaimSubject), or a session's closed mark (ClosedSubject). A unit
+// creates a claim before it runs the call, and stores the call's sealed
+// answer in it once it ran, so that a retry of the same call gets the same
+// answer instead of a second run.
+//
+// A claim is create-only and final. Every claim a unit writes names the
+// revision it was written over (Prev: 0 for the first) and is published with
+// that revision as Nats-Expected-Last-Subject-Sequence, which JetStream both
+// enforces and keeps with the message; MAC, under a key only the cluster's
+// units hold (channel.ClaimKey), binds the subject, the unit, the state, Prev
+// and the answer. So a reader can tell, from the last message alone, that
+// the claim is a unit's and was written where it stands: a delete marker, an
+// overwrite, or an old claim written again, does not authenticate or stands
+// over another revision than it names, and the call is refused as tampered,
+// never run again.
 type CallClaim struct {
 	V      uint16 `msgpack:"v"`
 	Unit   string `msgpack:"unit"`
+	State  uint8  `msgpack:"state"`
+	Prev   uint64 `msgpack:"prev"`
 	Answer []byte `msgpack:"answer"`
+	MAC    []byte `msgpack:"mac"`
 }
+
+// States of a CallClaim.
+const (
+	ClaimRunning  uint8 = 1 // the unit runs the call; Answer is empty
+	ClaimAnswered uint8 = 2 // the call ran; Answer is the encoded CallReply
+	ClaimClosed   uint8 = 3 // the session's closed mark
+)
+
+// ClaimMACSize is the size of CallClaim.MAC (HMAC-SHA256).
+const ClaimMACSize = 32
 
 // Validate implements Validator.
 func (m *CallClaim) Validate() error {
@@ -85,7 +172,19 @@ func (m *CallClaim) Validate() error {
 	if !ValidUnitID(m.Unit) {
 		return fmt.Errorf("%w: unit id", ErrField)
 	}
-	return between("answer", m.Answer, 0, MaxCallReply)
+	switch m.State {
+	case ClaimRunning, ClaimClosed:
+		if len(m.Answer) != 0 {
+			return fmt.Errorf("%w: only an answered claim carries an answer", ErrField)
+		}
+	case ClaimAnswered:
+		if err := between("answer", m.Answer, 1, MaxCallReply); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: claim state %d", ErrField, m.State)
+	}
+	return exactly("mac", m.MAC, ClaimMACSize)
 }
 
 // MaxCallClaim bounds a call claim.
@@ -93,9 +192,12 @@ const MaxCallClaim = MaxCallReply + 128
 
 // Sentinels for the channel's codes.
 var (
-	ErrNoSession  = &Error{Code: CodeNoSession}
-	ErrAuth       = &Error{Code: CodeAuth}
-	ErrInProgress = &Error{Code: CodeInProgress}
+	ErrNoSession   = &Error{Code: CodeNoSession}
+	ErrAuth        = &Error{Code: CodeAuth}
+	ErrInProgress  = &Error{Code: CodeInProgress}
+	ErrQuota       = &Error{Code: CodeQuota}
+	ErrRateLimited = &Error{Code: CodeRateLimited}
+	ErrTampered    = &Error{Code: CodeTampered}
 )
 
 // Hello opens a session: the user's ephemeral KEM public key and nonce, the
@@ -215,24 +317,28 @@ type SessionAck struct {
 func (m *SessionAck) Validate() error { return checkVersion(m.V) }
 
 // SessionKeys is the plaintext of a sealed session record: the session's
-// keys and expiry, or, for a closed session, none. It never travels in the
-// clear.
+// keys, the user whose session it is, and its expiry, or, for a closed
+// session, no keys. It never travels in the clear.
 type SessionKeys struct {
 	V       uint16 `msgpack:"v"`
 	C2S     []byte `msgpack:"c2s"`
 	S2C     []byte `msgpack:"s2c"`
 	Task    string `msgpack:"task"`
+	User    string `msgpack:"user"`
 	Expires int64  `msgpack:"expires"`
 	Closed  bool   `msgpack:"closed"`
 }
+
+// MaxSessionKeys bounds a SessionKeys.
+const MaxSessionKeys = 256
 
 // Validate implements Validator.
 func (m *SessionKeys) Validate() error {
 	if err := checkVersion(m.V); err != nil {
 		return err
 	}
-	if !ValidTaskName(m.Task) || m.Expires <= 0 {
-		return fmt.Errorf("%w: task or expiry", ErrField)
+	if !ValidTaskName(m.Task) || !ValidUserName(m.User) || m.Expires <= 0 {
+		return fmt.Errorf("%w: task, user or expiry", ErrField)
 	}
 	if m.Closed {
 		if len(m.C2S) != 0 || len(m.S2C) != 0 {

@@ -50,9 +50,16 @@ func FuzzSessionAck(f *testing.F) {
 }
 
 func FuzzSessionKeys(f *testing.F) {
-	fuzzManagerDecoder(f, 256, nil,
-		&SessionKeys{V: Version, C2S: fill(13, 32), S2C: fill(14, 32), Task: "demo", Expires: 1},
-		&SessionKeys{V: Version, Task: "demo", Expires: 1, Closed: true})
+	fuzzManagerDecoder(f, MaxSessionKeys, nil,
+		&SessionKeys{V: Version, C2S: fill(13, 32), S2C: fill(14, 32), Task: "demo", User: "alice", Expires: 1},
+		&SessionKeys{V: Version, Task: "demo", User: "alice", Expires: 1, Closed: true})
+}
+
+func FuzzCallClaim(f *testing.F) {
+	fuzzManagerDecoder(f, MaxCallClaim, nil,
+		&CallClaim{V: Version, Unit: "demo-1", State: ClaimRunning, MAC: fill(15, ClaimMACSize)},
+		&CallClaim{V: Version, Unit: "demo-1", State: ClaimAnswered, Prev: 41, Answer: fill(16, 300), MAC: fill(17, ClaimMACSize)},
+		&CallClaim{V: Version, Unit: "demo-2", State: ClaimClosed, MAC: fill(18, ClaimMACSize)})
 }
 
 func FuzzCall(f *testing.F) {

@@ -36,4 +36,12 @@
 //     then carries each group's certificate (ReportBody.Groups) and the
 //     sealed secrets each group's key (Secrets.Groups); GroupProof, which
 //     group members exchange inside mutual TLS to prove their task.
+//   - 4: subjects carry who asks: a unit's requests to the manager end with
+//     its cluster and unit id (ManagerSubject), a user's with its name
+//     (ClusterSubject), and each cluster's session records and call claims
+//     live in streams of its own (SessionsStream, CallsStream); a session's
+//     id is derived from the user's hello (so a hello sent again is a
+//     replay); SessionKeys names the session's user; CallClaim carries its
+//     state, the revision it was written over and a MAC under the cluster's
+//     claim key.
 package messages

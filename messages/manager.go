@@ -4,20 +4,51 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"regexp"
+	"strings"
 )
 
-// Subjects of the manager's service, a nats.go micro service named
-// ManagerService. Join, leave and status go to one manager of the queue
-// group; heartbeats go to every manager (no queue group), so that each
-// manager's view of who is alive is complete.
+// Subjects of the manager's service, named ManagerService. A unit's join,
+// leave and session records go to one manager of the queue group;
+// heartbeats go to every manager (no queue group), so that each manager's
+// view of who is alive is complete. Each of a unit's subjects ends with its
+// cluster and its unit id: NATS permissions (and, in a deployment with
+// accounts, its cluster's imports) let a unit publish only under its own,
+// so the manager knows from the server which unit speaks, and one that holds
+// a peer's token still cannot speak for it.
 const (
-	ManagerService   = "cohort-manager"
-	ManagerQueue     = "cohort-manager"
-	SubjectJoin      = "cohort.v1.manager.join"
-	SubjectHeartbeat = "cohort.v1.manager.heartbeat"
-	SubjectLeave     = "cohort.v1.manager.leave"
-	SubjectStatus    = "cohort.v1.manager.status"
+	ManagerService       = "cohort-manager"
+	ManagerQueue         = "cohort-manager"
+	SubjectManagerPrefix = "cohort.v1.manager."
+	SubjectStatus        = "cohort.v1.manager.status"
 )
+
+// The verbs of a unit's requests to the manager.
+const (
+	VerbJoin      = "join"
+	VerbHeartbeat = "heartbeat"
+	VerbLeave     = "leave"
+	VerbSession   = "session"
+)
+
+// ManagerSubject is the subject on which the unit unitID of cluster asks the
+// manager to verb.
+func ManagerSubject(verb, cluster, unitID string) string {
+	return SubjectManagerPrefix + verb + "." + cluster + "." + unitID
+}
+
+// ManagerFilter is the subject filter the manager serves verb on.
+func ManagerFilter(verb string) string { return SubjectManagerPrefix + verb + ".*.*" }
+
+// UnitOfSubject returns the cluster and unit id a manager subject of verb
+// names, as the server delivered it.
+func UnitOfSubject(subject, verb string) (cluster, unitID string, ok bool) {
+	rest, ok := strings.CutPrefix(subject, SubjectManagerPrefix+verb+".")
+	if !ok {
+		return "", "", false
+	}
+	cluster, unitID, ok = strings.Cut(rest, ".")
+	return cluster, unitID, ok && ValidTaskName(cluster) && ValidUnitID(unitID)
+}
 
 // Sizes of the manager's messages.
 const (
@@ -37,6 +68,7 @@ const (
 	CodeCertificate       Code = "certificate_invalid" // the chain does not verify to the issuer's root
 	CodeSignature         Code = "signature_invalid"   // the join is not signed by the certificate's key
 	CodeUnknownUnit       Code = "unknown_unit"        // no such member, or the token does not match
+	CodeWrongSubject      Code = "wrong_subject"       // the request names another cluster or unit than its subject
 )
 
 // Sentinels for the manager's codes.

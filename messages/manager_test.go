@@ -432,10 +432,46 @@ func TestManagerCodes(t *testing.T) {
 
 func TestManagerSubjects(t *testing.T) {
 	seen := map[string]bool{}
-	for _, s := range []string{SubjectJoin, SubjectHeartbeat, SubjectLeave, SubjectStatus} {
-		if !strings.HasPrefix(s, "cohort.v1.manager.") || strings.ContainsAny(s, " *>") || seen[s] {
+	for _, verb := range []string{VerbJoin, VerbHeartbeat, VerbLeave, VerbSession} {
+		s := ManagerSubject(verb, "dev", "demo-1")
+		if !strings.HasPrefix(s, "cohort.v1.manager.") || strings.ContainsAny(s, " *>") || seen[s] || s == SubjectStatus {
 			t.Errorf("subject %q", s)
 		}
 		seen[s] = true
+		c, u, ok := UnitOfSubject(s, verb)
+		if !ok || c != "dev" || u != "demo-1" {
+			t.Errorf("UnitOfSubject(%q) = %q, %q, %v", s, c, u, ok)
+		}
+		if _, _, ok := UnitOfSubject(s, VerbStatusless); ok {
+			t.Errorf("%q parsed as another verb's", s)
+		}
+	}
+	for _, bad := range []string{"cohort.v1.manager.join", "cohort.v1.manager.join.dev", "cohort.v1.manager.join.dev.a.b", "cohort.v1.manager.join.Dev.u", "cohort.v1.manager.join.dev.*"} {
+		if _, _, ok := UnitOfSubject(bad, VerbJoin); ok {
+			t.Errorf("UnitOfSubject(%q) accepted", bad)
+		}
+	}
+}
+
+// VerbStatusless is no verb of the manager's.
+const VerbStatusless = "nothing"
+
+func TestClusterSubjects(t *testing.T) {
+	for _, verb := range []string{VerbHandshake, VerbCall, VerbClose} {
+		s := ClusterSubject("dev", verb, "alice")
+		if u, ok := UserOfSubject(s, "dev", verb); !ok || u != "alice" {
+			t.Errorf("UserOfSubject(%q) = %q, %v", s, u, ok)
+		}
+		if _, ok := UserOfSubject(s, "prod", verb); ok {
+			t.Errorf("%q parsed as another cluster's", s)
+		}
+	}
+	for _, bad := range []string{"cohort.v1.cluster.dev.call.", "cohort.v1.cluster.dev.call.a.b", "cohort.v1.cluster.dev.call.Alice", "cohort.v1.cluster.dev.call.*"} {
+		if _, ok := UserOfSubject(bad, "dev", VerbCall); ok {
+			t.Errorf("UserOfSubject(%q) accepted", bad)
+		}
+	}
+	if ClaimSubject("dev", []byte{0xab}, 7) != "cohort.v1.calls.dev.ab.7" || ClosedSubject("dev", []byte{0xab}) != "cohort.v1.calls.dev.ab.closed" {
+		t.Error("claim subjects")
 	}
 }

@@ -1,17 +1,41 @@
-// Package service is the plumbing cohort's NATS services share on top of
-// nats.go micro: a bounded worker pool behind an endpoint, and typed replies.
+// Package service is what cohort's NATS services share: endpoints on
+// subscriptions (a queue group, or every instance), a bounded worker pool
+// behind them, typed replies, and the discovery protocol of nats.go micro
+// ($SRV.PING, $SRV.INFO, $SRV.STATS), so that `nats micro ls` and `nats
+// micro stats` see cohort's services. It replaces micro itself because micro
+// answers its discovery requests wherever a request points, which this
+// package must not do.
 //
-// A micro endpoint calls its handler on one goroutine, one request at a time.
-// Pool hands requests to a fixed number of workers through a bounded queue;
-// when the queue is full the request is refused at once with "overloaded",
-// so that load never grows memory or latency without bound.
+// Guarantees:
+//   - A service publishes only replies, and a reply only to a subject under
+//     ReplyPrefixes: a requester's inbox in its own account (_INBOX.), or the
+//     subject the NATS server maps a reply through to a requester in another
+//     account (_R_.). A request naming any other reply subject (a stream's,
+//     a bucket's, the JetStream API's, another service's) is answered
+//     nowhere, discovery requests included, and counted (Refused). In a
+//     deployment this is also the NATS server's rule: the connection a
+//     service answers on holds a credential that may publish only there
+//     (package access), and state is written over another connection.
+//   - Load never grows memory or latency without bound: requests wait for a
+//     worker in a queue of fixed size, and one that finds it full is
+//     refused at once as "overloaded".
+//   - A handler's panic answers its request as internal, is logged with its
+//     stack, and leaves the service serving.
 package service
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -20,127 +44,358 @@ import (
 	"github.com/cohort-dev/cohort/messages"
 )
 
+// The headers of an error reply, as nats.go micro names them, so that micro
+// clients and natscli read cohort's refusals.
+const (
+	ErrorHeader     = micro.ErrorHeader
+	ErrorCodeHeader = micro.ErrorCodeHeader
+)
+
+// ReplyPrefixes are the only reply subjects a service answers to.
+var ReplyPrefixes = []string{"_INBOX.", "_R_."}
+
+// ReplyAllowed reports whether a service may answer to reply.
+func ReplyAllowed(reply string) bool {
+	for _, p := range ReplyPrefixes {
+		if strings.HasPrefix(reply, p) && len(reply) > len(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Msg is what a handler sees of a request: the subject it came on, as the
+// server delivered it (which names who asks, where permissions put the
+// requester's identity in the subject), and its payload.
+type Msg struct {
+	Subject string
+	Data    []byte
+}
+
 // Func decides one request: it returns the encoded reply, or a refusal.
 // With both, the refusal's code travels in the headers and the reply as the
 // payload (a replayed call refused, with the answer it had).
-type Func func(data []byte) ([]byte, *messages.Error)
+type Func func(Msg) ([]byte, *messages.Error)
 
-// Pool is a bounded worker pool serving one or more endpoints.
-//
-// A micro.Request must not be used once its handler has returned (micro
-// reads it again then), so the pool's handler copies what a worker needs, the
-// payload and the reply subject, and the worker answers with a plain publish
-// carrying micro's own error headers. The queue is never closed: workers stop
-// on a signal, and a handler still running while the service drains after
-// Close drops its request, which the requester's timeout and retry cover.
-type Pool struct {
-	nc      *nats.Conn
+// Config configures a Service. Zero fields take the defaults noted.
+type Config struct {
+	Conn *nats.Conn // required: the connection the service answers on
+	// Name, Version, Description and Metadata are what discovery reports.
+	// An empty Name turns discovery off (a unit's channel, which operators
+	// do not discover).
+	Name        string
+	Version     string
+	Description string
+	Metadata    map[string]string
+	QueueGroup  string // of the endpoints that use one; default Name
+	Workers     int    // default 2 × GOMAXPROCS
+	Queue       int    // requests waiting for a worker; default 1024
+	Logger      *slog.Logger
+}
+
+// Endpoint is one subject a service answers.
+type Endpoint struct {
+	Name    string // in discovery and stats
+	Subject string // may hold wildcards
+	// EveryInstance subscribes without the queue group, so that every
+	// instance of the service hears each request (the manager's heartbeats).
+	EveryInstance bool
+	// Inline decides requests on the subscription's goroutine, one at a
+	// time, rather than in the pool: for cheap requests, in order.
+	Inline bool
+	Handle Func
+}
+
+// Service is a running NATS service.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	id      string
+	started time.Time
 	jobs    chan job
 	done    chan struct{}
 	workers sync.WaitGroup
-	log     *slog.Logger
-	once    sync.Once
+	stop    sync.Once
+	refused atomic.Int64
+
+	mu        sync.Mutex
+	subs      []*nats.Subscription
+	endpoints []*endpoint
+}
+
+type endpoint struct {
+	Endpoint
+	queue    string
+	requests atomic.Int64
+	errors   atomic.Int64
+	nanos    atomic.Int64
+	lastErr  atomic.Pointer[string]
 }
 
 type job struct {
-	data   []byte
-	reply  string
-	decide Func
+	ep  *endpoint
+	req Msg
+	to  string
 }
 
-// NewPool starts workers that answer on nc until Close.
-func NewPool(nc *nats.Conn, workers, queue int, log *slog.Logger) *Pool {
-	p := &Pool{nc: nc, jobs: make(chan job, queue), done: make(chan struct{}), log: log}
-	for range workers {
-		p.workers.Go(func() {
+// New starts a service's workers and, with a Name, its discovery endpoints.
+// Add its endpoints, then Flush, before telling anyone to ask.
+func New(cfg Config) (*Service, error) {
+	if cfg.Conn == nil {
+		return nil, errors.New("service: Config.Conn is required")
+	}
+	if cfg.QueueGroup == "" {
+		cfg.QueueGroup = cfg.Name
+	}
+	if cfg.QueueGroup == "" {
+		return nil, errors.New("service: Config.Name or Config.QueueGroup is required")
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	if cfg.Queue <= 0 {
+		cfg.Queue = 1024
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	idb := make([]byte, 11)
+	if _, err := rand.Read(idb); err != nil {
+		return nil, fmt.Errorf("service: draw id: %w", err)
+	}
+	s := &Service{
+		cfg: cfg, log: cfg.Logger, id: strings.ToUpper(hex.EncodeToString(idb)), started: time.Now().UTC(),
+		jobs: make(chan job, cfg.Queue), done: make(chan struct{}),
+	}
+	for range cfg.Workers {
+		s.workers.Go(func() {
 			for {
 				select {
-				case <-p.done:
+				case <-s.done:
 					return
-				case j := <-p.jobs:
-					reply, refusal := j.decide(j.data)
-					p.send(j.reply, reply, refusal)
+				case j := <-s.jobs:
+					s.serve(j.ep, j.req, j.to)
 				}
 			}
 		})
 	}
-	return p
-}
-
-// Handler returns a micro handler that queues requests for decide, or
-// refuses them at once as overloaded when the queue is full.
-func (p *Pool) Handler(decide Func) micro.Handler {
-	return micro.HandlerFunc(func(req micro.Request) {
-		select {
-		case <-p.done:
-			return
-		case p.jobs <- job{data: req.Data(), reply: req.Reply(), decide: decide}:
-		default:
-			RespondError(req, messages.Refusal(messages.CodeOverloaded, "the service's queue of %d requests is full", cap(p.jobs)), p.log)
-		}
-	})
-}
-
-// MsgHandler is Handler for a plain NATS subscription (a queue group that
-// is not a micro endpoint).
-func (p *Pool) MsgHandler(decide Func) nats.MsgHandler {
-	return func(m *nats.Msg) {
-		select {
-		case <-p.done:
-			return
-		case p.jobs <- job{data: m.Data, reply: m.Reply, decide: decide}:
-		default:
-			p.send(m.Reply, nil, messages.Refusal(messages.CodeOverloaded, "the service's queue of %d requests is full", cap(p.jobs)))
+	if cfg.Name != "" {
+		if err := s.discovery(); err != nil {
+			s.Stop()
+			return nil, err
 		}
 	}
+	return s, nil
 }
 
-func (p *Pool) send(subject string, reply []byte, refusal *messages.Error) {
-	if subject == "" {
-		return // published, not requested: nobody to answer
+// ID is this instance's id in discovery.
+func (s *Service) ID() string { return s.id }
+
+// Refused counts the requests left unanswered because their reply subject
+// is not one a service answers to.
+func (s *Service) Refused() int64 { return s.refused.Load() }
+
+// Add subscribes an endpoint.
+func (s *Service) Add(e Endpoint) error {
+	if e.Name == "" || e.Subject == "" || e.Handle == nil {
+		return errors.New("service: an endpoint needs a name, a subject and a handler")
 	}
-	msg := nats.NewMsg(subject)
+	ep := &endpoint{Endpoint: e}
+	if !e.EveryInstance {
+		ep.queue = s.cfg.QueueGroup
+	}
+	handler := func(m *nats.Msg) {
+		req := Msg{Subject: m.Subject, Data: m.Data}
+		if !s.replyTo(m.Reply) {
+			return
+		}
+		if ep.Inline {
+			s.serve(ep, req, m.Reply)
+			return
+		}
+		select {
+		case <-s.done:
+		case s.jobs <- job{ep: ep, req: req, to: m.Reply}:
+		default:
+			busy := messages.Refusal(messages.CodeOverloaded, "the service's queue of %d requests is full", cap(s.jobs))
+			ep.requests.Add(1)
+			s.fail(ep, busy)
+			s.send(m.Reply, nil, busy)
+		}
+	}
+	var sub *nats.Subscription
+	var err error
+	if ep.queue == "" {
+		sub, err = s.cfg.Conn.Subscribe(e.Subject, handler)
+	} else {
+		sub, err = s.cfg.Conn.QueueSubscribe(e.Subject, ep.queue, handler)
+	}
+	if err != nil {
+		return fmt.Errorf("service: subscribe to %s: %w", e.Subject, err)
+	}
+	s.mu.Lock()
+	s.subs = append(s.subs, sub)
+	s.endpoints = append(s.endpoints, ep)
+	s.mu.Unlock()
+	return nil
+}
+
+// Flush waits until the server knows every subscription.
+func (s *Service) Flush() error { return s.cfg.Conn.Flush() }
+
+// replyTo reports whether a request is to be answered: it has a reply
+// subject, and one a service may answer to.
+func (s *Service) replyTo(reply string) bool {
+	if reply == "" {
+		return false // published, not requested: nobody to answer
+	}
+	if ReplyAllowed(reply) {
+		return true
+	}
+	if n := s.refused.Add(1); n&(n-1) == 0 { // the 1st, 2nd, 4th, 8th…
+		s.log.Warn("a request names a reply subject that is no inbox: not answered", "reply", printable(reply), "refused", n)
+	}
+	return false
+}
+
+// serve decides one request and answers it; a panic is the request's
+// refusal, not the service's end.
+func (s *Service) serve(ep *endpoint, req Msg, to string) {
+	start := time.Now()
+	reply, refusal := s.decide(ep, req)
+	ep.requests.Add(1)
+	ep.nanos.Add(int64(time.Since(start)))
+	if refusal != nil {
+		s.fail(ep, refusal)
+	}
+	s.send(to, reply, refusal)
+}
+
+func (s *Service) decide(ep *endpoint, req Msg) (reply []byte, refusal *messages.Error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("a handler panicked", "endpoint", ep.Name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			reply, refusal = nil, messages.Refusal(messages.CodeInternal, "the service failed")
+		}
+	}()
+	return ep.Handle(req)
+}
+
+func (s *Service) fail(ep *endpoint, e *messages.Error) {
+	ep.errors.Add(1)
+	msg := string(e.Code) + ":" + e.Reason
+	ep.lastErr.Store(&msg)
+}
+
+func (s *Service) send(to string, reply []byte, refusal *messages.Error) {
+	msg := nats.NewMsg(to)
 	msg.Data = reply
 	if refusal != nil {
 		if reply == nil {
 			msg.Data, _ = messages.Marshal(refusal)
 		}
-		msg.Header.Set(micro.ErrorHeader, refusal.Reason)
-		msg.Header.Set(micro.ErrorCodeHeader, string(refusal.Code))
+		msg.Header.Set(ErrorHeader, refusal.Reason)
+		msg.Header.Set(ErrorCodeHeader, string(refusal.Code))
 	}
-	if err := p.nc.PublishMsg(msg); err != nil {
-		p.log.Warn("respond", "err", err)
+	if err := s.cfg.Conn.PublishMsg(msg); err != nil {
+		s.log.Warn("respond", "err", err)
 	}
 }
 
-// Close stops the workers; requests still queued are dropped. Safe to call
-// twice.
-func (p *Pool) Close() {
-	p.once.Do(func() {
-		close(p.done)
-		p.workers.Wait()
+// Stop unsubscribes every endpoint and stops the workers; requests still
+// queued are dropped (the requester's timeout and retry cover them). Safe to
+// call twice.
+func (s *Service) Stop() {
+	s.stop.Do(func() {
+		s.mu.Lock()
+		subs := s.subs
+		s.subs = nil
+		s.mu.Unlock()
+		for _, sub := range subs {
+			if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+				s.log.Debug("unsubscribe", "subject", sub.Subject, "err", err)
+			}
+		}
+		close(s.done)
+		s.workers.Wait()
 	})
 }
 
-// Respond encodes m and sends it as the reply.
-func Respond(req micro.Request, m any, log *slog.Logger) {
-	b, err := messages.Marshal(m)
-	if err != nil {
-		RespondError(req, messages.Refusal(messages.CodeInternal, "encoding the reply failed"), log)
-		return
+// The discovery protocol: micro's subjects and replies.
+const srvPrefix = "$SRV."
+
+func (s *Service) identity() micro.ServiceIdentity {
+	md := s.cfg.Metadata
+	if md == nil {
+		md = map[string]string{}
 	}
-	if err := req.Respond(b); err != nil {
-		log.Warn("respond", "err", err)
-	}
+	return micro.ServiceIdentity{Name: s.cfg.Name, ID: s.id, Version: s.cfg.Version, Metadata: md}
 }
 
-// RespondError sends a typed refusal as a micro error reply: the code in the
-// Nats-Service-Error-Code header, the encoded messages.Error as the payload.
-func RespondError(req micro.Request, e *messages.Error, log *slog.Logger) {
-	b, _ := messages.Marshal(e)
-	if err := req.Error(string(e.Code), e.Reason, b); err != nil {
-		log.Warn("respond", "err", err)
+func (s *Service) discovery() error {
+	verbs := map[string]func() any{
+		"PING": func() any { return &micro.Ping{ServiceIdentity: s.identity(), Type: micro.PingResponseType} },
+		"INFO": func() any {
+			info := &micro.Info{ServiceIdentity: s.identity(), Type: micro.InfoResponseType, Description: s.cfg.Description, Endpoints: []micro.EndpointInfo{}}
+			for _, ep := range s.snapshot() {
+				info.Endpoints = append(info.Endpoints, micro.EndpointInfo{Name: ep.Name, Subject: ep.Subject, QueueGroup: ep.queue, Metadata: map[string]string{}})
+			}
+			return info
+		},
+		"STATS": func() any {
+			st := &micro.Stats{ServiceIdentity: s.identity(), Type: micro.StatsResponseType, Started: s.started, Endpoints: []*micro.EndpointStats{}}
+			for _, ep := range s.snapshot() {
+				n := ep.requests.Load()
+				es := &micro.EndpointStats{Name: ep.Name, Subject: ep.Subject, QueueGroup: ep.queue, NumRequests: int(n),
+					NumErrors: int(ep.errors.Load()), ProcessingTime: time.Duration(ep.nanos.Load())}
+				if n > 0 {
+					es.AverageProcessingTime = es.ProcessingTime / time.Duration(n)
+				}
+				if e := ep.lastErr.Load(); e != nil {
+					es.LastError = *e
+				}
+				st.Endpoints = append(st.Endpoints, es)
+			}
+			return st
+		},
 	}
+	for verb, answer := range verbs {
+		for _, subject := range []string{srvPrefix + verb, srvPrefix + verb + "." + s.cfg.Name, srvPrefix + verb + "." + s.cfg.Name + "." + s.id} {
+			sub, err := s.cfg.Conn.Subscribe(subject, func(m *nats.Msg) {
+				if !s.replyTo(m.Reply) {
+					return
+				}
+				b, err := json.Marshal(answer())
+				if err != nil {
+					return
+				}
+				if err := s.cfg.Conn.Publish(m.Reply, b); err != nil {
+					s.log.Warn("respond", "err", err)
+				}
+			})
+			if err != nil {
+				return fmt.Errorf("service: subscribe to %s: %w", subject, err)
+			}
+			s.mu.Lock()
+			s.subs = append(s.subs, sub)
+			s.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+func (s *Service) snapshot() []*endpoint {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*endpoint(nil), s.endpoints...)
+}
+
+// printable quotes what a request named, cut short, for a log line.
+func printable(s string) string {
+	if len(s) > 128 {
+		s = s[:128] + "…"
+	}
+	return fmt.Sprintf("%q", s)
 }
 
 // DecodeRefusal maps an error from messages.Decode to the refusal a service
@@ -156,11 +411,13 @@ func DecodeRefusal(what string, err error) *messages.Error {
 	return messages.Refusal(code, "%s: %v", what, err)
 }
 
-// Stop stops a micro service and logs a failure; for deferred calls.
-func Stop(svc micro.Service, log *slog.Logger) {
-	if err := svc.Stop(); err != nil && !errors.Is(err, context.Canceled) {
-		log.Warn("stop service", "err", err)
+// Encode encodes a reply, or refuses as internal when it cannot.
+func Encode(m any) ([]byte, *messages.Error) {
+	b, err := messages.Marshal(m)
+	if err != nil {
+		return nil, messages.Refusal(messages.CodeInternal, "encoding the reply failed")
 	}
+	return b, nil
 }
 
 // Request sends a request and returns the reply's payload, or the service's
@@ -173,7 +430,7 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, data []byte, ti
 	if err != nil {
 		return nil, err
 	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+	if code := msg.Header.Get(ErrorCodeHeader); code != "" {
 		return nil, messages.DecodeError(code, msg.Data)
 	}
 	return msg.Data, nil

@@ -49,9 +49,10 @@ func JoinRequest(pair *issuerclient.Pair, cluster, unitID string, measurement []
 	return messages.Marshal(&messages.JoinRequest{V: messages.Version, Body: body, Signature: sig})
 }
 
-// Join sends a join and returns the manager's reply.
-func Join(ctx context.Context, nc *nats.Conn, req []byte, timeout time.Duration) (*messages.JoinReply, error) {
-	data, err := service.Request(ctx, nc, messages.SubjectJoin, req, timeout)
+// Join sends the join of unit unitID of cluster and returns the manager's
+// reply.
+func Join(ctx context.Context, nc *nats.Conn, cluster, unitID string, req []byte, timeout time.Duration) (*messages.JoinReply, error) {
+	data, err := service.Request(ctx, nc, messages.ManagerSubject(messages.VerbJoin, cluster, unitID), req, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +70,7 @@ func Heartbeat(ctx context.Context, nc *nats.Conn, cluster, unitID string, token
 	if err != nil {
 		return false, err
 	}
-	data, err := service.Request(ctx, nc, messages.SubjectHeartbeat, req, timeout)
+	data, err := service.Request(ctx, nc, messages.ManagerSubject(messages.VerbHeartbeat, cluster, unitID), req, timeout)
 	if err != nil {
 		return false, err
 	}
@@ -120,7 +121,7 @@ func (u *Unit) membership(ctx context.Context) {
 		// ctx is done: leave politely.
 		leave, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaveTimeout)
 		req, _ := messages.Marshal(&messages.Heartbeat{V: messages.Version, Cluster: u.cfg.Cluster, Unit: u.cfg.ID, Token: reply.Token})
-		if _, err := service.Request(leave, u.cfg.Conn, messages.SubjectLeave, req, leaveTimeout); err != nil {
+		if _, err := service.Request(leave, u.cfg.Conn, messages.ManagerSubject(messages.VerbLeave, u.cfg.Cluster, u.cfg.ID), req, leaveTimeout); err != nil {
 			u.log.Debug("leave", "err", err)
 		}
 		cancel()
@@ -133,7 +134,7 @@ func (u *Unit) join(ctx context.Context) (*messages.JoinReply, error) {
 	if err != nil {
 		return nil, err
 	}
-	return Join(ctx, u.cfg.Conn, req, u.cfg.Timeout)
+	return Join(ctx, u.cfg.Conn, u.cfg.Cluster, u.cfg.ID, req, u.cfg.Timeout)
 }
 
 // heartbeat sends heartbeats until ctx is done (true) or the manager does

@@ -43,7 +43,7 @@ import (
 	"github.com/cohort-dev/cohort/group"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/messages"
-	"github.com/cohort-dev/cohort/service"
+	"github.com/cohort-dev/cohort/replay"
 )
 
 // Platform is what a unit needs of its enclave: attesting itself, verifying
@@ -56,29 +56,43 @@ type Platform interface {
 
 // Config configures a Unit. Zero fields take the defaults noted.
 type Config struct {
-	Conn                 *nats.Conn // required
-	Platform             Platform   // required
-	Task                 string     // required
-	IssuerMeasurement    []byte     // required: the issuer measurement this unit pins
-	PolicyHash           []byte     // optional: the issuer policy this unit pins
-	AllowSimulatedIssuer bool       // accept a simulated issuer (development only)
-	HTTPSAddr            string     // required: where to serve HTTPS, e.g. 127.0.0.1:8443
-	Name                 string     // this replica's name in logs and the default page; default the HTTPS address
-	Cluster              string     // the cluster to join at the manager; empty: join none
-	Groups               []string   // groups of the task whose pairs to obtain with the task's; see Group
-	ID                   string     // this unit's id in its cluster; default derived from Name
+	// Conn is the unit's connection for everything but answering users: the
+	// issuer, the manager, the cluster's streams. Required.
+	Conn *nats.Conn
+	// Serve is the connection the unit answers users on; default Conn.
+	// With NATS credentials it is the credential's Serve key, which may
+	// publish nothing but replies (package access).
+	Serve                *nats.Conn
+	Platform             Platform // required
+	Task                 string   // required
+	IssuerMeasurement    []byte   // required: the issuer measurement this unit pins
+	PolicyHash           []byte   // optional: the issuer policy this unit pins
+	AllowSimulatedIssuer bool     // accept a simulated issuer (development only)
+	HTTPSAddr            string   // required: where to serve HTTPS, e.g. 127.0.0.1:8443
+	Name                 string   // this replica's name in logs and the default page; default the HTTPS address
+	Cluster              string   // the cluster to join at the manager; empty: join none
+	Groups               []string // groups of the task whose pairs to obtain with the task's; see Group
+	ID                   string   // this unit's id in its cluster (its credential's); default derived from Name
 	Handler              http.Handler
 	App                  App             // answers the cluster channel's calls; default an echo
 	OnSession            func(id []byte) // observes each session the unit comes to hold (benchmarks, tests); must not block
 	KEM                  uint16          // HPKE KEM for the report; default ML-KEM-768+X25519
 	SessionTTL           time.Duration   // how long a channel session lives; default 1h
 	CallTimeout          time.Duration   // how long the task may take over one call; default 30s
-	Workers              int             // channel workers; default 2 × GOMAXPROCS
-	RetryMin             time.Duration   // first retry after a failure; default 500ms
-	RetryMax             time.Duration   // longest wait between retries; default 5s
-	Timeout              time.Duration   // per issuer request; default 5s
-	Logger               *slog.Logger
-	Now                  func() time.Time
+	// SideEffectFree declares that the App's calls have no effect beyond
+	// their answers, so that a call whose unit stopped before answering may
+	// be taken over by another unit and run again. By default a claimed
+	// call is never run twice: one whose unit died before answering fails.
+	SideEffectFree bool
+	Quota          Quota         // what one user may ask of the cluster
+	Replicas       int           // JetStream replicas of the cluster's streams, when this unit makes them; default 1
+	StoreTimeout   time.Duration // how long a handshake waits for the manager to store its record; default 3s, less than a client's 5s
+	Workers        int           // channel workers; default 2 × GOMAXPROCS
+	RetryMin       time.Duration // first retry after a failure; default 500ms
+	RetryMax       time.Duration // longest wait between retries; default 5s
+	Timeout        time.Duration // per issuer request; default 5s
+	Logger         *slog.Logger
+	Now            func() time.Time
 }
 
 func (c *Config) fill() error {
@@ -122,9 +136,19 @@ func (c *Config) fill() error {
 	if !messages.ValidUnitID(c.ID) {
 		return fmt.Errorf("unit: unit id %q is not valid: letters, digits, '-' and '_', at most %d", c.ID, messages.MaxUnitID)
 	}
+	if c.Serve == nil {
+		c.Serve = c.Conn
+	}
 	if c.Timeout <= 0 {
 		c.Timeout = 5 * time.Second
 	}
+	if c.StoreTimeout <= 0 {
+		c.StoreTimeout = 3 * time.Second
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	c.Quota.fill()
 	if c.SessionTTL <= 0 {
 		c.SessionTTL = defaultSessionTTL
 	}
@@ -161,10 +185,11 @@ type Unit struct {
 
 	running  atomic.Bool
 	token    atomic.Pointer[[]byte] // membership token, once joined
-	pool     *service.Pool
 	js       jetstream.JetStream
 	sessions sessionTable
-	stale    staleClaims // claims seen in progress, for taking over a dead unit's
+	stale    staleClaims   // claims seen in progress, for taking over a dead unit's
+	hellos   *replay.Cache // nonces of recent hellos
+	quotas   *quotas
 }
 
 // New checks cfg and returns a unit ready to Run.
@@ -172,7 +197,7 @@ func New(cfg Config) (*Unit, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	u := &Unit{cfg: cfg, log: cfg.Logger, ready: make(chan struct{})}
+	u := &Unit{cfg: cfg, log: cfg.Logger, ready: make(chan struct{}), hellos: replay.New(2*maxClockSkew, cfg.Now()), quotas: newQuotas(cfg.Quota)}
 	if u.cfg.Handler == nil {
 		u.cfg.Handler = http.HandlerFunc(u.hello)
 	}
@@ -244,8 +269,6 @@ func (u *Unit) Run(ctx context.Context) error {
 		if u.js, err = jetstream.New(u.cfg.Conn); err != nil {
 			return fmt.Errorf("unit: %w", err)
 		}
-		u.pool = service.NewPool(u.cfg.Conn, u.cfg.Workers, 1024, u.log)
-		defer u.pool.Close()
 		member.Go(func() {
 			if err := u.serveChannel(ctx, ck); err != nil {
 				u.log.Error("cluster channel", "err", err)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/faults"
 	"github.com/cohort-dev/cohort/status"
 )
@@ -49,7 +50,11 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(root)
-	nc, err := nf.connect("cohort faults", true, 5*time.Second)
+	user, err := nf.user("")
+	if err != nil {
+		return err
+	}
+	nc, err := nf.connect("cohort faults", access.State, true, 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -57,8 +62,8 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ready := func(ctx context.Context, _ time.Time) error { return checkHealth(ctx, splitList(*health)) }
 	if *statusCreds != "" {
 		op := *nf
-		op.creds = statusCreds
-		onc, err := op.connect("cohort faults status", true, 5*time.Second)
+		op.creds, op.cred = statusCreds, nil
+		onc, err := op.connect("cohort faults status", access.State, true, 5*time.Second)
 		if err != nil {
 			return err
 		}
@@ -93,7 +98,7 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		out = stderr
 	}
 	rep, err := faults.Run(ctx, faults.Config{
-		Conn: nc, Cluster: *cluster, Roots: roots, Task: *task, Recovery: *recovery, Ready: ready, Out: out,
+		Conn: nc, User: user, Cluster: *cluster, Roots: roots, Task: *task, Recovery: *recovery, Ready: ready, Out: out,
 		Retries: *retries, CallTimeout: *callTimeout, Trace: *trace,
 	}, ts)
 	if err != nil {

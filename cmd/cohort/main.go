@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/bench"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/deploy"
@@ -54,13 +55,14 @@ Usage:
   cohort demo [replicas | mpc]
   cohort measure issuer | cohort measure unit --task NAME
   cohort trust --nats URL --issuer-measurement HEX --out FILE
-  cohort deploy --out DIR [--servers nats-1,nats-2,nats-3] [--policy FILE]
+  cohort deploy --out DIR [--servers nats-1,nats-2,nats-3] [--policy FILE] [--units ID,...] [--users NAME,...]
+  cohort user add NAME (--out DEPLOYMENT-DIR | --data DEV-DATA-DIR)
   cohort issuer --nats URL --policy FILE --data DIR
-  cohort unit --nats URL --task NAME --https ADDR --issuer-measurement HEX [--cluster ID] [--groups ID,...]
+  cohort unit --nats URL --creds FILE --task NAME --https ADDR --issuer-measurement HEX [--groups ID,...]
   cohort manager --nats URL (--issuer-measurement HEX | --root FILE)
   cohort status --nats URL [--json]
   cohort events --nats URL [--follow] [--since DURATION] [--json]
-  cohort call --nats URL --cluster ID --trust root.pem [--task NAME] DATA...
+  cohort call --nats URL --creds FILE --cluster ID --trust root.pem [--task NAME] DATA...
   cohort faults --cluster ID --trust root.pem --targets A,B --kill 'CMD {}' [--status-creds FILE] [--health URLS]
   cohort bench certify [--duration D] [--groups N] [--json]
 
@@ -88,6 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"dev": cmdDev, "demo": cmdDemo, "measure": cmdMeasure, "trust": cmdTrust,
 		"issuer": cmdIssuer, "unit": cmdUnit, "bench": cmdBench,
 		"manager": cmdManager, "deploy": cmdDeploy, "faults": cmdFaults, "status": cmdStatus, "events": cmdEvents, "call": cmdCall,
+		"user": cmdUser,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -254,7 +257,7 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	nc, err := nf.connect("cohort trust", false, *timeout)
+	nc, err := nf.connect("cohort trust", access.State, false, *timeout)
 	if err != nil {
 		return err
 	}
@@ -304,17 +307,18 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nf.connectService(ctx, "cohort issuer")
+	nc, serve, err := nf.connectService(ctx, "cohort issuer", access.Issuer)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	defer serve.Close()
 	log := newLogger(stderr, lv)
 	reg, err := serveMetrics(ctx, *metricsAddr, log)
 	if err != nil {
 		return err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: platform, Policy: policy, Replicas: *replicas, Metrics: reg, Logger: log})
+	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: platform, Policy: policy, Replicas: *replicas, Metrics: reg, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -328,9 +332,11 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	https := fs.String("https", "", "HTTPS listen address, e.g. 127.0.0.1:8443")
 	pin := fs.String("issuer-measurement", os.Getenv("COHORT_ISSUER_MEASUREMENT"), "the issuer measurement to pin, hex (env COHORT_ISSUER_MEASUREMENT)")
 	name := fs.String("name", "", "this replica's name; default the HTTPS address")
-	cluster := fs.String("cluster", "", "the cluster to join at the manager; empty: join none")
+	cluster := fs.String("cluster", "", "the cluster to join at the manager; default the credential's, empty without one: join none")
 	groups := fs.String("groups", "", "comma-separated groups of the task whose pairs to obtain with the task's")
-	id := fs.String("id", "", "this unit's id in its cluster; default derived from --name")
+	id := fs.String("id", "", "this unit's id in its cluster; default the credential's, or derived from --name")
+	replicas := fs.Int("replicas", 1, "JetStream replicas of the cluster's streams, if this unit makes them")
+	sideEffectFree := fs.Bool("side-effect-free", false, "the task's calls change nothing but their answers: a call whose unit died may run again elsewhere")
 	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
 	allowSim := fs.Bool("allow-simulated-issuer", true, "accept an issuer on simulated attestation")
 	policyHash := fs.String("policy-hash", "", "optional: the SHA-256 of the policy the issuer must serve, hex")
@@ -353,14 +359,29 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nc, err := nf.connectService(ctx, "cohort unit "+*task)
+	cred, err := nf.credential(access.Unit)
+	if err != nil {
+		return err
+	}
+	if cred != nil {
+		// A unit's credential names its cluster and id: the NATS server lets
+		// it speak for no other.
+		g := cred.Grant
+		if (*cluster != "" && *cluster != g.Cluster) || (*id != "" && *id != g.Name) {
+			return fmt.Errorf("%w: --cluster %q --id %q, but --creds is unit %s of cluster %s", errUsage, *cluster, *id, g.Name, g.Cluster)
+		}
+		*cluster, *id = g.Cluster, g.Name
+	}
+	nc, serve, err := nf.connectService(ctx, "cohort unit "+*task, access.Unit)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	defer serve.Close()
 	u, err := unit.New(unit.Config{
-		Conn: nc, Platform: platform, Task: *task, IssuerMeasurement: m, AllowSimulatedIssuer: *allowSim, PolicyHash: ph,
-		HTTPSAddr: *https, Name: *name, Cluster: *cluster, Groups: splitList(*groups), ID: *id, Logger: newLogger(stderr, lv),
+		Conn: nc, Serve: serve, Platform: platform, Task: *task, IssuerMeasurement: m, AllowSimulatedIssuer: *allowSim, PolicyHash: ph,
+		HTTPSAddr: *https, Name: *name, Cluster: *cluster, Groups: splitList(*groups), ID: *id, Replicas: *replicas,
+		SideEffectFree: *sideEffectFree, Logger: newLogger(stderr, lv),
 	})
 	if err != nil {
 		return err
@@ -466,11 +487,12 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if (*pin == "") == (*rootFile == "") {
 		return fmt.Errorf("%w: give one of --issuer-measurement and --root", errUsage)
 	}
-	nc, err := nf.connectService(ctx, "cohort manager")
+	nc, serve, err := nf.connectService(ctx, "cohort manager", access.Manager)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	defer serve.Close()
 	var root *x509.Certificate
 	if *rootFile != "" {
 		if root, err = readRoot(*rootFile); err != nil {
@@ -491,7 +513,7 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	mgr, err := manager.New(manager.Config{
-		Conn: nc, Root: root, Interval: *interval, Misses: *misses, Replicas: *replicas, Metrics: reg, Logger: log,
+		Conn: nc, Serve: serve, Root: root, Interval: *interval, Misses: *misses, Replicas: *replicas, Metrics: reg, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -519,7 +541,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	nc, err := nf.connect("cohort status", false, *timeout)
+	nc, err := nf.connect("cohort status", access.State, false, *timeout)
 	if err != nil {
 		return err
 	}
@@ -547,7 +569,7 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	nc, err := nf.connect("cohort events", false, 0)
+	nc, err := nf.connect("cohort events", access.State, false, 0)
 	if err != nil {
 		return err
 	}
@@ -629,6 +651,7 @@ func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cluster := fs.String("cluster", "", "the cluster to call")
 	trustFile := fs.String("trust", "", "the issuer's root CA certificate, PEM (as 'cohort trust' writes it)")
 	task := fs.String("task", "", "the task the cluster must run; empty accepts any")
+	userFlag := fs.String("user", "", "the user to speak as; default the credential's (guest without one)")
 	kem := fs.String("kem", "mlkem768x25519", "key agreement: mlkem768x25519 or x25519")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the handshake")
 	if err := fs.Parse(args); err != nil {
@@ -653,12 +676,16 @@ func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(root)
-	nc, err := nf.connect("cohort call", false, *timeout)
+	user, err := nf.user(*userFlag)
+	if err != nil {
+		return err
+	}
+	nc, err := nf.connect("cohort call", access.State, false, *timeout)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	s, err := client.Dial(ctx, client.Config{Conn: nc, Cluster: *cluster, Task: *task, Roots: roots, KEM: kemID, Timeout: *timeout})
+	s, err := client.Dial(ctx, client.Config{Conn: nc, User: user, Cluster: *cluster, Task: *task, Roots: roots, KEM: kemID, Timeout: *timeout})
 	if err != nil {
 		return err
 	}
@@ -716,6 +743,42 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 	return nil
 }
 
+func cmdUser(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "add" {
+		return fmt.Errorf("%w: user add NAME (--out DEPLOYMENT-DIR | --data DEV-DATA-DIR)", errUsage)
+	}
+	fs := flags("user add", stderr)
+	out := fs.String("out", "", "a deployment's folder, as 'cohort deploy --out' wrote it")
+	data := fs.String("data", "", "or: the data folder of a 'cohort dev'")
+	if len(args) < 2 || strings.HasPrefix(args[1], "-") {
+		return fmt.Errorf("%w: user add NAME: give the user's name first", errUsage)
+	}
+	name := args[1]
+	if err := parse(fs, args[2:]); err != nil {
+		return err
+	}
+	if (*out == "") == (*data == "") {
+		return fmt.Errorf("%w: give one of --out and --data", errUsage)
+	}
+	if !messages.ValidUserName(name) {
+		return fmt.Errorf("%w: user name %q: lower-case letters, digits and inner '-', at most 63", errUsage, name)
+	}
+	if *data != "" {
+		path, err := dev.AddUser(*data, name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "user %s: credentials %s\na running 'cohort dev --data %s' admits the user within a second; use --creds %s\n", name, path, *data, path)
+		return nil
+	}
+	path, err := deploy.AddUser(*out, name)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "user %s: credentials %s\nthe servers' configurations in %s/nats/ admit the user once reloaded: send them SIGHUP (docker-compose kill -s HUP nats-1 nats-2 nats-3)\n", name, path, *out)
+	return nil
+}
+
 func cmdDeploy(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("deploy", stderr)
 	out := fs.String("out", "", "folder to write the deployment's configuration into")
@@ -724,6 +787,8 @@ func cmdDeploy(_ context.Context, args []string, stdout, stderr io.Writer) error
 	root := fs.String("root", "/etc/cohort", "where the folder is mounted in the servers' containers")
 	names := fs.String("names", "localhost,127.0.0.1", "further names and addresses of the servers' certificates, for clients outside")
 	sync := fs.String("sync", "", "JetStream fsync interval, e.g. always; default the server's (a cluster makes writes durable by replication)")
+	units := fs.String("units", "unit-1,unit-2,unit-3", "the ids of each cluster's units, comma-separated: one credential each")
+	users := fs.String("users", "alice", "the users, comma-separated: one credential each ('cohort user add' adds more)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -744,16 +809,19 @@ func cmdDeploy(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	var clusters []string
+	d := access.Deployment{Users: splitList(*users)}
 	for _, c := range policy.Clusters {
-		clusters = append(clusters, c.ID)
+		d.Clusters = append(d.Clusters, access.Cluster{ID: c.ID, Units: splitList(*units)})
+	}
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if err := deploy.Generate(deploy.Config{
-		Dir: *out, Servers: splitList(*servers), Clusters: clusters, Policy: raw, Root: *root, ExtraNames: splitList(*names), Sync: *sync,
+		Dir: *out, Servers: splitList(*servers), Deployment: d, Policy: raw, Root: *root, ExtraNames: splitList(*names), Sync: *sync,
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "deployment written to %s: NATS server configurations (nats/), TLS CA and certificates (tls/), credentials per role (creds/), policy.yaml\n", *out)
+	fmt.Fprintf(stdout, "deployment written to %s: NATS server configurations (nats/), TLS CA and certificates (tls/), credentials of each identity (creds/), policy.yaml, %s\n", *out, deploy.ManifestFile)
 	return nil
 }
 

@@ -85,8 +85,8 @@ func TestTrustAgainstDevStack(t *testing.T) {
 		}
 	})
 	url := waitFor(t, &out, regexp.MustCompile(`NATS\s+(nats://\S+)`))
-	creds := waitFor(t, &out, regexp.MustCompile(`one per role in (\S+);`))
-	user := filepath.Join(creds, "user.creds")
+	creds := waitFor(t, &out, regexp.MustCompile(`NATS credentials in (\S+):`))
+	user := filepath.Join(creds, "user-alice.creds")
 	dir := t.TempDir()
 	_, pin, _ := runCmd(t, "measure", "issuer")
 	pin = strings.TrimSpace(pin)

@@ -21,6 +21,7 @@ import (
 type natsFlags struct {
 	url, creds, ca *string
 	stderr         io.Writer // where the server's asynchronous refusals are reported
+	cred           *access.Credential
 }
 
 func addNATSFlags(fs *flag.FlagSet, stderr io.Writer) *natsFlags {
@@ -32,15 +33,45 @@ func addNATSFlags(fs *flag.FlagSet, stderr io.Writer) *natsFlags {
 	}
 }
 
-// connect connects as name. Long-running roles pass service: true, and
-// then reconnect without end, failing over between the servers quickly.
-func (n *natsFlags) connect(name string, service bool, timeout time.Duration) (*nats.Conn, error) {
+// credential is the credential --creds names, nil without one. With role
+// set, a credential for another role is refused.
+func (n *natsFlags) credential(role access.Role) (*access.Credential, error) {
+	if *n.creds == "" {
+		return nil, nil
+	}
+	if n.cred == nil {
+		c, err := access.LoadCredential(*n.creds)
+		if err != nil {
+			return nil, err
+		}
+		n.cred = c
+	}
+	if role != "" && n.cred.Grant.Role != role {
+		return nil, fmt.Errorf("%w: --creds %s holds the credential of %s, not of a %s", errUsage, *n.creds, n.cred.Grant, role)
+	}
+	return n.cred, nil
+}
+
+// connect connects as key k of the credential. Long-running roles pass
+// service: true, and then reconnect without end, failing over between the
+// servers quickly.
+func (n *natsFlags) connect(name string, k access.Key, service bool, timeout time.Duration) (*nats.Conn, error) {
 	if *n.url == "" {
 		return nil, fmt.Errorf("%w: --nats is required (or COHORT_NATS)", errUsage)
 	}
-	opts, err := access.ConnectOptions(*n.creds, *n.ca)
+	c, err := n.credential("")
 	if err != nil {
 		return nil, err
+	}
+	var opts []nats.Option
+	if c != nil {
+		opts = append(opts, c.Options(k)...)
+	}
+	if *n.ca != "" {
+		if _, err := os.Stat(*n.ca); err != nil {
+			return nil, fmt.Errorf("TLS CA: %w", err)
+		}
+		opts = append(opts, nats.RootCAs(*n.ca))
 	}
 	opts = append(opts, nats.Name(name), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		// A permissions violation comes this way: say so, rather than
@@ -60,19 +91,59 @@ func (n *natsFlags) connect(name string, service bool, timeout time.Duration) (*
 	return nc, nil
 }
 
-// connectService connects a long-running role. While no server is up yet
-// (the role started before them, as in a deployment coming up) it keeps
-// trying until ctx is done, rather than exit and be restarted.
-func (n *natsFlags) connectService(ctx context.Context, name string) (*nats.Conn, error) {
-	for failures := 0; ; failures++ {
-		nc, err := n.connect(name, true, 2*time.Second)
-		if err == nil || !errors.Is(err, nats.ErrNoServers) {
-			return nc, err
-		}
-		wait := unit.Backoff(failures, 100*time.Millisecond, 2*time.Second)
-		fmt.Fprintf(n.stderr, "%s: no NATS server answers yet (%v); again in %v\n", name, err, wait)
-		if !pauseFor(ctx, wait) {
-			return nil, ctx.Err()
+// connectService connects a long-running role's two connections: the one
+// that writes state and asks (State) and the one it answers on (Serve).
+// While no server is up yet (the role started before them, as in a
+// deployment coming up) it keeps trying until ctx is done, rather than exit
+// and be restarted.
+func (n *natsFlags) connectService(ctx context.Context, name string, role access.Role) (state, serve *nats.Conn, err error) {
+	if _, err := n.credential(role); err != nil {
+		return nil, nil, err
+	}
+	for _, k := range []access.Key{access.State, access.Serve} {
+		for failures := 0; ; failures++ {
+			nc, err := n.connect(name+" ("+string(k)+")", k, true, 2*time.Second)
+			if err == nil {
+				if k == access.State {
+					state = nc
+				} else {
+					serve = nc
+				}
+				break
+			}
+			if !errors.Is(err, nats.ErrNoServers) {
+				if state != nil {
+					state.Close()
+				}
+				return nil, nil, err
+			}
+			wait := unit.Backoff(failures, 100*time.Millisecond, 2*time.Second)
+			fmt.Fprintf(n.stderr, "%s: no NATS server answers yet (%v); again in %v\n", name, err, wait)
+			if !pauseFor(ctx, wait) {
+				if state != nil {
+					state.Close()
+				}
+				return nil, nil, ctx.Err()
+			}
 		}
 	}
+	return state, serve, nil
+}
+
+// user is the user name a client command speaks as: the credential's, or,
+// without one (a NATS server without authorization), flagUser.
+func (n *natsFlags) user(flagUser string) (string, error) {
+	c, err := n.credential(access.User)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case c == nil && flagUser == "":
+		return "guest", nil
+	case c == nil:
+		return flagUser, nil
+	case flagUser != "" && flagUser != c.Grant.Name:
+		return "", fmt.Errorf("%w: --user %s, but --creds is user %s's", errUsage, flagUser, c.Grant.Name)
+	}
+	return c.Grant.Name, nil
 }

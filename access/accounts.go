@@ -1,0 +1,178 @@
+package access
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// The accounts of a deployment, besides each cluster's (ClusterAccount)
+// and each user's (Grant.Account).
+const (
+	IssuerAccount   = "issuer"
+	ManagerAccount  = "manager"
+	OperatorAccount = "operator"
+)
+
+// service is one exported service: its subject, who may import it, and
+// whether one request may have several replies.
+type service struct {
+	subject  string
+	accounts []string
+	stream   bool
+}
+
+type account struct {
+	name      string
+	jetstream bool
+	users     []any
+	exports   []service
+	imports   []any
+}
+
+func importOf(from, subject string) any {
+	return map[string]any{"service": map[string]any{"account": from, "subject": subject}}
+}
+
+// Accounts is the "accounts" block of a NATS server configuration that
+// admits exactly the credentials of deployment d, each held to its
+// permissions in its account, with the services each account exports and
+// imports. creds must hold a credential for every grant of d.
+//
+// The block is JSON data (NATS reads JSON as configuration): a deployment
+// writes it into each server's configuration, an embedded server loads it.
+func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	clusters := d.ClusterIDs()
+	clusterAccounts := make([]string, 0, len(clusters))
+	for _, c := range clusters {
+		clusterAccounts = append(clusterAccounts, ClusterAccount(c))
+	}
+	userAccounts := make([]string, 0, len(d.Users))
+	for _, u := range d.Users {
+		userAccounts = append(userAccounts, Grant{Role: User, Name: u}.Account())
+	}
+	everyone := slices.Concat(clusterAccounts, userAccounts, []string{ManagerAccount, OperatorAccount})
+	op := []string{OperatorAccount}
+
+	iss := &account{name: IssuerAccount, jetstream: true,
+		exports: []service{
+			{subject: messages.SubjectEvidence, accounts: everyone},
+			{subject: messages.SubjectCertify, accounts: clusterAccounts},
+			{subject: "$SRV.>", accounts: op, stream: true},
+			{subject: "$JS.API.STREAM.INFO." + issuerStream, accounts: op},
+		},
+		imports: []any{importOf(ManagerAccount, issuerEvents)},
+	}
+	mgr := &account{name: ManagerAccount, jetstream: true,
+		exports: []service{
+			{subject: messages.SubjectStatus, accounts: op},
+			{subject: messages.SubjectManagerPrefix + "*.*.*", accounts: clusterAccounts},
+			{subject: issuerEvents, accounts: []string{IssuerAccount}},
+			{subject: "$SRV.>", accounts: op, stream: true},
+			{subject: "$JS.API.STREAM.INFO." + eventsStream, accounts: op},
+			{subject: "$JS.API.STREAM.INFO." + membersStream, accounts: op},
+			{subject: "$JS.API.DIRECT.GET." + eventsStream, accounts: op, stream: true},
+			{subject: "$JS.API.DIRECT.GET." + eventsStream + ".>", accounts: op, stream: true},
+		},
+		imports: []any{importOf(IssuerAccount, messages.SubjectEvidence)},
+	}
+	operator := &account{name: OperatorAccount, imports: []any{
+		importOf(ManagerAccount, messages.SubjectStatus),
+		importOf(IssuerAccount, messages.SubjectEvidence),
+		importOf(ManagerAccount, "$SRV.PING"), importOf(ManagerAccount, "$SRV.INFO"), importOf(ManagerAccount, "$SRV.STATS"),
+		importOf(ManagerAccount, "$SRV.*."+messages.ManagerService), importOf(ManagerAccount, "$SRV.*."+messages.ManagerService+".*"),
+		importOf(IssuerAccount, "$SRV.*."+messages.IssuerService), importOf(IssuerAccount, "$SRV.*."+messages.IssuerService+".*"),
+		importOf(ManagerAccount, "$JS.API.STREAM.INFO."+eventsStream), importOf(ManagerAccount, "$JS.API.STREAM.INFO."+membersStream),
+		importOf(ManagerAccount, "$JS.API.DIRECT.GET."+eventsStream), importOf(ManagerAccount, "$JS.API.DIRECT.GET."+eventsStream+".>"),
+		importOf(IssuerAccount, "$JS.API.STREAM.INFO."+issuerStream),
+	}}
+	accounts := []*account{iss, mgr, operator}
+	byName := map[string]*account{IssuerAccount: iss, ManagerAccount: mgr, OperatorAccount: operator}
+	for _, c := range clusters {
+		a := &account{name: ClusterAccount(c), jetstream: true,
+			exports: []service{
+				{subject: messages.SubjectClusterPrefix + c + ".>", accounts: userAccounts},
+				{subject: messages.SessionsOfCluster(c), accounts: []string{ManagerAccount}},
+				{subject: "$JS.API.STREAM.INFO." + messages.SessionsStream(c), accounts: op},
+				{subject: "$JS.API.STREAM.INFO." + messages.CallsStream(c), accounts: op},
+			},
+			imports: []any{
+				importOf(IssuerAccount, messages.SubjectCertify),
+				importOf(IssuerAccount, messages.SubjectEvidence),
+				// A cluster reaches the manager only as itself.
+				importOf(ManagerAccount, messages.SubjectManagerPrefix+"*."+c+".*"),
+			},
+		}
+		mgr.imports = append(mgr.imports, importOf(a.name, messages.SessionsOfCluster(c)))
+		operator.imports = append(operator.imports,
+			importOf(a.name, "$JS.API.STREAM.INFO."+messages.SessionsStream(c)),
+			importOf(a.name, "$JS.API.STREAM.INFO."+messages.CallsStream(c)))
+		accounts = append(accounts, a)
+		byName[a.name] = a
+	}
+	for _, u := range d.Users {
+		a := &account{name: Grant{Role: User, Name: u}.Account(), imports: []any{importOf(IssuerAccount, messages.SubjectEvidence)}}
+		for _, c := range clusters {
+			// A user reaches a cluster only under its own name.
+			a.imports = append(a.imports, importOf(ClusterAccount(c), messages.SubjectClusterPrefix+c+".*."+u))
+		}
+		accounts = append(accounts, a)
+		byName[a.name] = a
+	}
+	for _, g := range d.Grants() {
+		c, ok := creds[g]
+		if !ok {
+			return nil, fmt.Errorf("access: no credential for %s", g)
+		}
+		for _, k := range g.Keys() {
+			pub, sub, err := g.Subjects(k)
+			if err != nil {
+				return nil, err
+			}
+			nkey := c.Public(k)
+			if nkey == "" {
+				return nil, fmt.Errorf("access: the credential of %s has no %s key", g, k)
+			}
+			byName[g.Account()].users = append(byName[g.Account()].users, map[string]any{
+				"nkey": nkey,
+				"permissions": map[string]any{
+					"publish":   map[string]any{"allow": pub},
+					"subscribe": map[string]any{"allow": sub},
+				},
+			})
+		}
+	}
+	out := map[string]any{}
+	for _, a := range accounts {
+		m := map[string]any{}
+		if a.jetstream {
+			m["jetstream"] = "enabled"
+		}
+		if len(a.users) > 0 {
+			m["users"] = a.users
+		}
+		var exports []any
+		for _, e := range a.exports {
+			if len(e.accounts) == 0 {
+				continue // nobody may import it: an export without accounts would be public
+			}
+			ex := map[string]any{"service": e.subject, "accounts": e.accounts}
+			if e.stream {
+				ex["response_type"] = "stream"
+			}
+			exports = append(exports, ex)
+		}
+		if len(exports) > 0 {
+			m["exports"] = exports
+		}
+		if len(a.imports) > 0 {
+			m["imports"] = a.imports
+		}
+		out[a.name] = m
+	}
+	return out, nil
+}
