@@ -194,3 +194,57 @@ func BenchmarkCall1KiB(b *testing.B) {
 		}
 	}
 }
+
+func TestSessionIDIsTheHellos(t *testing.T) {
+	a, b := []byte("hello one"), []byte("hello two")
+	if !bytes.Equal(SessionID(a), SessionID(a)) || bytes.Equal(SessionID(a), SessionID(b)) || len(SessionID(a)) != SessionIDSize {
+		t.Fatal("session ids are not a function of the hello alone")
+	}
+}
+
+// A claim authenticates under its cluster's claim key, at its subject, over
+// the revision it names; anything else is tampered with.
+func TestClaimsAuthenticate(t *testing.T) {
+	clusterKey := bytes.Repeat([]byte{1}, 32)
+	key, err := ClaimKey(clusterKey, "c1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, other := range []struct {
+		cluster string
+		epoch   uint32
+	}{{"c2", 1}, {"c1", 2}} {
+		k, _ := ClaimKey(clusterKey, other.cluster, other.epoch)
+		if bytes.Equal(k, key) {
+			t.Fatalf("the claim key of %+v is c1's of epoch 1", other)
+		}
+	}
+	subject := messages.ClaimSubject("c1", []byte{0xab}, 3)
+	good := messages.CallClaim{V: messages.Version, Unit: "u1", State: messages.ClaimAnswered, Prev: 41, Answer: []byte("sealed answer")}
+	SignClaim(key, subject, &good)
+	if err := CheckClaim(key, subject, &good, 41, true); err != nil {
+		t.Fatalf("a good claim: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		claim   messages.CallClaim
+		subject string
+		prev    uint64
+		hasPrev bool
+	}{
+		"stored over another revision": {good, subject, 42, true},
+		"stored without its revision":  {good, subject, 41, false},
+		"at another call's subject":    {good, messages.ClaimSubject("c1", []byte{0xab}, 4), 41, true},
+		"another unit":                 {func() messages.CallClaim { c := good; c.Unit = "u2"; return c }(), subject, 41, true},
+		"another answer":               {func() messages.CallClaim { c := good; c.Answer = []byte("other"); return c }(), subject, 41, true},
+		"another state":                {func() messages.CallClaim { c := good; c.State = messages.ClaimRunning; return c }(), subject, 41, true},
+		"no MAC":                       {func() messages.CallClaim { c := good; c.MAC = make([]byte, 32); return c }(), subject, 41, true},
+	} {
+		if err := CheckClaim(key, tc.subject, &tc.claim, tc.prev, tc.hasPrev); !errors.Is(err, ErrTampered) {
+			t.Errorf("%s: %v, want %v", name, err, ErrTampered)
+		}
+	}
+	other, _ := ClaimKey(bytes.Repeat([]byte{2}, 32), "c1", 1)
+	if err := CheckClaim(other, subject, &good, 41, true); !errors.Is(err, ErrTampered) {
+		t.Errorf("under another cluster key: %v", err)
+	}
+}

@@ -3,7 +3,11 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -137,3 +141,39 @@ func mustMarshal(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+// A cluster's calls stream made beforehand with what could lose a claim
+// (roll-ups allowed) is not served over: the units join, but answer no
+// handshake, and say why.
+func TestUntrustedStreamsAreRefused(t *testing.T) {
+	srv := startNATS(t, t.TempDir())
+	nc := connect(t, srv)
+	js, _ := jetstream.New(nc)
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
+		Name: messages.CallsStream("c1"), Subjects: []string{messages.ClaimsOfCluster("c1")}, MaxMsgsPerSubject: 1,
+		AllowRollup: true, AllowDirect: true, AllowMsgTTL: true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	startManager(t, connect(t, srv), iss.Root(), heartbeat)
+	var logs syncLog
+	cfg := unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo"))
+	cfg.Cluster, cfg.Logger = "c1", slog.New(slog.NewTextHandler(&logs, nil))
+	startUnit(t, cfg)
+	eventually(t, "the unit says why it does not serve", func() bool { return strings.Contains(logs.String(), "could lose what it keeps") })
+	roots := x509.NewCertPool()
+	roots.AddCert(iss.Root())
+	if _, err := client.Dial(context.Background(), client.Config{Conn: nc, User: "alice", Cluster: "c1", Roots: roots, Timeout: time.Second}); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("a handshake with a cluster over an untrusted stream: %v, want no responders", err)
+	}
+}
+
+// syncLog is a log sink safe for concurrent writers.
+type syncLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *syncLog) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }

@@ -116,20 +116,29 @@ func (s *secured) dial(opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
-// violated reports whether the server refused nc something naming subject
-// since the errors were last taken.
+// violated reports whether the server refused nc something naming
+// subject. The server answers a refused operation before the PONG of a
+// flush after it, and nats.go hands the refusal to the error handler on
+// another goroutine: it waits for it, up to the deadline.
 func (s *secured) violated(nc *nats.Conn, subject string) bool {
 	s.t.Helper()
-	if err := nc.Flush(); err != nil { // the server answers a refused operation before the flush's PONG
+	if err := nc.Flush(); err != nil {
 		s.t.Fatal(err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	errs := s.errs[nc]
-	delete(s.errs, nc)
-	return slices.ContainsFunc(errs, func(err error) bool {
-		return strings.Contains(err.Error(), "Permissions Violation") && strings.Contains(err.Error(), `"`+subject+`"`)
-	})
+	end := time.Now().Add(deadline)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		found := slices.ContainsFunc(s.errs[nc], func(err error) bool {
+			return strings.Contains(err.Error(), "Permissions Violation") && strings.Contains(err.Error(), `"`+subject+`"`)
+		})
+		s.mu.Unlock()
+		if found || time.Now().After(end) {
+			return found
+		}
+		<-tick.C
+	}
 }
 
 // secureStack is the permissioned stack: the secured server, the issuer, a
@@ -141,6 +150,7 @@ type secureStack struct {
 	mgr    *runningManager
 	units  map[string]*unit.Unit
 	stops  map[string]func()
+	conns  map[string][2]*nats.Conn // each unit's
 	roots  *x509.CertPool
 	secret []byte
 }
@@ -152,7 +162,7 @@ func startSecureStack(t *testing.T, tune func(*unit.Config), tapAccounts ...stri
 	s := &secureStack{
 		secured: startSecured(t, secureDeployment, tapAccounts...),
 		policy:  parsePolicy(t, policyYAML(t, true, time.Hour)),
-		units:   map[string]*unit.Unit{}, stops: map[string]func(){}, secret: sealSecret(t),
+		units:   map[string]*unit.Unit{}, stops: map[string]func(){}, conns: map[string][2]*nats.Conn{}, secret: sealSecret(t),
 	}
 	s.iss = s.startIssuer()
 	s.mgr = s.startManager()
@@ -193,8 +203,10 @@ func (s *secureStack) startManager() *runningManager {
 func (s *secureStack) startUnit(cluster, id, task string, tune func(*unit.Config)) *unit.Unit {
 	t := s.t
 	g := access.Grant{Role: access.Unit, Cluster: cluster, Name: id}
-	cfg := unitConfig(t, s.conn(g, access.State), task, sim.UnitIdentity(task))
-	cfg.Serve, cfg.Cluster, cfg.ID, cfg.Name = s.conn(g, access.Serve), cluster, id, id
+	state, serve := s.conn(g, access.State), s.conn(g, access.Serve)
+	s.conns[id] = [2]*nats.Conn{state, serve}
+	cfg := unitConfig(t, state, task, sim.UnitIdentity(task))
+	cfg.Serve, cfg.Cluster, cfg.ID, cfg.Name = serve, cluster, id, id
 	if tune != nil {
 		tune(&cfg)
 	}
@@ -213,9 +225,13 @@ func (s *secureStack) user(name string) *nats.Conn {
 }
 
 // stopServices stops every service of the stack and waits for each: once
-// it returns, everything they were asked has been answered or dropped.
+// it returns, everything they were asked has been answered or dropped. The
+// units are killed (their connections cut first), so that they do not
+// leave.
 func (s *secureStack) stopServices() {
-	for _, stop := range s.stops {
+	for id, stop := range s.stops {
+		s.conns[id][0].Close()
+		s.conns[id][1].Close()
 		stop()
 	}
 	s.mgr.stop()

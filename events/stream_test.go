@@ -1,0 +1,87 @@
+package events
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cohort-dev/cohort/embednats"
+)
+
+// A flood of refusals is recorded up to its limit; the next one recorded,
+// once the limit allows, says how many were not. Other events are not
+// limited. Follow reads them all back, in order, and stops.
+func TestRefusalsAreLimited(t *testing.T) {
+	srv, err := embednats.StartTemp("cohort-events-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx := context.Background()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureStream(ctx, js, StreamConfig{}, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	p, err := NewPublisher(nc, "manager/test", nil, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		p.Publish(Event{Kind: UnitJoinRefused, Cluster: "c1", Unit: "u1", Code: "malformed", Reason: "garbage"})
+	}
+	for range 20 {
+		p.Publish(Event{Kind: UnitJoined, Cluster: "c1", Unit: "u1"})
+	}
+	mu.Lock()
+	now = now.Add(time.Second)
+	mu.Unlock()
+	p.Publish(Event{Kind: UnitJoinRefused, Cluster: "c1", Unit: "u1", Code: "malformed", Reason: "garbage"})
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Suppressed(); got != 100-RefusalBurst {
+		t.Errorf("%d refusals not recorded, want %d", got, 100-RefusalBurst)
+	}
+	refused, joined, noted := 0, 0, ""
+	if err := Follow(ctx, nc, FollowConfig{}, func(e *Event, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch e.Kind {
+		case UnitJoinRefused:
+			refused++
+			if strings.Contains(e.Reason, "not recorded") {
+				noted = e.Reason
+			}
+		case UnitJoined:
+			joined++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if refused != RefusalBurst+1 || joined != 20 || !strings.HasPrefix(noted, "(90 more like it not recorded)") {
+		t.Errorf("%d refusals and %d joins recorded, noted %q", refused, joined, noted)
+	}
+	// Since: nothing newer than an hour from now.
+	n := 0
+	if err := Follow(ctx, nc, FollowConfig{Since: time.Millisecond, Now: func() time.Time { return time.Now().Add(time.Hour) }}, func(*Event, error) error { n++; return nil }); err != nil || n != 0 {
+		t.Errorf("events since an hour from now: %d, %v", n, err)
+	}
+}
