@@ -45,7 +45,7 @@ creds=deploy/out/etc/creds
 export COHORT_NATS=tls://127.0.0.1:4222,tls://127.0.0.1:4223,tls://127.0.0.1:4224
 export COHORT_TLS_CA=deploy/out/etc/tls/ca.pem
 operator=(--creds "$creds/operator.creds")
-user=(--creds "$creds/user.creds")
+user=(--creds "$creds/user-alice.creds")
 
 # Output goes to a file before grep reads it: under pipefail, 'cmd | grep -q'
 # fails whenever grep stops reading before cmd stops writing.
@@ -72,6 +72,20 @@ units=$(grep -o 'answered by unit [a-z0-9-]*' "$work/answered.txt" | sort -u | w
 [ "$units" -ge 2 ] || { cat "$work/answered.txt"; echo "FAIL: calls answered by $units unit(s)"; exit 1; }
 echo "ok: cohort trust from the host; 30 handshakes and calls over TLS, answered by $units units"
 
+# Another user, admitted while the deployment runs: the README's commands.
+"$cohort" user add bob --out deploy/out/etc >"$work/useradd.txt"
+if "$cohort" call --creds "$creds/user-bob.creds" --cluster dev --trust "$work/root.pem" --timeout 2s "before" 2>"$work/bob0.err"; then
+	echo "FAIL: bob was served before the servers reloaded"; exit 1
+fi
+"${compose[@]}" kill -s HUP nats-1 nats-2 nats-3 >/dev/null
+"${compose[@]}" kill -s HUP nats-1 nats-2 nats-3 >/dev/null
+for _ in $(seq 100); do
+	"$cohort" call --creds "$creds/user-bob.creds" --cluster dev --trust "$work/root.pem" --timeout 2s "hello bob" >"$work/bob.out" 2>"$work/bob.err" && break
+	sleep 0.2
+done
+grep -q 'heard: hello bob' "$work/bob.out" || { cat "$work/useradd.txt" "$work/bob.err"; echo "FAIL: bob not served after the reload"; exit 1; }
+echo "ok: cohort user add bob, two SIGHUPs, and bob is served: $(cat "$work/bob.out")"
+
 leaves() {
 	for port in 8443 8444 8445; do
 		openssl s_client -connect "127.0.0.1:$port" -servername localhost </dev/null 2>/dev/null | openssl x509 -outform DER | sha256sum | cut -c1-64
@@ -88,12 +102,12 @@ echo "ok: the three units present one certificate, sha256 $(cat "$work/leaves.be
 # to a bar of 10 s, the other parts to 5 s. Two are killed, one after the
 # other: first one that does not lead the call claims, then the one that does.
 nats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$COHORT_NATS" --tlsca "$COHORT_TLS_CA" --nkey "$creds/operator.creds" --inbox-prefix _INBOX.operator)
-for s in KV_cohort_calls cohort_sessions KV_cohort_members KV_cohort_issuer_state cohort_events; do
-	printf '%s ' "$s"
-	"${nats[@]}" stream info "$s" --json | python3 -c 'import json,sys; print("led by", json.load(sys.stdin)["cluster"]["leader"])'
+for s in cluster-dev/cohort_calls_dev cluster-dev/cohort_sessions_dev manager/KV_cohort_members issuer/KV_cohort_issuer_state manager/cohort_events; do
+	printf '%s ' "${s#*/}"
+	"${nats[@]}" req --raw "\$JS.${s%%/*}.API.STREAM.INFO.${s#*/}" '' | python3 -c 'import json,sys; print("led by", json.load(sys.stdin)["cluster"]["leader"])'
 done | tee "$work/leaders.txt"
-leader=$(awk '/^KV_cohort_calls/ {print $4}' "$work/leaders.txt")
-case "$leader" in nats-[123]) ;; *) echo "FAIL: no leader for KV_cohort_calls"; exit 1 ;; esac
+leader=$(awk '/^cohort_calls_dev/ {print $4}' "$work/leaders.txt")
+case "$leader" in nats-[123]) ;; *) echo "FAIL: no leader for cohort_calls_dev"; exit 1 ;; esac
 other=nats-1
 [ "$leader" = nats-1 ] && other=nats-2
 kill_cmd='kill -9 $(docker inspect -f "{{.State.Pid}}" $('"${compose[*]}"' ps -q {}))'

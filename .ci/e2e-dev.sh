@@ -50,7 +50,7 @@ grep -q 'Ctrl-C stops' "$work/dev.out" || { cat "$work/dev.out" "$work/dev.err";
 cat "$work/dev.out"
 
 creds="$work/data/creds"
-user=(--creds "$creds/user.creds")
+user=(--creds "$creds/user-alice.creds")
 operator=(--creds "$creds/operator.creds")
 
 # The NATS server admits only cohort's credentials, each to its role's subjects.
@@ -144,15 +144,37 @@ COHORT_CREDS="$creds/operator.creds" "$cohort" status --nats "$nats_url"
 [ "$("$cohort" events --nats "$nats_url" "${operator[@]}" | grep -c 'unit.joined')" -ge 3 ] || { echo "FAIL: cohort events shows fewer than three joins"; exit 1; }
 echo "ok: cohort events shows the joins"
 
-# The standard nats CLI sees the services, the stream and the buckets.
+# The standard nats CLI, as the operator, sees the services and the streams.
 nats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$nats_url" --nkey "$creds/operator.creds" --inbox-prefix _INBOX.operator)
 "${nats[@]}" micro ls >"$work/micro.txt"
-"${nats[@]}" stream ls >"$work/streams.txt"
-"${nats[@]}" kv ls >"$work/kv.txt"
-for want in cohort-issuer:micro cohort-manager:micro cohort_events:streams cohort_members:kv cohort_issuer_state:kv; do
-	grep -q "${want%%:*}" "$work/${want##*:}.txt" || { cat "$work/${want##*:}.txt"; echo "FAIL: natscli does not list ${want%%:*}"; exit 1; }
+"${nats[@]}" micro info cohort-issuer >"$work/issuer-info.txt"
+# The operator may ask each stream's information (it may not list the
+# accounts' streams, which 'nats stream info' does first): one request each.
+# The operator's account reaches each account's stream information under
+# that account's API prefix, $JS.<account>.API.
+for s in manager/cohort_events manager/KV_cohort_members issuer/KV_cohort_issuer_state cluster-dev/cohort_sessions_dev cluster-dev/cohort_calls_dev; do
+	"${nats[@]}" req --raw "\$JS.${s%%/*}.API.STREAM.INFO.${s#*/}" '' >"$work/stream.json" 2>&1 &&
+		python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["config"]["name"]==sys.argv[2] else 1)' "$work/stream.json" "${s#*/}" ||
+		{ cat "$work/stream.json"; echo "FAIL: natscli cannot show stream $s"; exit 1; }
 done
-echo "ok: nats micro ls, stream ls and kv ls list cohort-issuer, cohort-manager, cohort_events, cohort_members, cohort_issuer_state"
+grep -q cohort-manager "$work/micro.txt" || { cat "$work/micro.txt"; echo "FAIL: nats micro ls does not list cohort-manager"; exit 1; }
+grep -q cohort-issuer "$work/issuer-info.txt" || { cat "$work/issuer-info.txt"; echo "FAIL: nats micro info cohort-issuer"; exit 1; }
+echo "ok: nats micro ls lists cohort-manager, micro info shows cohort-issuer, nats req shows the five streams' information"
+
+# Another user, as the README shows it: the running dev admits dave; users
+# are apart (bob may not read alice's inbox).
+"$cohort" user add dave --data "$work/data" >"$work/dave.txt"
+for _ in $(seq 50); do
+	"$cohort" call --nats "$nats_url" --creds "$creds/user-dave.creds" --cluster dev --trust "$work/root.pem" hello >"$work/dave.out" 2>"$work/dave.err" && break
+	sleep 0.2
+done
+grep -q 'heard: hello' "$work/dave.out" || { cat "$work/dave.txt" "$work/dave.err"; echo "FAIL: dave was not served"; exit 1; }
+bobnats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$nats_url" --nkey "$creds/user-bob.creds" --inbox-prefix _INBOX.user.bob)
+if "${bobnats[@]}" sub '_INBOX.user.alice.>' --count 1 --timeout 2s >"$work/bobsub.txt" 2>&1; then
+	echo "FAIL: bob subscribed to alice's inbox"; cat "$work/bobsub.txt"; exit 1
+fi
+grep -qi 'permissions violation' "$work/bobsub.txt" || { cat "$work/bobsub.txt"; echo "FAIL: bob's subscription not refused by the server"; exit 1; }
+echo "ok: cohort user add dave: dave served at once; bob refused alice's inbox by the server"
 
 # A second manager and a second issuer as processes of their own, on the same
 # NATS and state, with their metrics.
@@ -178,4 +200,4 @@ kill -INT "$dev_pid"
 wait "$dev_pid"
 dev_pid=
 echo "ok: cohort dev stopped cleanly on Ctrl-C"
-echo "e2e: 12 passed, 0 failed"
+echo "e2e: 14 passed, 0 failed"

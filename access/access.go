@@ -330,8 +330,8 @@ func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
 		}
 		pub = append(pub, messages.SubjectEvidence)
 	case Operator:
-		pub = []string{messages.SubjectStatus, messages.SubjectEvidence, "$SRV.>",
-			"$JS.API.DIRECT.GET." + eventsStream, "$JS.API.DIRECT.GET." + eventsStream + ".>", "$JS.API.STREAM.INFO.*"}
+		pub = []string{messages.SubjectStatus, messages.SubjectEvidence, "$SRV.>", "$JS.*.API.STREAM.INFO.*",
+			APIPrefix(ManagerAccount) + ".DIRECT.GET." + eventsStream, APIPrefix(ManagerAccount) + ".DIRECT.GET." + eventsStream + ".>"}
 	}
 	return pub, sub, nil
 }

@@ -3,6 +3,7 @@ package access
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/cohort-dev/cohort/messages"
 )
@@ -33,6 +34,22 @@ type account struct {
 
 func importOf(from, subject string) any {
 	return map[string]any{"service": map[string]any{"account": from, "subject": subject}}
+}
+
+// APIPrefix is the prefix under which the operator's account reaches the
+// JetStream API of account: "$JS.<account>.API", as nats.go's
+// jetstream.WithAPIPrefix and natscli's --js-api-prefix take it. The
+// operator's account, which has no JetStream, must not import it under
+// "$JS.API": the server answers that there itself ("JetStream not enabled
+// for account"), and the first answer wins.
+func APIPrefix(account string) string { return "$JS." + account + ".API" }
+
+// importAPI imports a JetStream API subject of account under its prefix.
+func importAPI(from, apiSubject string) any {
+	return map[string]any{
+		"service": map[string]any{"account": from, "subject": apiSubject},
+		"to":      APIPrefix(from) + strings.TrimPrefix(apiSubject, "$JS.API"),
+	}
 }
 
 // Accounts is the "accounts" block of a NATS server configuration that
@@ -86,9 +103,9 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 		importOf(ManagerAccount, "$SRV.PING"), importOf(ManagerAccount, "$SRV.INFO"), importOf(ManagerAccount, "$SRV.STATS"),
 		importOf(ManagerAccount, "$SRV.*."+messages.ManagerService), importOf(ManagerAccount, "$SRV.*."+messages.ManagerService+".*"),
 		importOf(IssuerAccount, "$SRV.*."+messages.IssuerService), importOf(IssuerAccount, "$SRV.*."+messages.IssuerService+".*"),
-		importOf(ManagerAccount, "$JS.API.STREAM.INFO."+eventsStream), importOf(ManagerAccount, "$JS.API.STREAM.INFO."+membersStream),
-		importOf(ManagerAccount, "$JS.API.DIRECT.GET."+eventsStream), importOf(ManagerAccount, "$JS.API.DIRECT.GET."+eventsStream+".>"),
-		importOf(IssuerAccount, "$JS.API.STREAM.INFO."+issuerStream),
+		importAPI(ManagerAccount, "$JS.API.STREAM.INFO."+eventsStream), importAPI(ManagerAccount, "$JS.API.STREAM.INFO."+membersStream),
+		importAPI(ManagerAccount, "$JS.API.DIRECT.GET."+eventsStream), importAPI(ManagerAccount, "$JS.API.DIRECT.GET."+eventsStream+".>"),
+		importAPI(IssuerAccount, "$JS.API.STREAM.INFO."+issuerStream),
 	}}
 	accounts := []*account{iss, mgr, operator}
 	byName := map[string]*account{IssuerAccount: iss, ManagerAccount: mgr, OperatorAccount: operator}
@@ -109,8 +126,8 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 		}
 		mgr.imports = append(mgr.imports, importOf(a.name, messages.SessionsOfCluster(c)))
 		operator.imports = append(operator.imports,
-			importOf(a.name, "$JS.API.STREAM.INFO."+messages.SessionsStream(c)),
-			importOf(a.name, "$JS.API.STREAM.INFO."+messages.CallsStream(c)))
+			importAPI(a.name, "$JS.API.STREAM.INFO."+messages.SessionsStream(c)),
+			importAPI(a.name, "$JS.API.STREAM.INFO."+messages.CallsStream(c)))
 		accounts = append(accounts, a)
 		byName[a.name] = a
 	}

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/nats-io/nats.go"
 	"io"
 	"runtime"
 	"slices"
@@ -18,6 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/issuer"
@@ -226,7 +228,7 @@ func startIssuer(ctx context.Context, srv *embednats.Server, groups []string) (*
 
 // startIssuerWith runs an issuer with the given policy on its own connection.
 func startIssuerWith(ctx context.Context, srv bus, policyYAML []byte) (*issuer.Issuer, func(), error) {
-	return startIssuerReplicated(ctx, srv, policyYAML, 1)
+	return startIssuerReplicated(ctx, func(access.Key) (*nats.Conn, error) { return srv.Connect() }, policyYAML, 1)
 }
 
 // bus is where a benchmark's parts connect: one embedded server, or a
@@ -237,7 +239,7 @@ type bus interface {
 
 // startIssuerReplicated runs an issuer whose state JetStream keeps on
 // replicas servers.
-func startIssuerReplicated(ctx context.Context, srv bus, policyYAML []byte, replicas int) (*issuer.Issuer, func(), error) {
+func startIssuerReplicated(ctx context.Context, connect func(access.Key) (*nats.Conn, error), policyYAML []byte, replicas int) (*issuer.Issuer, func(), error) {
 	policy, err := issuer.ParsePolicy(policyYAML)
 	if err != nil {
 		return nil, nil, err
@@ -247,25 +249,32 @@ func startIssuerReplicated(ctx context.Context, srv bus, policyYAML []byte, repl
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := srv.Connect()
+	nc, err := connect(access.State)
 	if err != nil {
 		return nil, nil, err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: policy, Queue: 4096, Replicas: replicas})
+	serve, err := connect(access.Serve)
 	if err != nil {
 		nc.Close()
+		return nil, nil, err
+	}
+	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Policy: policy, Queue: 4096, Replicas: replicas})
+	if err != nil {
+		nc.Close()
+		serve.Close()
 		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- iss.Run(ctx) }()
-	stop := func() { cancel(); <-done; nc.Close() }
+	stop := func() { cancel(); <-done; nc.Close(); serve.Close() }
 	select {
 	case <-iss.Ready():
 		return iss, stop, nil
 	case err := <-done:
 		cancel()
 		nc.Close()
+		serve.Close()
 		return nil, nil, errors.Join(errors.New("bench: issuer stopped"), err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
@@ -25,7 +29,8 @@ import (
 
 // ChannelConfig configures the channel benchmark.
 type ChannelConfig struct {
-	Units       int           // default 5
+	Units       int           // of each cluster; default 5
+	Clusters    int           // clusters, each of Units units, the load spread over them; default 1
 	Duration    time.Duration // each phase; default 5s
 	Concurrency int           // handshakes or calls in flight; default 8 × GOMAXPROCS
 	KEM         uint16        // default ML-KEM-768+X25519
@@ -38,6 +43,23 @@ type ChannelConfig struct {
 	Out  io.Writer
 }
 
+// waitMembers waits until the manager counts n active members.
+func waitMembers(ctx context.Context, m *manager.Manager, n int) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for m.Table().Counts(time.Now())[manager.Active] < n {
+		if time.Now().After(deadline) {
+			return errors.New("timed out")
+		}
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// benchUser is the user the channel benchmark's load speaks as.
+const benchUser = "bench"
+
 // Where the channel benchmark runs.
 const (
 	Single  = "single"
@@ -47,6 +69,7 @@ const (
 // ChannelResult is what the channel benchmark measured.
 type ChannelResult struct {
 	NATS              string  `json:"nats"`
+	Clusters          int     `json:"clusters"`
 	Units             int     `json:"units"`
 	KEM               string  `json:"kem"`
 	Concurrency       int     `json:"concurrency"`
@@ -76,6 +99,9 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 	if cfg.Units <= 0 {
 		cfg.Units = 5
 	}
+	if cfg.Clusters <= 0 {
+		cfg.Clusters = 1
+	}
 	if cfg.Duration <= 0 {
 		cfg.Duration = 5 * time.Second
 	}
@@ -93,19 +119,37 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
+	// The deployment as dev and deploy make it: cohort's accounts, each
+	// part on its own credential's connections.
+	d := access.Deployment{Users: []string{benchUser}}
+	for c := range cfg.Clusters {
+		cl := access.Cluster{ID: fmt.Sprintf("bench-%d", c+1)}
+		for i := range cfg.Units {
+			cl.Units = append(cl.Units, fmt.Sprintf("b%d", i))
+		}
+		d.Clusters = append(d.Clusters, cl)
+	}
+	creds, err := access.LoadOrCreateAll(filepath.Join(dir, "creds"), d)
+	if err != nil {
+		return nil, err
+	}
+	accounts, err := access.Accounts(d, creds)
+	if err != nil {
+		return nil, err
+	}
 	var srv bus
 	replicas := 1
 	switch cfg.NATS {
 	case "", Single:
 		cfg.NATS = Single
-		one, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(dir, "js"), SyncAlways: true})
+		one, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(dir, "js"), SyncAlways: true, Accounts: accounts})
 		if err != nil {
 			return nil, err
 		}
 		defer one.Close()
 		srv = one
 	case Cluster:
-		three, err := embednats.StartCluster(embednats.ClusterConfig{Dir: dir})
+		three, err := embednats.StartCluster(embednats.ClusterConfig{Dir: dir, Accounts: accounts})
 		if err != nil {
 			return nil, err
 		}
@@ -114,13 +158,29 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 	default:
 		return nil, fmt.Errorf("bench: NATS %q: want %s or %s", cfg.NATS, Single, Cluster)
 	}
+	var conns []*nats.Conn
+	defer func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	}()
+	connect := func(g access.Grant, k access.Key) (*nats.Conn, error) {
+		nc, err := srv.Connect(creds[g].Options(k)...)
+		if err == nil {
+			conns = append(conns, nc)
+		}
+		return nc, err
+	}
 
 	m, err := sim.MeasurementHex(sim.UnitIdentity("bench"))
 	if err != nil {
 		return nil, err
 	}
-	iss, stopIssuer, err := startIssuerReplicated(ctx, srv, fmt.Appendf(nil,
-		"version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n    ip_addresses: [127.0.0.1]\nclusters:\n  - id: bench\n    task: bench\n", m), replicas)
+	policy := fmt.Sprintf("version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n    ip_addresses: [127.0.0.1]\nclusters:\n", m)
+	for _, c := range d.Clusters {
+		policy += fmt.Sprintf("  - id: %s\n    task: bench\n", c.ID)
+	}
+	iss, stopIssuer, err := startIssuerReplicated(ctx, func(k access.Key) (*nats.Conn, error) { return connect(access.Grant{Role: access.Issuer}, k) }, []byte(policy), replicas)
 	if err != nil {
 		return nil, err
 	}
@@ -131,12 +191,16 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 	var parts sync.WaitGroup
 	defer parts.Wait()
 	defer cancel()
-	mnc, err := srv.Connect()
+	mg := access.Grant{Role: access.Manager}
+	mnc, err := connect(mg, access.State)
 	if err != nil {
 		return nil, err
 	}
-	defer mnc.Close()
-	mgr, err := manager.New(manager.Config{Conn: mnc, Root: iss.Root(), Replicas: replicas})
+	msc, err := connect(mg, access.Serve)
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := manager.New(manager.Config{Conn: mnc, Serve: msc, Root: iss.Root(), Replicas: replicas})
 	if err != nil {
 		return nil, err
 	}
@@ -153,42 +217,51 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 		return nil, err
 	}
 	var units []*unit.Unit
-	for i := range cfg.Units {
-		nc, err := srv.Connect()
-		if err != nil {
-			return nil, err
+	for _, c := range d.Clusters {
+		for _, id := range c.Units {
+			g := access.Grant{Role: access.Unit, Cluster: c.ID, Name: id}
+			nc, err := connect(g, access.State)
+			if err != nil {
+				return nil, err
+			}
+			sc, err := connect(g, access.Serve)
+			if err != nil {
+				return nil, err
+			}
+			u, err := unit.New(unit.Config{
+				Conn: nc, Serve: sc, Platform: platform, Task: "bench", IssuerMeasurement: pin, AllowSimulatedIssuer: true,
+				HTTPSAddr: "127.0.0.1:0", Name: c.ID + "-" + id, ID: id, Cluster: c.ID, OnSession: seen.saw, Replicas: replicas,
+				Quota: unit.Unlimited, // one user is the whole load
+			})
+			if err != nil {
+				return nil, err
+			}
+			parts.Go(func() { _ = u.Run(ctx) })
+			<-u.Ready()
+			units = append(units, u)
 		}
-		defer nc.Close()
-		u, err := unit.New(unit.Config{
-			Conn: nc, Platform: platform, Task: "bench", IssuerMeasurement: pin, AllowSimulatedIssuer: true,
-			HTTPSAddr: "127.0.0.1:0", Name: fmt.Sprintf("b%d", i), Cluster: "bench", OnSession: seen.saw,
-		})
-		if err != nil {
-			return nil, err
-		}
-		parts.Go(func() { _ = u.Run(ctx) })
-		<-u.Ready()
-		units = append(units, u)
 	}
-	if err := waitStatus(ctx, mnc, func(s *manager.Status) bool { return s.Counts.Active == cfg.Units }); err != nil {
+	if err := waitMembers(ctx, mgr, cfg.Units*cfg.Clusters); err != nil {
 		return nil, fmt.Errorf("bench: units did not join: %w", err)
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(iss.Root())
-	cnc, err := srv.Connect()
+	cnc, err := connect(access.Grant{Role: access.User, Name: benchUser}, access.State)
 	if err != nil {
 		return nil, err
 	}
-	defer cnc.Close()
-	ccfg := client.Config{Conn: cnc, Cluster: "bench", Task: "bench", Roots: roots, KEM: cfg.KEM}
-	res := &ChannelResult{NATS: cfg.NATS, Units: cfg.Units, KEM: kemName(cfg.KEM), Concurrency: cfg.Concurrency, CallBytes: 1024}
+	// Each worker keeps to one cluster, the workers spread over them.
+	ccfg := func(w int) client.Config {
+		return client.Config{Conn: cnc, User: benchUser, Cluster: d.Clusters[w%len(d.Clusters)].ID, Task: "bench", Roots: roots, KEM: cfg.KEM}
+	}
+	res := &ChannelResult{NATS: cfg.NATS, Clusters: cfg.Clusters, Units: cfg.Units, KEM: kemName(cfg.KEM), Concurrency: cfg.Concurrency, CallBytes: 1024}
 
 	// Handshakes.
 	var startsMu sync.Mutex
 	starts := map[string]time.Time{}
-	hs := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, _ int) error {
+	hs := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
 		t := time.Now()
-		s, err := client.Dial(ctx, ccfg)
+		s, err := client.Dial(ctx, ccfg(w))
 		if err != nil {
 			return err
 		}
@@ -219,7 +292,7 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 	// Calls: each worker its own session, 1 KiB a call.
 	sessions := make([]*client.Session, cfg.Concurrency)
 	for i := range sessions {
-		if sessions[i], err = client.Dial(ctx, ccfg); err != nil {
+		if sessions[i], err = client.Dial(ctx, ccfg(i)); err != nil {
 			return nil, err
 		}
 	}
@@ -240,7 +313,7 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 	deadline := time.Now().Add(cfg.Duration / 2)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		t0 := time.Now()
-		for _, un := range units {
+		for _, un := range units[:cfg.Units] { // one cluster's
 			t := time.Now()
 			c, err := tls.Dial("tcp", un.Addr().String(), tlsConf)
 			if err != nil {
@@ -275,13 +348,13 @@ func (r *ChannelResult) print(w io.Writer, asJSON bool) error {
 	if r.NATS == Cluster {
 		where = "a cluster of three embedded NATS servers, every stream on all three"
 	}
-	_, err := fmt.Fprintf(w, `cohort bench channel: %d units, %s, KEM %s, %d in flight
+	_, err := fmt.Fprintf(w, `cohort bench channel: %d cluster(s) of %d units, %s, cohort's accounts and credentials, KEM %s, %d in flight
   handshakes       %8.0f /s   p50 %.2f ms   p99 %.2f ms   (each stored durably before it is answered)
   usable on all    p50 %.2f ms   p99 %.2f ms   (%d sessions measured, %d not on every unit)
   calls, 1 KiB     %8.0f /s   p50 %.2f ms   p99 %.2f ms
   baseline         a full TLS 1.3 handshake %.2f ms (p50); one with each of the %d units %.2f ms
   errors           %d
-`, r.Units, where, r.KEM, r.Concurrency, r.HandshakesPerS, r.HandshakeP50Ms, r.HandshakeP99Ms, r.UsableP50Ms, r.UsableP99Ms,
+`, r.Clusters, r.Units, where, r.KEM, r.Concurrency, r.HandshakesPerS, r.HandshakeP50Ms, r.HandshakeP99Ms, r.UsableP50Ms, r.UsableP99Ms,
 		r.SessionsMeasured, r.SessionsNotOnAll, r.CallsPerS, r.CallP50Ms, r.CallP99Ms, r.TLSHandshakeP50Ms, r.Units, r.TLSToAllUnitsMs, r.Errors)
 	return err
 }

@@ -184,7 +184,11 @@ type FollowConfig struct {
 	Follow bool          // keep waiting for new events
 	// Poll is how often a follower asks for new events; default 250ms.
 	Poll time.Duration
-	Now  func() time.Time
+	// APIPrefix is where the connection reaches the JetStream API of the
+	// stream's account; default "$JS.API". An operator's connection reaches
+	// the manager's at access.APIPrefix("manager").
+	APIPrefix string
+	Now       func() time.Time
 }
 
 // followBatch is how many events one direct get returns at most.
@@ -201,6 +205,9 @@ func Follow(ctx context.Context, nc *nats.Conn, cfg FollowConfig, fn func(*Event
 	if cfg.Poll <= 0 {
 		cfg.Poll = 250 * time.Millisecond
 	}
+	if cfg.APIPrefix == "" {
+		cfg.APIPrefix = "$JS.API"
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -212,7 +219,7 @@ func Follow(ctx context.Context, nc *nats.Conn, cfg FollowConfig, fn func(*Event
 	poll := time.NewTicker(cfg.Poll)
 	defer poll.Stop()
 	for {
-		n, next, pending, err := getBatch(ctx, nc, req, fn)
+		n, next, pending, err := getBatch(ctx, nc, cfg.APIPrefix, req, fn)
 		if err != nil {
 			return err
 		}
@@ -244,7 +251,7 @@ type directGet struct {
 // getBatch asks for one batch and hands each event to fn; it returns how
 // many messages came, the sequence after the last, and how many more the
 // stream holds after it.
-func getBatch(ctx context.Context, nc *nats.Conn, req directGet, fn func(*Event, error) error) (n int, next, pending uint64, err error) {
+func getBatch(ctx context.Context, nc *nats.Conn, prefix string, req directGet, fn func(*Event, error) error) (n int, next, pending uint64, err error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return 0, 0, 0, err
@@ -255,7 +262,7 @@ func getBatch(ctx context.Context, nc *nats.Conn, req directGet, fn func(*Event,
 		return 0, 0, 0, fmt.Errorf("events: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+StreamName, inbox, body); err != nil {
+	if err := nc.PublishRequest(prefix+".DIRECT.GET."+StreamName, inbox, body); err != nil {
 		return 0, 0, 0, fmt.Errorf("events: %w", err)
 	}
 	next = req.Seq

@@ -218,7 +218,7 @@ func TestNoRequestWritesWhereItsRequesterPoints(t *testing.T) {
 	// What the audit stream took meanwhile is events, all of them.
 	op := s.conn(access.Grant{Role: access.Operator}, access.State)
 	n := 0
-	if err := events.Follow(ctx, op, events.FollowConfig{}, func(e *events.Event, err error) error {
+	if err := events.Follow(ctx, op, events.FollowConfig{APIPrefix: access.APIPrefix(access.ManagerAccount)}, func(e *events.Event, err error) error {
 		n++
 		if err != nil {
 			t.Errorf("a message of the audit stream is no event: %v", err)
@@ -731,7 +731,7 @@ func TestRefusalEventsAreLimited(t *testing.T) {
 	s.stopServices() // the manager flushes its events as it stops
 	op := s.conn(access.Grant{Role: access.Operator}, access.State)
 	refusals, noted := 0, false
-	if err := events.Follow(ctx, op, events.FollowConfig{}, func(e *events.Event, err error) error {
+	if err := events.Follow(ctx, op, events.FollowConfig{APIPrefix: access.APIPrefix(access.ManagerAccount)}, func(e *events.Event, err error) error {
 		if err == nil && e.Kind == events.UnitJoinRefused {
 			refusals++
 			noted = noted || strings.Contains(e.Reason, "more like it not recorded")

@@ -574,7 +574,13 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer nc.Close()
-	err = events.Follow(ctx, nc, events.FollowConfig{Since: *since, Follow: *follow}, func(e *events.Event, err error) error {
+	// An operator reaches the audit stream in the manager's account; the
+	// manager's own credential, or none, in its own.
+	var prefix string
+	if c, _ := nf.credential(""); c != nil && c.Grant.Role == access.Operator {
+		prefix = access.APIPrefix(access.ManagerAccount)
+	}
+	err = events.Follow(ctx, nc, events.FollowConfig{Since: *since, Follow: *follow, APIPrefix: prefix}, func(e *events.Event, err error) error {
 		switch {
 		case err != nil:
 			fmt.Fprintf(stderr, "skipping an event that does not decode: %v\n", err)
