@@ -17,6 +17,14 @@
 // a key each unit derives for itself from the session's answer key, with
 // random nonces, so two units never share a key.
 //
+// Call claims. A unit claims a call before it runs it; ClaimKey, SignClaim
+// and CheckClaim authenticate those claims under a key derived from the
+// cluster key and bind each to its subject and to the revision it was
+// written over, so that nothing but a unit of the cluster writes a claim a
+// unit accepts, and no claim can be written again elsewhere. SessionID makes
+// a session's id from the user's hello, so that a hello sent again names the
+// session it opened.
+//
 // Guarantees: every function here either returns what it was asked for or
 // an error; nothing decrypts without authenticating; keys are derived with
 // labels that keep each use apart.

@@ -264,6 +264,11 @@ func (s *Session) send(ctx context.Context, kind channel.Kind, subject string, d
 			return nil, err
 		}
 	}
+	if errors.Is(last, messages.ErrInProgress) {
+		// The unit that took the call has not answered: it may have died
+		// while running it. The call may have run; it is never run twice.
+		return nil, fmt.Errorf("client: call %d was taken and not answered within %d attempts (its unit may have died running it; cohort does not run a call twice): %w", seq, s.cfg.Retries, last)
+	}
 	return nil, fmt.Errorf("client: call failed after %d attempts: %w", s.cfg.Retries, last)
 }
 

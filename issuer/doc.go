@@ -1,8 +1,10 @@
 // Package issuer is cohort's certificate issuer: the trusted service, running
 // in an enclave, that turns attested evidence into certificates.
 //
-// It serves two NATS endpoints as a nats.go micro service (see package
-// messages for the subjects and types):
+// It serves two NATS endpoints as a service of package service, which nats
+// micro's tools discover (see package messages for the subjects and types),
+// on a connection that may publish only replies; its state and its events
+// go over another (package access):
 //
 //   - evidence: the issuer's own evidence, whose report data binds its root
 //     certificate, the hash of its policy and the caller's nonce. Users and

@@ -5,9 +5,9 @@ import (
 	"regexp"
 )
 
-// Subjects of the issuer's service. The issuer serves them as a nats.go micro
-// service named IssuerService, in the queue group IssuerQueue, so several
-// issuer processes share the load.
+// Subjects of the issuer's service. The issuer serves them as a service named
+// IssuerService (which nats micro's discovery sees), in the queue group
+// IssuerQueue, so several issuer processes share the load.
 const (
 	IssuerService   = "cohort-issuer"
 	IssuerQueue     = "cohort-issuer"

@@ -16,6 +16,21 @@
 //     Run with that error. Once it holds one, nothing from NATS ends it:
 //     refusals are not authenticated, so a forged one must not take a serving
 //     replica down; it keeps its pair and retries.
+//
+// With a cluster key, it serves its cluster's channel (channel.go): it
+// answers users on Config.Serve, whose credential may publish only replies,
+// and keeps the cluster's state over Config.Conn. Its guarantees:
+//   - It knows who asks from the subject (which the NATS server lets only
+//     that user publish under), serves a session to its user only, and holds
+//     each user to its Quota.
+//   - A call runs at most once: it is claimed, create-only, before it runs,
+//     and a claim that no unit of the cluster wrote (claims.go) is refused
+//     as tampered, never run. A claim whose unit died is final, unless the
+//     task is declared free of side effects.
+//   - A closed session stays closed; a hello sent again opens nothing.
+//   - It makes its cluster's streams (streams.go), and does not serve over
+//     ones whose configuration could lose a claim or a record.
+//   - Its memory is bounded: expired sessions are dropped (sessions.go).
 package unit
 
 import (

@@ -1,0 +1,186 @@
+package unit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cohort-dev/cohort/channel"
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// Limits of the cluster's streams, which its units make.
+const (
+	// SessionsMaxBytes bounds a cluster's session records: about 600,000
+	// sessions, 600 users at their quota.
+	SessionsMaxBytes = 256 << 20
+	// CallsMaxBytes bounds a cluster's claims: one user at its quota of
+	// call bytes on one unit stores at most 1 MiB a second for the claims'
+	// five minutes, 300 MiB; this is fifty times that.
+	CallsMaxBytes = 16 << 30
+	// callClaimTTL is how long a claim is kept after its last write: longer
+	// than the span in which a call's time is accepted (twice the clock skew
+	// allowed), so that a call sent again is refused by its claim or by its
+	// age. A closed mark is kept until its session expires.
+	callClaimTTL = 5 * time.Minute
+	// duplicatesWindow is JetStream's window for message ids.
+	duplicatesWindow = 2 * time.Minute
+	maxSessionTTL    = 24 * time.Hour
+)
+
+// streams are the cluster's two streams, as a unit uses them.
+type streams struct {
+	sessions jetstream.Stream
+	calls    jetstream.Stream
+	guard    callsGuard
+}
+
+// callsGuard watches the calls stream for signs that it was made again,
+// which loses its claims: a claim stored at a sequence the stream had
+// passed before, or a creation time that moved. From then on a call sent
+// before the stream was made again, give or take the clock skew allowed, is
+// not run: its claim may be lost.
+type callsGuard struct {
+	mu        sync.Mutex
+	floor     uint64    // a sequence the stream had passed: every new claim is above it
+	next      uint64    // the last sequence at the last look, the floor after the next
+	created   time.Time // the stream's creation time as first seen
+	recreated time.Time // when it was seen made again; zero if never
+}
+
+// bind starts the watch on the stream's first look.
+func (g *callsGuard) bind(info *jetstream.StreamInfo) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.floor, g.next, g.created = info.State.LastSeq, info.State.LastSeq, info.Created
+}
+
+// look takes a later look at the stream. The floor lags a look behind, so
+// that a claim written before this look and checked after it is above it.
+func (g *callsGuard) look(info *jetstream.StreamInfo, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !info.Created.Equal(g.created) {
+		g.created, g.recreated, g.floor, g.next = info.Created, now, 0, info.State.LastSeq
+		return
+	}
+	g.floor, g.next = g.next, info.State.LastSeq
+}
+
+// check judges a claim stored at seq at now, for a call sent at sent.
+func (g *callsGuard) check(seq uint64, sent, now time.Time) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if floor := g.floor; seq <= floor {
+		g.recreated, g.floor, g.next = now, 0, seq
+		return fmt.Errorf("%w: the calls stream stored a claim at sequence %d, below sequence %d it had passed: it was made again, and lost its claims", channel.ErrTampered, seq, floor)
+	}
+	if !g.recreated.IsZero() && sent.Before(g.recreated.Add(maxClockSkew)) {
+		return fmt.Errorf("%w: the calls stream was made again at %s, and this call was sent at %s: its claim may be lost", channel.ErrTampered, g.recreated.UTC().Format(time.RFC3339), sent.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// ensureStreams makes the cluster's streams, or takes the ones there are,
+// retrying until ctx is done. A stream whose configuration could lose a
+// claim or let a record be rolled up or purged is refused: no role may
+// change a stream, and a unit does not serve over one it cannot trust.
+func (u *Unit) ensureStreams(ctx context.Context) (*streams, error) {
+	c := u.cfg.Cluster
+	sessions := jetstream.StreamConfig{
+		Name:              messages.SessionsStream(c),
+		Description:       "cohort session records of cluster " + c + ": session keys sealed under the cluster's key, one subject a session",
+		Subjects:          []string{messages.SessionsOfCluster(c)},
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardNew,
+		MaxAge:            maxSessionTTL,
+		MaxBytes:          SessionsMaxBytes,
+		MaxMsgSize:        messages.MaxSessionRecord,
+		MaxMsgsPerSubject: 1,
+		Duplicates:        duplicatesWindow,
+		AllowMsgTTL:       true, // each record lives as long as its session
+		AllowDirect:       true,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		Storage:           jetstream.FileStorage,
+		Replicas:          u.cfg.Replicas,
+	}
+	calls := jetstream.StreamConfig{
+		Name:              messages.CallsStream(c),
+		Description:       "cohort call claims of cluster " + c + ": which unit took each call and its sealed answer, for five minutes; closed sessions, until they expire",
+		Subjects:          []string{messages.ClaimsOfCluster(c)},
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardNew,
+		MaxAge:            maxSessionTTL + 2*time.Minute, // each message has its own TTL, within it
+		AllowMsgTTL:       true,
+		MaxBytes:          CallsMaxBytes,
+		MaxMsgSize:        messages.MaxCallClaim,
+		MaxMsgsPerSubject: 1,
+		Duplicates:        duplicatesWindow,
+		AllowDirect:       true,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		Storage:           jetstream.FileStorage,
+		Replicas:          u.cfg.Replicas,
+	}
+	st := &streams{}
+	for failures := 0; ; failures++ {
+		var err error
+		if st.sessions, err = u.ensureStream(ctx, sessions); err == nil {
+			if st.calls, err = u.ensureStream(ctx, calls); err == nil {
+				st.guard.bind(st.calls.CachedInfo())
+				return st, nil
+			}
+		}
+		if errors.Is(err, errUntrusted) {
+			return nil, err
+		}
+		u.log.Debug("making the cluster's streams; retrying", "err", err)
+		if !sleep(ctx, Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+var errUntrusted = errors.New("the stream's configuration could lose what it keeps")
+
+func (u *Unit) ensureStream(ctx context.Context, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	st, err := u.js.CreateStream(ctx, want)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		if st, err = u.js.Stream(ctx, want.Name); err != nil {
+			return nil, err
+		}
+		if err := trusted(st.CachedInfo().Config, want); err != nil {
+			return nil, fmt.Errorf("unit: stream %s: %w: %v; an administrator must make it again", want.Name, errUntrusted, err)
+		}
+		if got := st.CachedInfo().Config; got.MaxBytes != want.MaxBytes || got.Replicas != want.Replicas || got.MaxAge != want.MaxAge {
+			u.log.Warn("a stream of the cluster keeps the limits it was made with", "stream", want.Name,
+				"max_bytes", got.MaxBytes, "replicas", got.Replicas, "max_age", got.MaxAge)
+		}
+		return st, nil
+	}
+	return st, err
+}
+
+// trusted checks what a stream must hold to for a unit to serve over it.
+func trusted(got, want jetstream.StreamConfig) error {
+	switch {
+	case len(got.Subjects) != 1 || got.Subjects[0] != want.Subjects[0]:
+		return fmt.Errorf("subjects %v, want %v", got.Subjects, want.Subjects)
+	case got.MaxMsgsPerSubject != want.MaxMsgsPerSubject:
+		return fmt.Errorf("%d messages a subject, want %d", got.MaxMsgsPerSubject, want.MaxMsgsPerSubject)
+	case !got.DenyDelete || !got.DenyPurge || got.AllowRollup:
+		return errors.New("deletes, purges or roll-ups allowed")
+	case got.Mirror != nil || len(got.Sources) > 0 || got.RePublish != nil || got.SubjectTransform != nil:
+		return errors.New("a mirror, sources, republishing or a subject transform")
+	case !got.AllowDirect || got.AllowMsgTTL != want.AllowMsgTTL:
+		return errors.New("direct gets or message TTLs not as made")
+	case got.MaxAge != 0 && got.MaxAge < want.MaxAge:
+		return fmt.Errorf("messages kept %v, want at least %v", got.MaxAge, want.MaxAge)
+	}
+	return nil
+}
