@@ -77,8 +77,7 @@ echo "ok: cohort trust from the host; 30 handshakes and calls over TLS, answered
 if "$cohort" call --creds "$creds/user-bob.creds" --cluster dev --trust "$work/root.pem" --timeout 2s "before" 2>"$work/bob0.err"; then
 	echo "FAIL: bob was served before the servers reloaded"; exit 1
 fi
-"${compose[@]}" kill -s HUP nats-1 nats-2 nats-3 >/dev/null
-"${compose[@]}" kill -s HUP nats-1 nats-2 nats-3 >/dev/null
+COMPOSE="${compose[*]}" bash deploy/reload.sh
 for _ in $(seq 100); do
 	"$cohort" call --creds "$creds/user-bob.creds" --cluster dev --trust "$work/root.pem" --timeout 2s "hello bob" >"$work/bob.out" 2>"$work/bob.err" && break
 	sleep 0.2

@@ -781,7 +781,7 @@ func cmdUser(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "user %s: credentials %s\nthe servers' configurations in %s/nats/ admit the user once reloaded: send them SIGHUP (docker-compose kill -s HUP nats-1 nats-2 nats-3)\n", name, path, *out)
+	fmt.Fprintf(stdout, "user %s: credentials %s\nthe servers' configurations in %s/nats/ admit the user once reloaded: send each server SIGHUP twice (deploy/reload.sh for docker-compose.yml)\n", name, path, *out)
 	return nil
 }
 
