@@ -716,7 +716,8 @@ func kemFlag(s string) (uint16, error) {
 
 func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("bench channel", stderr)
-	units := fs.Int("units", 5, "units of the cluster")
+	units := fs.Int("units", 5, "units of each cluster")
+	clusters := fs.Int("clusters", 1, "clusters, each of --units units; the load is spread over them")
 	d := fs.Duration("duration", 5*time.Second, "how long each phase runs")
 	conc := fs.Int("concurrency", 0, "handshakes or calls in flight; default 8 × GOMAXPROCS")
 	kem := fs.String("kem", "mlkem768x25519", "key agreement: mlkem768x25519 or x25519")
@@ -731,7 +732,7 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	var results []*bench.ChannelResult
 	for _, where := range splitList(*on) {
-		cfg := bench.ChannelConfig{Units: *units, Duration: *d, Concurrency: *conc, KEM: kemID, NATS: where, Out: stdout}
+		cfg := bench.ChannelConfig{Units: *units, Clusters: *clusters, Duration: *d, Concurrency: *conc, KEM: kemID, NATS: where, Out: stdout}
 		if *asJSON {
 			cfg.Out = io.Discard
 		}
