@@ -28,16 +28,10 @@ var secureDeployment = access.Deployment{
 	Users:    []string{"alice", "bob"},
 }
 
-// tapUser is a test's observer in an account: it may subscribe to
-// everything there and publish nowhere. No deployment has one.
-type tapUser struct {
-	account string
-	cred    *access.Credential
-}
-
 // secured is a NATS server that admits exactly cohort's credentials, each
 // in its account with its permissions, as dev and deploy configure it, and
-// the test's taps.
+// the test's taps: observers that may subscribe to everything in their
+// account and publish nowhere, which no deployment has.
 type secured struct {
 	t     *testing.T
 	srv   *embednats.Server

@@ -139,7 +139,9 @@ func (u *Unit) ensureStreams(ctx context.Context) (*streams, error) {
 		if errors.Is(err, errUntrusted) {
 			return nil, err
 		}
-		u.log.Debug("making the cluster's streams; retrying", "err", err)
+		// A stream of another build over the same subjects, or JetStream not
+		// ready yet: say why, then retry.
+		u.log.Warn("making the cluster's streams failed; retrying", "err", err)
 		if !sleep(ctx, Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)) {
 			return nil, ctx.Err()
 		}
