@@ -66,17 +66,8 @@ func TestServerFromGeneratedConfig(t *testing.T) {
 	if !o.SyncAlways {
 		t.Error("sync always not set")
 	}
-	o.Host, o.Port, o.HTTPPort, o.StoreDir, o.NoSigs = "127.0.0.1", server.RANDOM_PORT, 0, t.TempDir(), true
-	ns, err := server.NewServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("not ready")
-	}
-	url := strings.Replace(ns.ClientURL(), "nats://", "tls://", 1)
+	o.Host, o.Port, o.HTTPPort, o.StoreDir = "127.0.0.1", server.RANDOM_PORT, 0, t.TempDir()
+	_, url := serve(t, o)
 
 	alice := access.Grant{Role: access.User, Name: "alice"}
 	userOpts := connectOptions(t, filepath.Join(dir, CredsFile(alice)), filepath.Join(dir, CAFile))
@@ -110,6 +101,23 @@ func TestServerFromGeneratedConfig(t *testing.T) {
 		}
 		t.Errorf("connect without credentials: %v, want an authorization violation", err)
 	}
+}
+
+// serve starts a server with options from a generated configuration and
+// returns it and its TLS client URL.
+func serve(t *testing.T, o *server.Options) (*server.Server, string) {
+	t.Helper()
+	o.NoSigs, o.NoLog = true, true
+	ns, err := server.NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("not ready")
+	}
+	return ns, strings.Replace(ns.ClientURL(), "nats://", "tls://", 1)
 }
 
 // connectOptions connects as the State key of the credentials in credsFile,
@@ -149,17 +157,7 @@ func TestAddUser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.NoSigs, o.NoLog = true, true
-	ns, err := server.NewServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("not ready")
-	}
-	url := strings.Replace(ns.ClientURL(), "nats://", "tls://", 1)
+	ns, url := serve(t, o)
 	path, err := AddUser(dir, "dave")
 	if err != nil {
 		t.Fatal(err)
