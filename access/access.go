@@ -284,7 +284,7 @@ func ownStream(name string) []string {
 }
 
 // The subjects of the issuer's events on the audit stream.
-const issuerEvents = "cohort.v1.events.certificate.>"
+var issuerEvents = []string{"cohort.v1.events.certificate.>", "cohort.v1.events.policy.>", "cohort.v1.events.issuer.>"}
 
 // Subjects says what one key of a grant may publish to and subscribe to.
 func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
@@ -300,7 +300,12 @@ func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
 		pub = []string{"_R_.>"}
 		switch g.Role {
 		case Issuer:
-			sub = []string{messages.SubjectEvidence, messages.SubjectCertify, "$SRV.>"}
+			sub = []string{messages.SubjectEvidence, messages.SubjectCertify, messages.SubjectPeerStateKey,
+				messages.SubjectPolicyApply, messages.SubjectPolicyShow, messages.SubjectRecoverPrefix + ">", "$SRV.>"}
+			// An issuer asking another for the state key is in the
+			// issuer's own account: its answer goes to the issuer's
+			// inbox, the only one besides the mapped replies.
+			pub = append(pub, Grant{Role: Issuer}.InboxPrefix()+".>")
 		case Manager:
 			sub = []string{messages.SubjectManagerPrefix + ">", "$SRV.>"}
 		case Unit:
@@ -313,7 +318,8 @@ func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
 	sub = []string{g.InboxPrefix() + ".>"}
 	switch g.Role {
 	case Issuer:
-		pub = append(ownStream(issuerStream), "$KV."+issuerBucket+".>", issuerEvents)
+		pub = append(ownStream(issuerStream), "$KV."+issuerBucket+".>", messages.SubjectPeerStateKey)
+		pub = append(pub, issuerEvents...)
 	case Manager:
 		pub = append(ownStream(membersStream), "$KV."+membersBucket+".>")
 		pub = append(pub, ownStream(eventsStream)...)
@@ -330,7 +336,8 @@ func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
 		}
 		pub = append(pub, messages.SubjectEvidence)
 	case Operator:
-		pub = []string{messages.SubjectStatus, messages.SubjectEvidence, "$SRV.>", "$JS.*.API.STREAM.INFO.*",
+		pub = []string{messages.SubjectStatus, messages.SubjectEvidence, messages.SubjectPolicyApply, messages.SubjectPolicyShow,
+			messages.SubjectRecoverPrefix + ">", "$SRV.>", "$JS.*.API.STREAM.INFO.*",
 			APIPrefix(ManagerAccount) + ".DIRECT.GET." + eventsStream, APIPrefix(ManagerAccount) + ".DIRECT.GET." + eventsStream + ".>"}
 	}
 	return pub, sub, nil

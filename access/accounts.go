@@ -79,16 +79,20 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 		exports: []service{
 			{subject: messages.SubjectEvidence, accounts: everyone},
 			{subject: messages.SubjectCertify, accounts: clusterAccounts},
+			{subject: messages.SubjectPolicyApply, accounts: op},
+			{subject: messages.SubjectPolicyShow, accounts: op},
+			{subject: messages.SubjectRecoverPrefix + ">", accounts: op},
 			{subject: "$SRV.>", accounts: op, stream: true},
 			{subject: "$JS.API.STREAM.INFO." + issuerStream, accounts: op},
 		},
-		imports: []any{importOf(ManagerAccount, issuerEvents)},
+	}
+	for _, e := range issuerEvents {
+		iss.imports = append(iss.imports, importOf(ManagerAccount, e))
 	}
 	mgr := &account{name: ManagerAccount, jetstream: true,
 		exports: []service{
 			{subject: messages.SubjectStatus, accounts: op},
 			{subject: messages.SubjectManagerPrefix + "*.*.*", accounts: clusterAccounts},
-			{subject: issuerEvents, accounts: []string{IssuerAccount}},
 			{subject: "$SRV.>", accounts: op, stream: true},
 			{subject: "$JS.API.STREAM.INFO." + eventsStream, accounts: op},
 			{subject: "$JS.API.STREAM.INFO." + membersStream, accounts: op},
@@ -97,7 +101,12 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 		},
 		imports: []any{importOf(IssuerAccount, messages.SubjectEvidence)},
 	}
+	for _, e := range issuerEvents {
+		mgr.exports = append(mgr.exports, service{subject: e, accounts: []string{IssuerAccount}})
+	}
 	operator := &account{name: OperatorAccount, imports: []any{
+		importOf(IssuerAccount, messages.SubjectPolicyApply), importOf(IssuerAccount, messages.SubjectPolicyShow),
+		importOf(IssuerAccount, messages.SubjectRecoverPrefix+">"),
 		importOf(ManagerAccount, messages.SubjectStatus),
 		importOf(IssuerAccount, messages.SubjectEvidence),
 		importOf(ManagerAccount, "$SRV.PING"), importOf(ManagerAccount, "$SRV.INFO"), importOf(ManagerAccount, "$SRV.STATS"),

@@ -58,11 +58,19 @@ const (
 	CertificateRefused = "certificate.refused"
 	SessionOpened      = "session.opened"
 	SessionClosed      = "session.closed"
+	// The issuer's trust lifecycle.
+	PolicyApplied   = "policy.applied"     // an update was applied; Policy and PolicyHash say which
+	PolicyRefused   = "policy.refused"     // an update was refused; Code and Reason say why
+	StateKeyGranted = "issuer.key_granted" // a running issuer gave the state key to another (Measurement)
+	StateKeyRefused = "issuer.key_refused" // a request for the state key was refused
+	IssuerRecovered = "issuer.recovered"   // recovery-key holders restored the state key into an issuer
+	RecoveryRefused = "issuer.recovery_refused"
 )
 
 var kinds = map[string]bool{
 	UnitJoined: true, UnitLeft: true, UnitEvicted: true, UnitJoinRefused: true,
 	CertificateIssued: true, CertificateRefused: true, SessionOpened: true, SessionClosed: true,
+	PolicyApplied: true, PolicyRefused: true, StateKeyGranted: true, StateKeyRefused: true, IssuerRecovered: true, RecoveryRefused: true,
 }
 
 // Event is one entry of the audit stream.
@@ -79,6 +87,8 @@ type Event struct {
 	Code        string    `json:"code,omitempty"`   // the refusal's code
 	Reason      string    `json:"reason,omitempty"` // the refusal's reason
 	Simulated   bool      `json:"simulated,omitempty"`
+	Policy      uint64    `json:"policy,omitempty"`      // the version of the policy in force, for policy events
+	PolicyHash  string    `json:"policy_hash,omitempty"` // hex
 }
 
 // Subject is the event's subject.
@@ -143,7 +153,7 @@ func (e *Event) validate() error {
 		max         int
 	}{
 		{"source", e.Source, 80}, {"cluster", e.Cluster, 63}, {"task", e.Task, 63}, {"unit", e.Unit, 64},
-		{"measurement", e.Measurement, 128}, {"addr", e.Addr, 255}, {"code", e.Code, 64}, {"reason", e.Reason, MaxReason},
+		{"measurement", e.Measurement, 128}, {"addr", e.Addr, 255}, {"policy_hash", e.PolicyHash, 64}, {"code", e.Code, 64}, {"reason", e.Reason, MaxReason},
 	} {
 		if len(f.value) > f.max {
 			return fmt.Errorf("events: %s is %d bytes, at most %d", f.name, len(f.value), f.max)
@@ -166,6 +176,12 @@ func (e *Event) String() string {
 		if kv[1] != "" {
 			fmt.Fprintf(&b, " %s=%s", kv[0], kv[1])
 		}
+	}
+	if e.Policy != 0 {
+		fmt.Fprintf(&b, " policy=%d", e.Policy)
+	}
+	if e.PolicyHash != "" {
+		fmt.Fprintf(&b, " policy_hash=%s", e.PolicyHash)
 	}
 	if e.Simulated {
 		b.WriteString(" simulated")

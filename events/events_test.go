@@ -13,7 +13,8 @@ import (
 // when is the events' time in the tests.
 var when = time.Date(2024, 5, 1, 12, 0, 0, 123456789, time.UTC)
 
-var allKinds = []string{UnitJoined, UnitLeft, UnitEvicted, UnitJoinRefused, CertificateIssued, CertificateRefused, SessionOpened, SessionClosed}
+var allKinds = []string{UnitJoined, UnitLeft, UnitEvicted, UnitJoinRefused, CertificateIssued, CertificateRefused, SessionOpened, SessionClosed,
+	PolicyApplied, PolicyRefused, StateKeyGranted, StateKeyRefused, IssuerRecovered, RecoveryRefused}
 
 const measurementHex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 

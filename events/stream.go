@@ -100,7 +100,7 @@ const (
 )
 
 // refusal marks the kinds of events that anyone who may ask can cause.
-var refusal = map[string]bool{UnitJoinRefused: true, CertificateRefused: true}
+var refusal = map[string]bool{UnitJoinRefused: true, CertificateRefused: true, PolicyRefused: true, StateKeyRefused: true, RecoveryRefused: true}
 
 // NewPublisher returns a publisher that signs its events as source.
 func NewPublisher(nc *nats.Conn, source string, log *slog.Logger, now func() time.Time) (*Publisher, error) {

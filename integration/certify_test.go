@@ -29,7 +29,7 @@ import (
 func TestReplicasShareOneIdentity(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 
 	var units []*unit.Unit
 	for i := range 3 {
@@ -77,7 +77,7 @@ func TestReplicasShareOneIdentity(t *testing.T) {
 func TestRefusesMeasurementNotInPolicy(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 
 	// Code measured as task "rogue" asks for task "demo".
 	u, err := unit.New(unitConfig(t, nc, "demo", sim.UnitIdentity("rogue")))
@@ -101,7 +101,7 @@ func TestRefusesMeasurementNotInPolicy(t *testing.T) {
 func TestRefusesSimulatedUnlessPolicyAccepts(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	startIssuer(t, nc, parsePolicy(t, policyYAML(t, false, time.Hour)), sealSecret(t))
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, false, time.Hour)), newMachine(t))
 	_, err := certifier(t, nc, sim.UnitIdentity("demo")).Certify(context.Background(), "demo")
 	if !errors.Is(err, messages.ErrSimulated) {
 		t.Fatalf("got %v, want %v", err, messages.ErrSimulated)
@@ -113,7 +113,7 @@ func TestRefusesSimulatedUnlessPolicyAccepts(t *testing.T) {
 func TestRefusesEvidenceNotBindingRequest(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	c := certifier(t, nc, sim.UnitIdentity("demo"))
 
 	_, reqA, err := c.Prepare("demo")
@@ -151,7 +151,7 @@ func TestReplayYieldsNothingUsable(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
 	policy := parsePolicy(t, policyYAML(t, true, time.Hour))
-	secret := sealSecret(t)
+	secret := newMachine(t)
 	iss := startIssuer(t, nc, policy, secret)
 	victim := certifier(t, nc, sim.UnitIdentity("demo"))
 
@@ -197,7 +197,7 @@ func TestReplayYieldsNothingUsable(t *testing.T) {
 func TestIssuerNotMatchingPinIsRefused(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 
 	wrong := measure(t, sim.UnitIdentity("demo")) // a real measurement, but not the issuer's
 	cfg := unitConfig(t, nc, "demo", sim.UnitIdentity("demo"))
@@ -228,7 +228,7 @@ func TestIssuerNotMatchingPinIsRefused(t *testing.T) {
 func TestIssuerRestartKeepsRootAndTaskCertificate(t *testing.T) {
 	dir := t.TempDir()
 	policy := parsePolicy(t, policyYAML(t, true, time.Hour))
-	secret := sealSecret(t)
+	secret := newMachine(t)
 
 	srv := startNATS(t, dir)
 	iss := startIssuer(t, connect(t, srv), policy, secret)
@@ -256,23 +256,30 @@ func TestIssuerRestartKeepsRootAndTaskCertificate(t *testing.T) {
 	}
 }
 
-// An issuer with another seal secret (another machine, or another build)
-// cannot read the state and says so, rather than make new keys over it.
+// An issuer on another machine (another seal secret), started while no
+// issuer runs and with no key cache that opens there, cannot read the state:
+// it refuses to start, says what to do, and writes nothing, rather than make
+// new keys over it.
 func TestIssuerRefusesStateSealedElsewhere(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
 	policy := parsePolicy(t, policyYAML(t, true, time.Hour))
-	startIssuer(t, nc, policy, sealSecret(t)).stop()
+	startIssuer(t, nc, policy, newMachine(t)).stop()
+	before := streamState(t, nc, "KV_"+issuer.DefaultBucket)
 
-	p, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: sealSecret(t)})
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: policy})
+	other := newMachine(t)
+	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: other.platform(t), Policy: policy, KeyCache: other.keyCache(), PeerTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
-	if err := iss.Run(ctx); err == nil || !strings.Contains(err.Error(), "cannot unseal") {
-		t.Fatalf("Run: %v, want an unseal error", err)
+	err = iss.Run(ctx)
+	if !errors.Is(err, issuer.ErrNoStateKey) || !strings.Contains(err.Error(), "no running issuer answered") || !strings.Contains(err.Error(), "cohort recover") {
+		t.Fatalf("Run: %v, want ErrNoStateKey saying what to do", err)
+	}
+	if after := streamState(t, nc, "KV_"+issuer.DefaultBucket); after != before {
+		t.Fatalf("the refused issuer wrote: state %+v, was %+v", after, before)
 	}
 }
 
@@ -280,7 +287,7 @@ func TestIssuerRefusesStateSealedElsewhere(t *testing.T) {
 func TestConcurrentIssuersAgree(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	policy := parsePolicy(t, policyYAML(t, true, time.Hour))
-	secret := sealSecret(t)
+	secret := newMachine(t)
 	var wg sync.WaitGroup
 	issuers := make([]*runningIssuer, 2)
 	for i := range issuers {
@@ -302,7 +309,7 @@ func TestConcurrentIssuersAgree(t *testing.T) {
 func TestUnitsRenew(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, 3*time.Second)), sealSecret(t))
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, 3*time.Second)), newMachine(t))
 	a := startUnit(t, unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo")))
 	b := startUnit(t, unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo")))
 	first := a.Pair()
@@ -323,7 +330,7 @@ func TestUnitsRenew(t *testing.T) {
 func TestBadRequestsAreRefusedWithReason(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	c := certifier(t, nc, sim.UnitIdentity("demo"))
 
 	wrongVersion, _ := messages.Marshal(&messages.CertifyRequest{V: 99, Body: []byte{1}, Evidence: []byte{1}})

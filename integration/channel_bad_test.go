@@ -155,7 +155,7 @@ func TestUntrustedStreamsAreRefused(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	startManager(t, connect(t, srv), iss.Root(), heartbeat)
 	var logs syncLog
 	cfg := unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo"))

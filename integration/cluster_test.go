@@ -40,7 +40,7 @@ func TestClusterKeyOnlyForItsUnits(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
 	policy := parsePolicy(t, policyYAML(t, true, time.Hour))
-	secret := sealSecret(t)
+	secret := newMachine(t)
 	iss := startIssuer(t, nc, policy, secret)
 	ctx := context.Background()
 
@@ -94,7 +94,7 @@ func TestClusterKeyOnlyForItsUnits(t *testing.T) {
 func TestTLSSessionResumesOnAnotherReplica(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	var units []*unit.Unit
 	for _, name := range []string{"r1", "r2"} {
 		cfg := unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo"))

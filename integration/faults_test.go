@@ -50,7 +50,7 @@ type deployment struct {
 	t      *testing.T
 	nats   *embednats.Cluster
 	creds  map[access.Grant]*access.Credential
-	secret []byte
+	secret *machine
 	procs  []*proc
 	units  map[string]*unit.Unit // the running unit of each name
 	iss    *issuer.Issuer
@@ -154,7 +154,7 @@ func (d *deployment) proc(name string) *proc {
 
 func startDeployment(t *testing.T) *deployment {
 	t.Helper()
-	d := &deployment{t: t, secret: sealSecret(t), units: map[string]*unit.Unit{}}
+	d := &deployment{t: t, secret: newMachine(t), units: map[string]*unit.Unit{}}
 	dep := access.Deployment{Clusters: []access.Cluster{{ID: faultCluster, Units: []string{"unit-1", "unit-2", "unit-3"}}}, Users: []string{"alice"}}
 	var err error
 	if d.creds, err = access.LoadOrCreateAll(t.TempDir(), dep); err != nil {
@@ -180,11 +180,11 @@ clusters:
 `, measure(t, sim.UnitIdentity("demo")), faultCluster))
 
 	d.procs = append(d.procs, &proc{name: "issuer", grant: access.Grant{Role: access.Issuer}, newRun: func(nc, serve *nats.Conn) (func(context.Context) error, <-chan struct{}, error) {
-		p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: d.secret})
+		p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: d.secret.secret})
 		if err != nil {
 			return nil, nil, err
 		}
-		iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Policy: policy, Replicas: 3, Logger: logger(t)})
+		iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Policy: policy, Replicas: 3, KeyCache: d.secret.keyCache(), Logger: logger(t)})
 		if err != nil {
 			return nil, nil, err
 		}

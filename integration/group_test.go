@@ -51,7 +51,7 @@ func groupPolicyYAML(t *testing.T) []byte {
 // of trio; alpha also holds duo.
 type groupStack struct {
 	dir    string
-	secret []byte
+	secret *machine
 	nc     *nats.Conn
 	iss    *runningIssuer
 	units  map[string]*unit.Unit
@@ -59,7 +59,7 @@ type groupStack struct {
 
 func startGroupStack(t *testing.T) *groupStack {
 	t.Helper()
-	s := &groupStack{dir: t.TempDir(), secret: sealSecret(t), units: map[string]*unit.Unit{}}
+	s := &groupStack{dir: t.TempDir(), secret: newMachine(t), units: map[string]*unit.Unit{}}
 	srv := startNATS(t, s.dir)
 	s.nc = connect(t, srv)
 	s.iss = startIssuer(t, s.nc, parsePolicy(t, groupPolicyYAML(t)), s.secret)
@@ -382,7 +382,7 @@ func handshake(t *testing.T, server, client *tls.Config) (serr, cerr error) {
 }
 
 func TestIssuerRestartKeepsGroupCertificate(t *testing.T) {
-	dir, secret := t.TempDir(), sealSecret(t)
+	dir, secret := t.TempDir(), newMachine(t)
 	srv := startNATS(t, dir)
 	nc := connect(t, srv)
 	policy := parsePolicy(t, groupPolicyYAML(t))

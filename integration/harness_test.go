@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
@@ -95,14 +97,36 @@ func parsePolicy(t *testing.T, y []byte) *issuer.Policy {
 	return p
 }
 
-// sealSecret is one simulated CPU's seal secret for a test.
-func sealSecret(t *testing.T) []byte {
+// machine is one simulated machine of a test: its CPU's seal secret and a
+// folder for what an issuer keeps on it (the sealed key cache).
+type machine struct {
+	secret []byte
+	dir    string
+}
+
+// newMachine makes a simulated machine.
+func newMachine(t *testing.T) *machine {
 	t.Helper()
 	s := make([]byte, sim.SealSecretSize)
 	if _, err := rand.Read(s); err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return &machine{secret: s, dir: t.TempDir()}
+}
+
+// keyCache is the issuer's key cache on the machine.
+func (m *machine) keyCache() issuer.KeyCache {
+	return issuer.FileKeyCache(filepath.Join(m.dir, issuer.KeyCacheFile))
+}
+
+// platform is the simulated issuer platform on the machine.
+func (m *machine) platform(t *testing.T) *sim.Platform {
+	t.Helper()
+	p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: m.secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 type runningIssuer struct {
@@ -110,13 +134,9 @@ type runningIssuer struct {
 	stop func() // cancels Run and waits for it
 }
 
-func startIssuer(t *testing.T, nc *nats.Conn, policy *issuer.Policy, secret []byte) *runningIssuer {
+func startIssuer(t *testing.T, nc *nats.Conn, policy *issuer.Policy, m *machine) *runningIssuer {
 	t.Helper()
-	p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: policy, Logger: logger(t)})
+	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: m.platform(t), Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,13 +231,19 @@ func startUnit(t *testing.T, cfg unit.Config) *unit.Unit {
 // certifier returns a certifier for the demo task's code, as a unit has.
 func certifier(t *testing.T, nc *nats.Conn, identity string) *issuerclient.Certifier {
 	t.Helper()
+	return certifierFor(t, nc, identity, "")
+}
+
+// certifierFor returns a certifier that asks for cluster's key too.
+func certifierFor(t *testing.T, nc *nats.Conn, identity, cluster string) *issuerclient.Certifier {
+	t.Helper()
 	p := unitPlatform(t, identity)
 	client := issuerclient.Config{Conn: nc, Verifier: p, IssuerMeasurement: measure(t, sim.IssuerIdentity), AllowSimulated: true}
 	trust, err := issuerclient.VerifyIssuer(context.Background(), client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: p})
+	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: p, Cluster: cluster})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +283,7 @@ func startCluster(t *testing.T, n int, prefix string, tune func(*unit.Config)) *
 	t.Helper()
 	c := &cluster{srv: startNATS(t, t.TempDir()), conns: map[string]*nats.Conn{}}
 	c.nc = connect(t, c.srv)
-	c.iss = startIssuer(t, c.nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	c.iss = startIssuer(t, c.nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	c.mgr = startManager(t, connect(t, c.srv), c.iss.Root(), heartbeat)
 	for i := range n {
 		name := fmt.Sprintf("%s%d", prefix, i)
@@ -273,4 +299,20 @@ func startCluster(t *testing.T, n int, prefix string, tune func(*unit.Config)) *
 	c.roots = x509.NewCertPool()
 	c.roots.AddCert(c.iss.Root())
 	return c
+}
+
+// streamState is a stream's message count and last sequence, to show that
+// something wrote nothing.
+func streamState(t *testing.T, nc *nats.Conn, stream string) [2]uint64 {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(context.Background(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := st.CachedInfo()
+	return [2]uint64{info.State.Msgs, info.State.LastSeq}
 }

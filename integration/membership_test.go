@@ -59,7 +59,7 @@ func memberState(m *manager.Manager, key string) manager.State {
 func TestMembershipJoinEvictRejoinRestart(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	mgr := startManager(t, connect(t, srv), iss.Root(), heartbeat)
 
 	conns := make([]*nats.Conn, 3)
@@ -118,7 +118,7 @@ func TestMembershipJoinEvictRejoinRestart(t *testing.T) {
 func TestBadJoinsAreRefused(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	mgr := startManager(t, connect(t, srv), iss.Root(), heartbeat)
 	ctx := context.Background()
 	demo := unitPlatform(t, sim.UnitIdentity("demo"))
@@ -134,7 +134,7 @@ func TestBadJoinsAreRefused(t *testing.T) {
 	}
 	defer otherSrv.Close()
 	otherNC := connect(t, otherSrv)
-	startIssuer(t, otherNC, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	startIssuer(t, otherNC, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	foreign, err := certifier(t, otherNC, sim.UnitIdentity("demo")).Certify(ctx, "demo")
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +207,7 @@ func TestBadJoinsAreRefused(t *testing.T) {
 func TestTwoManagersAgree(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	a := startManager(t, connect(t, srv), iss.Root(), heartbeat)
 	b := startManager(t, connect(t, srv), iss.Root(), heartbeat)
 

@@ -56,7 +56,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	nc := connect(t, srv)
 	issuerReg, managerReg := prometheus.NewRegistry(), prometheus.NewRegistry()
 
-	p, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: sealSecret(t)})
+	p := newMachine(t).platform(t)
 	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: parsePolicy(t, policyYAML(t, true, time.Hour)), Metrics: issuerReg})
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/enclave/sim"
-	"github.com/cohort-dev/cohort/issuer"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/messages"
 )
@@ -25,7 +23,7 @@ import (
 func TestIssuerStopsCleanlyUnderLoad(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), sealSecret(t))
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	c := certifier(t, connect(t, srv), sim.UnitIdentity("demo"))
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -51,25 +49,34 @@ func TestIssuerStopsCleanlyUnderLoad(t *testing.T) {
 	wg.Wait()
 }
 
-// State sealed under one policy does not open under another: whoever starts
-// the issuer cannot put a policy of their choosing in front of the root.
+// The policy in force is the state's: an issuer started with a changed
+// policy file serves the policy in force and ignores the file, so that
+// whoever starts the issuer cannot put a policy of their choosing in front
+// of the root. Only a signed update changes it.
 func TestIssuerStateIsBoundToItsPolicy(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	secret := sealSecret(t)
-	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), secret).stop()
+	m := newMachine(t)
+	genesis := parsePolicy(t, policyYAML(t, true, time.Hour))
+	startIssuer(t, nc, genesis, m).stop()
 
 	// The same policy, but for one more cluster of the demo task.
 	changed := parsePolicy(t, append(policyYAML(t, true, time.Hour), "  - id: rogue\n    task: demo\n"...))
-	p, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: changed})
+	iss := startIssuer(t, nc, changed, m)
+	if got, want := iss.Policy().Hash(), genesis.Hash(); got != want {
+		t.Fatalf("the issuer serves policy %x, want the one in force %x", got, want)
+	}
+	trust, err := issuerclient.VerifyIssuer(context.Background(), issuerclient.Config{
+		Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: measure(t, sim.IssuerIdentity), AllowSimulated: true,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), deadline)
-	defer cancel()
-	if err := iss.Run(ctx); err == nil || !strings.Contains(err.Error(), "under another policy") {
-		t.Fatalf("Run under a changed policy: %v, want a refusal naming the policy", err)
+	if h := genesis.Hash(); !bytes.Equal(trust.PolicyHash, h[:]) || trust.PolicyVersion != 1 {
+		t.Fatalf("the evidence binds policy %x version %d, want the genesis", trust.PolicyHash, trust.PolicyVersion)
+	}
+	if _, err := certifierFor(t, nc, sim.UnitIdentity("demo"), "rogue").Certify(context.Background(), "demo"); !errors.Is(err, &messages.Error{Code: messages.CodeClusterNotCovered}) {
+		t.Fatalf("a cluster only the file names: %v, want cluster_not_covered", err)
 	}
 }
 
@@ -87,7 +94,7 @@ func TestVerifyIssuerRefusesDebugAndUnpinnedPolicy(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
 	policy := parsePolicy(t, policyYAML(t, true, time.Hour))
-	startIssuer(t, nc, policy, sealSecret(t))
+	startIssuer(t, nc, policy, newMachine(t))
 	base := issuerclient.Config{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: measure(t, sim.IssuerIdentity), AllowSimulated: true}
 
 	debug := base
@@ -113,7 +120,7 @@ func TestVerifyIssuerRefusesDebugAndUnpinnedPolicy(t *testing.T) {
 func TestForgedRefusalDoesNotStopServingUnit(t *testing.T) {
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
-	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, 3*time.Second)), sealSecret(t))
+	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, 3*time.Second)), newMachine(t))
 	cfg := unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo"))
 	u := startUnit(t, cfg)
 	first := u.Pair().Leaf.SerialNumber

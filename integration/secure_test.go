@@ -146,7 +146,7 @@ type secureStack struct {
 	stops  map[string]func()
 	conns  map[string][2]*nats.Conn // each unit's
 	roots  *x509.CertPool
-	secret []byte
+	secret *machine
 }
 
 // startSecureStack starts the stack with units u1 and u2 of c1 and v1 of
@@ -156,7 +156,7 @@ func startSecureStack(t *testing.T, tune func(*unit.Config), tapAccounts ...stri
 	s := &secureStack{
 		secured: startSecured(t, secureDeployment, tapAccounts...),
 		policy:  parsePolicy(t, policyYAML(t, true, time.Hour)),
-		units:   map[string]*unit.Unit{}, stops: map[string]func(){}, conns: map[string][2]*nats.Conn{}, secret: sealSecret(t),
+		units:   map[string]*unit.Unit{}, stops: map[string]func(){}, conns: map[string][2]*nats.Conn{}, secret: newMachine(t),
 	}
 	s.iss = s.startIssuer()
 	s.mgr = s.startManager()
@@ -172,11 +172,8 @@ func startSecureStack(t *testing.T, tune func(*unit.Config), tapAccounts ...stri
 func (s *secureStack) startIssuer() *runningIssuer {
 	t := s.t
 	g := access.Grant{Role: access.Issuer}
-	p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: s.secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := issuer.New(issuer.Config{Conn: s.conn(g, access.State), Serve: s.conn(g, access.Serve), Platform: p, Policy: s.policy, Logger: logger(t)})
+	iss, err := issuer.New(issuer.Config{Conn: s.conn(g, access.State), Serve: s.conn(g, access.Serve), Platform: s.secret.platform(t),
+		Policy: s.policy, KeyCache: s.secret.keyCache(), Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,15 +107,17 @@ func TestIssuerSecretsNeverCrossNATS(t *testing.T) {
 		secrets[name+", PKCS #8"] = der
 	}
 	add("root key", iss.root.key, iss.root.key)
-	for name, s := range iss.tasks {
+	secrets["state key"] = iss.store.key.raw
+	v := iss.view.Load()
+	for name, s := range v.tasks {
 		k := s.cur.Load().cred.key
 		add("task key of "+name, k, k)
 	}
-	for id, s := range iss.groups {
+	for id, s := range v.groups {
 		k := s.cur.Load().cred.key
 		add("group key of "+id, k, k)
 	}
-	for id, ck := range iss.clusters {
+	for id, ck := range v.clusters {
 		secrets["cluster key of "+id] = ck.Key
 	}
 	mu.Lock()

@@ -43,11 +43,40 @@ type Config struct {
 	// Conn. With NATS credentials it is the credential's Serve key, which
 	// may publish nothing but replies (package access).
 	Serve    *nats.Conn
-	Platform enclave.Platform // required: attests the issuer, verifies units, seals state
-	Policy   *Policy          // required
+	Platform enclave.Platform // required: attests the issuer, verifies units and peers, seals the key cache
+	// Policy is the genesis policy: the one a new state starts with (on an
+	// empty bucket, or with Init). Once a state exists the policy in force
+	// is the state's, changed only by signed updates (Apply); a Policy
+	// given then that differs from it is logged and ignored. Required for
+	// a new state.
+	Policy *Policy
 
-	Bucket   string // key-value bucket of the sealed state; default DefaultBucket
+	Bucket   string // key-value bucket of the state; default DefaultBucket
 	Replicas int    // JetStream replicas of that bucket; default 1
+
+	// Init makes a new state key and a new root even where a state exists.
+	// Every user must then trust the new root. Without it a root is made
+	// only on an empty bucket.
+	Init bool
+	// KeyCache keeps the state key sealed to this platform (this machine
+	// and this build) between runs; nil keeps it in memory only.
+	KeyCache KeyCache
+	// AwaitRecovery: when neither the key cache nor a running issuer gives
+	// the state key, wait for recovery-key holders (`cohort recover`)
+	// instead of refusing to start.
+	AwaitRecovery bool
+	// Waiting, if set, is called with the instance name once the issuer
+	// waits for recovery.
+	Waiting func(instance string)
+	// Instance names this issuer process in logs and in the subject on
+	// which it takes recovery shares; default random.
+	Instance string
+	// PeerTimeout bounds the wait for a running issuer's answer to a
+	// state-key request, retried while none answers; default 5s.
+	PeerTimeout time.Duration
+	// PolicyPoll is how often a replica checks for a policy another one
+	// applied; default 1s.
+	PolicyPoll time.Duration
 
 	Workers int // certify workers; default 2 × GOMAXPROCS
 	Queue   int // requests waiting for a worker before "overloaded"; default 1024
@@ -58,12 +87,15 @@ type Config struct {
 
 	// Metrics registers the issuer's Prometheus metrics; nil for none.
 	Metrics prometheus.Registerer
-	// NoEvents turns off the certificate events on the audit stream.
+	// NoEvents turns off the events on the audit stream.
 	NoEvents bool
 
 	Logger *slog.Logger     // default: discard
 	Now    func() time.Time // default time.Now
-	Rand   io.Reader        // serial numbers and signatures; default crypto/rand
+	Rand   io.Reader        // serial numbers, signatures, keys' shares; default crypto/rand
+
+	// afterCommit, in tests, runs between storing an update and adopting it.
+	afterCommit func()
 }
 
 func (c *Config) fill() error {
@@ -72,8 +104,8 @@ func (c *Config) fill() error {
 		return errors.New("issuer: Config.Conn is required")
 	case c.Platform == nil:
 		return errors.New("issuer: Config.Platform is required")
-	case c.Policy == nil:
-		return errors.New("issuer: Config.Policy is required")
+	case c.Instance != "" && !messages.ValidInstance(c.Instance):
+		return fmt.Errorf("issuer: instance %q: want 1 to %d lower-case letters and digits", c.Instance, messages.MaxInstance)
 	}
 	if c.Serve == nil {
 		c.Serve = c.Conn
@@ -93,15 +125,28 @@ func (c *Config) fill() error {
 	if c.MaxClockSkew <= 0 {
 		c.MaxClockSkew = 2 * time.Minute
 	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+	if c.PeerTimeout <= 0 {
+		c.PeerTimeout = 5 * time.Second
 	}
-	c.Logger = c.Logger.With("component", "issuer")
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.PolicyPoll <= 0 {
+		c.PolicyPoll = time.Second
 	}
 	if c.Rand == nil {
 		c.Rand = rand.Reader
+	}
+	if c.Instance == "" {
+		var b [6]byte
+		if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
+			return err
+		}
+		c.Instance = hex.EncodeToString(b[:])
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	c.Logger = c.Logger.With("component", "issuer", "instance", c.Instance)
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return nil
 }
@@ -115,10 +160,28 @@ type Issuer struct {
 	running atomic.Bool
 	metrics *metrics
 	events  *events.Publisher // nil with NoEvents
+	self    []byte            // this issuer's measurement
 
 	// Set before ready is closed, read-only after.
-	store    *store
-	root     *credential
+	store *store
+	root  *credential
+
+	// view is the policy in force and everything made from it. A request
+	// reads it once; an update swaps it whole, so that no request sees a
+	// mix of two policies.
+	view atomic.Pointer[view]
+	// adopting serialises the writers of view: updates applied here and
+	// those followed from other replicas.
+	adopting sync.Mutex
+	// recovery is the state of an issuer waiting for recovery shares.
+	recovery *waiting
+}
+
+// view is one policy in force, with the keys and certificates made from it.
+type view struct {
+	policy   *Policy
+	record   *policyRecord
+	rev      uint64 // of the policy record
 	tasks    map[string]*slot
 	groups   map[string]*slot
 	clusters map[string]*clusterKey
@@ -132,13 +195,15 @@ type slot struct {
 	key   string // its key in the state bucket
 	spec  []byte
 	issue func(*ecdsa.PrivateKey) (*x509.Certificate, error)
-	// clusters are the clusters of a task, whose secrets set precomputes.
-	clusters []string
-	mu       sync.Mutex
-	rev      uint64    // guarded by mu
-	retry    time.Time // guarded by mu: no reissue attempt before this, after a failure
-	fails    int       // guarded by mu: reissues failed in a row
-	cur      atomic.Pointer[held]
+	// clusterIDs are the clusters of a task, whose secrets set precomputes
+	// from clusters, the view's cluster keys.
+	clusterIDs []string
+	clusters   map[string]*clusterKey
+	mu         sync.Mutex
+	rev        uint64    // guarded by mu
+	retry      time.Time // guarded by mu: no reissue attempt before this, after a failure
+	fails      int       // guarded by mu: reissues failed in a row
+	cur        atomic.Pointer[held]
 }
 
 // held is an immutable snapshot of a slot's credential, with everything the
@@ -168,6 +233,7 @@ func New(cfg Config) (*Issuer, error) {
 		ready:   make(chan struct{}),
 		replay:  replay.New(2*cfg.MaxClockSkew, cfg.Now()),
 		metrics: m,
+		self:    cfg.Platform.Measurement(),
 	}, nil
 }
 
@@ -177,9 +243,15 @@ func (i *Issuer) Ready() <-chan struct{} { return i.ready }
 // Root returns the root certificate. Valid after Ready.
 func (i *Issuer) Root() *x509.Certificate { return i.root.cert }
 
+// Instance is this issuer's instance name.
+func (i *Issuer) Instance() string { return i.cfg.Instance }
+
+// Policy returns the policy in force. Valid after Ready.
+func (i *Issuer) Policy() *Policy { return i.view.Load().policy }
+
 // TaskCertificate returns the current certificate of a task. Valid after Ready.
 func (i *Issuer) TaskCertificate(task string) (*x509.Certificate, bool) {
-	s, ok := i.tasks[task]
+	s, ok := i.view.Load().tasks[task]
 	if !ok {
 		return nil, false
 	}
@@ -189,16 +261,20 @@ func (i *Issuer) TaskCertificate(task string) (*x509.Certificate, bool) {
 // GroupCertificate returns the current certificate of a group. Valid after
 // Ready.
 func (i *Issuer) GroupCertificate(group string) (*x509.Certificate, bool) {
-	s, ok := i.groups[group]
+	s, ok := i.view.Load().groups[group]
 	if !ok {
 		return nil, false
 	}
 	return s.cur.Load().cred.cert, true
 }
 
-// Run loads or creates the issuer's keys, serves until ctx is done, then
-// drains in-flight requests and returns. It returns an error if the state
-// cannot be loaded or the service cannot start.
+// ErrRemoved: an update removed this issuer's build from the policy in force.
+var ErrRemoved = errors.New("issuer: the policy in force no longer lists this issuer's build")
+
+// Run obtains the state key, loads the state, serves until ctx is done,
+// then drains in-flight requests and returns. It returns an error if the
+// state cannot be opened or the service cannot start, or, wrapping
+// ErrRemoved, when an update removes this issuer's build.
 func (i *Issuer) Run(ctx context.Context) error {
 	if !i.running.CompareAndSwap(false, true) {
 		return errors.New("issuer: Run called twice")
@@ -206,7 +282,8 @@ func (i *Issuer) Run(ctx context.Context) error {
 	if err := i.load(ctx); err != nil {
 		return err
 	}
-	hash := i.cfg.Policy.Hash()
+	v := i.view.Load()
+	hash := v.policy.Hash()
 	svc, err := service.New(service.Config{
 		Conn:        i.cfg.Serve,
 		Name:        messages.IssuerService,
@@ -214,9 +291,9 @@ func (i *Issuer) Run(ctx context.Context) error {
 		Description: "cohort issuer: attested certificates for enclave replicas",
 		QueueGroup:  messages.IssuerQueue,
 		Metadata: map[string]string{
-			"backend":     i.cfg.Platform.Name(),
-			"policy_hash": hex.EncodeToString(hash[:]),
-			"protocol":    fmt.Sprint(messages.Version),
+			"backend":  i.cfg.Platform.Name(),
+			"instance": i.cfg.Instance,
+			"protocol": fmt.Sprint(messages.Version),
 		},
 		Workers: i.cfg.Workers, Queue: i.cfg.Queue, Logger: i.log,
 	})
@@ -227,13 +304,16 @@ func (i *Issuer) Run(ctx context.Context) error {
 	for _, ep := range []service.Endpoint{
 		{Name: "evidence", Subject: messages.SubjectEvidence, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.evidence(m.Data) }},
 		{Name: "certify", Subject: messages.SubjectCertify, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.certify(ctx, m.Data) }},
+		{Name: "state-key", Subject: messages.SubjectPeerStateKey, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.grant(m.Data) }},
+		{Name: "policy-apply", Subject: messages.SubjectPolicyApply, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.apply(ctx, m.Data) }},
+		{Name: "policy-show", Subject: messages.SubjectPolicyShow, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.show(m.Data) }},
 	} {
 		if err := svc.Add(ep); err != nil {
 			return fmt.Errorf("issuer: add %s endpoint: %w", ep.Name, err)
 		}
 	}
-	attrs := []any{"backend", i.cfg.Platform.Name(), "root", fingerprint(i.root.cert), "policy_hash", hex.EncodeToString(hash[:]),
-		"tasks", len(i.tasks), "groups", len(i.groups), "clusters", len(i.clusters)}
+	attrs := []any{"backend", i.cfg.Platform.Name(), "root", fingerprint(i.root.cert), "policy_version", v.policy.Version,
+		"policy_hash", hex.EncodeToString(hash[:]), "tasks", len(v.tasks), "groups", len(v.groups), "clusters", len(v.clusters)}
 	if i.cfg.Platform.Simulated() {
 		attrs = append(attrs, "attestation", "SIMULATED")
 	}
@@ -243,30 +323,30 @@ func (i *Issuer) Run(ctx context.Context) error {
 	}
 	i.log.Info("issuer serving", attrs...)
 	close(i.ready)
-	<-ctx.Done()
+	err = i.follow(ctx)
 	if i.events != nil {
 		flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		_ = i.events.Flush(flush)
 	}
-	return nil
+	return err
 }
 
-// load reads the root, the cluster keys and the task and group credentials
-// from the state bucket, creating what is missing and reissuing certificates
-// that no longer match the policy or are due. Everything the policy declares
-// exists once load returns: nothing is made on first request.
+// load obtains the state key, then reads the root, the policy in force and
+// everything made from it, creating what is missing and reissuing
+// certificates that no longer match the policy or are due. Everything the
+// policy declares exists once load returns: nothing is made on first
+// request.
 func (i *Issuer) load(ctx context.Context) error {
 	js, err := jetstream.New(i.cfg.Conn)
 	if err != nil {
 		return fmt.Errorf("issuer: jetstream: %w", err)
 	}
-	if i.store, err = openStore(ctx, js, i.cfg.Bucket, i.cfg.Replicas, i.cfg.Platform, i.cfg.Policy.Hash()); err != nil {
+	store, empty, err := openStore(ctx, js, i.cfg.Bucket, i.cfg.Replicas)
+	if err != nil {
 		return fmt.Errorf("issuer: %w", err)
 	}
-	if i.root, err = i.loadRoot(ctx); err != nil {
-		return fmt.Errorf("issuer: root: %w", err)
-	}
+	i.store = store
 	if !i.cfg.NoEvents {
 		// The audit stream is the manager's: the issuer's events reach it
 		// through the manager's account, and are dropped (counted) while no
@@ -275,65 +355,52 @@ func (i *Issuer) load(ctx context.Context) error {
 			return fmt.Errorf("issuer: %w", err)
 		}
 	}
-	if left := i.root.cert.NotAfter.Sub(i.cfg.Now()); left < i.cfg.Policy.Validity.Task {
+	fresh, peer, err := i.obtainKey(ctx, empty)
+	if err != nil {
+		return err
+	}
+	if i.root, err = i.loadRoot(ctx, fresh); err != nil {
+		return fmt.Errorf("issuer: root: %w", err)
+	}
+	rec, rev, err := i.loadPolicy(ctx, fresh)
+	if err != nil {
+		return err
+	}
+	v, _, err := i.build(ctx, rec, rev)
+	if err != nil {
+		return err
+	}
+	if peer != nil && !v.policy.AcceptsIssuer(peer, i.self) {
+		return fmt.Errorf("issuer: the issuer that gave this one the state key measures %x, which the policy in force (version %d) does not list under issuers: refusing its state", peer, v.policy.Version)
+	}
+	if !v.policy.AcceptsIssuer(i.self, i.self) {
+		i.log.Warn("the policy in force does not list this issuer's build: apply an update that lists it under issuers",
+			"measurement", hex.EncodeToString(i.self), "policy_version", v.policy.Version)
+	}
+	i.view.Store(v)
+	if left := i.root.cert.NotAfter.Sub(i.cfg.Now()); left < v.policy.Validity.Task {
 		// Task certificates are cut at the root's end; past it nothing verifies.
 		i.log.Warn("the root CA expires before a task certificate would: root rollover is not supported yet",
 			"root_not_after", i.root.cert.NotAfter, "left", left.Round(time.Second))
 	}
-	i.clusters = make(map[string]*clusterKey, len(i.cfg.Policy.Clusters))
-	for _, c := range i.cfg.Policy.Clusters {
-		if i.clusters[c.ID], err = i.loadCluster(ctx, c.ID); err != nil {
-			return fmt.Errorf("issuer: cluster %q: %w", c.ID, err)
-		}
-	}
-	p := i.cfg.Policy
-	i.tasks = make(map[string]*slot, len(p.Tasks))
-	for k := range p.Tasks {
-		t := &p.Tasks[k]
-		s := &slot{
-			kind: "task", name: t.Name, key: taskKeyPrefix + t.Name, clusters: t.clusters,
-			spec: taskSpec(i.root.cert, t, p.Validity.Task, p.AcceptSimulated),
-			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
-				return issueTask(i.cfg.Rand, i.cfg.Now(), i.root, t, key, p.Validity.Task, p.AcceptSimulated)
-			},
-		}
-		if err := i.loadSlot(ctx, s); err != nil {
-			return fmt.Errorf("issuer: task %q: %w", t.Name, err)
-		}
-		i.tasks[t.Name] = s
-	}
-	i.groups = make(map[string]*slot, len(p.Groups))
-	for k := range p.Groups {
-		g := &p.Groups[k]
-		s := &slot{
-			kind: "group", name: g.ID, key: groupKeyPrefix + g.ID,
-			spec: groupSpec(i.root.cert, g, p.Validity.Group, p.AcceptSimulated),
-			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
-				return issueGroup(i.cfg.Rand, i.cfg.Now(), i.root, g, key, p.Validity.Group, p.AcceptSimulated)
-			},
-		}
-		if err := i.loadSlot(ctx, s); err != nil {
-			return fmt.Errorf("issuer: group %q: %w", g.ID, err)
-		}
-		i.groups[g.ID] = s
-	}
 	return nil
 }
 
-func (i *Issuer) loadRoot(ctx context.Context) (*credential, error) {
+// loadRoot returns the root, creating it only in a state made in this run
+// (fresh) or one whose creator stopped before making it.
+func (i *Issuer) loadRoot(ctx context.Context, fresh bool) (*credential, error) {
 	for {
-		c, _, _, err := i.store.load(ctx, rootKey)
+		c, _, rev, err := i.store.loadCredential(ctx, rootKey)
 		if err == nil {
 			return c, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		if !errors.Is(err, errNotFound) || (rev != 0 && !fresh) {
 			return nil, err
 		}
-		c, err = newRoot(i.cfg.Rand, i.cfg.Now(), i.cfg.Policy.Validity.Root, i.cfg.Platform.Simulated())
-		if err != nil {
+		if c, err = newRoot(i.cfg.Rand, i.cfg.Now(), i.genesisValidity(), i.cfg.Platform.Simulated()); err != nil {
 			return nil, err
 		}
-		if _, err = i.store.put(ctx, rootKey, c, nil, 0); err == nil {
+		if _, err = i.store.putCredential(ctx, rootKey, c, nil, rev); err == nil {
 			i.log.Info("created root CA", "root", fingerprint(c.cert))
 			return c, nil
 		}
@@ -344,23 +411,92 @@ func (i *Issuer) loadRoot(ctx context.Context) (*credential, error) {
 	}
 }
 
+// genesisValidity is the root's lifetime: the genesis policy's, or the
+// default when the state's policy is to be read after the root.
+func (i *Issuer) genesisValidity() time.Duration {
+	if i.cfg.Policy != nil {
+		return i.cfg.Policy.Validity.Root
+	}
+	return defaultRootValidity
+}
+
+// build makes the view of a policy record: every cluster key, task and
+// group credential the policy declares, created when missing and reissued
+// when their certificate no longer matches. It returns the view and the
+// credentials it made anew.
+func (i *Issuer) build(ctx context.Context, rec *policyRecord, rev uint64) (*view, []string, error) {
+	p, err := ParsePolicy(rec.Document)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issuer: the policy in force: %w", err)
+	}
+	v := &view{policy: p, record: rec, rev: rev, clusters: make(map[string]*clusterKey, len(p.Clusters))}
+	for _, c := range p.Clusters {
+		if v.clusters[c.ID], err = i.loadCluster(ctx, c.ID); err != nil {
+			return nil, nil, fmt.Errorf("issuer: cluster %q: %w", c.ID, err)
+		}
+	}
+	var made []string
+	v.tasks = make(map[string]*slot, len(p.Tasks))
+	for k := range p.Tasks {
+		t := &p.Tasks[k]
+		s := &slot{
+			kind: "task", name: t.Name, key: taskKeyPrefix + t.Name, clusterIDs: t.clusters, clusters: v.clusters,
+			spec: taskSpec(i.root.cert, t, p.Validity.Task, p.AcceptSimulated),
+			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
+				return issueTask(i.cfg.Rand, i.cfg.Now(), i.root, t, key, p.Validity.Task, p.AcceptSimulated)
+			},
+		}
+		changed, err := i.loadSlot(ctx, s)
+		if err != nil {
+			return nil, nil, fmt.Errorf("issuer: task %q: %w", t.Name, err)
+		}
+		if changed {
+			made = append(made, "task/"+t.Name)
+		}
+		v.tasks[t.Name] = s
+	}
+	v.groups = make(map[string]*slot, len(p.Groups))
+	for k := range p.Groups {
+		g := &p.Groups[k]
+		s := &slot{
+			kind: "group", name: g.ID, key: groupKeyPrefix + g.ID,
+			spec: groupSpec(i.root.cert, g, p.Validity.Group, p.AcceptSimulated),
+			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
+				return issueGroup(i.cfg.Rand, i.cfg.Now(), i.root, g, key, p.Validity.Group, p.AcceptSimulated)
+			},
+		}
+		changed, err := i.loadSlot(ctx, s)
+		if err != nil {
+			return nil, nil, fmt.Errorf("issuer: group %q: %w", g.ID, err)
+		}
+		if changed {
+			made = append(made, "group/"+g.ID)
+		}
+		v.groups[g.ID] = s
+	}
+	if err := i.ensureRecovery(ctx, p); err != nil {
+		return nil, nil, fmt.Errorf("issuer: recovery record: %w", err)
+	}
+	return v, made, nil
+}
+
 // loadCluster returns a cluster's key, creating it (epoch 1) if the state has
 // none: keys are made when a cluster is declared, never on first request.
 func (i *Issuer) loadCluster(ctx context.Context, id string) (*clusterKey, error) {
 	name := clusterKeyPrefix + id
 	for {
-		ck, err := i.store.loadCluster(ctx, name)
+		ck, rev, err := i.store.loadCluster(ctx, name)
 		if err == nil {
 			return ck, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		if !errors.Is(err, errNotFound) {
 			return nil, err
 		}
 		ck = &clusterKey{V: recordVersion, Key: make([]byte, messages.ClusterKeySize), Epoch: 1}
 		if _, err := rand.Read(ck.Key); err != nil {
 			return nil, err
 		}
-		if err = i.store.createCluster(ctx, name, ck); err == nil {
+		if err = i.store.putCluster(ctx, name, ck, rev); err == nil {
 			i.log.Info("created cluster key", "cluster", id, "epoch", ck.Epoch)
 			return ck, nil
 		}
@@ -373,41 +509,44 @@ func (i *Issuer) loadCluster(ctx context.Context, id string) (*clusterKey, error
 
 // loadSlot loads a task's or a group's credential, creating it when the
 // state has none and reissuing its certificate, with the same key, when the
-// policy changed or it is due.
-func (i *Issuer) loadSlot(ctx context.Context, s *slot) error {
+// policy changed or it is due. It reports whether it made either.
+func (i *Issuer) loadSlot(ctx context.Context, s *slot) (bool, error) {
 	for {
-		c, spec, rev, err := i.store.load(ctx, s.key)
+		c, spec, rev, err := i.store.loadCredential(ctx, s.key)
+		changed := true
 		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case errors.Is(err, errNotFound):
 			key, err := newKey()
 			if err != nil {
-				return err
+				return false, err
 			}
 			if c, err = s.make(key); err != nil {
-				return err
+				return false, err
 			}
-			if rev, err = i.store.put(ctx, s.key, c, s.spec, 0); errors.Is(err, errExists) {
+			if rev, err = i.store.putCredential(ctx, s.key, c, s.spec, rev); errors.Is(err, errExists) {
 				continue
 			} else if err != nil {
-				return err
+				return false, err
 			}
 			i.log.Info("created "+s.kind+" key and certificate", s.kind, s.name, "cert", fingerprint(c.cert))
 		case err != nil:
-			return err
+			return false, err
 		case string(spec) != string(s.spec) || !i.cfg.Now().Before(reissueAt(c.cert)):
 			// The policy changed, or the certificate is due: same key, new certificate.
 			if c, err = s.make(c.key); err != nil {
-				return err
+				return false, err
 			}
-			if rev, err = i.store.put(ctx, s.key, c, s.spec, rev); errors.Is(err, errExists) {
+			if rev, err = i.store.putCredential(ctx, s.key, c, s.spec, rev); errors.Is(err, errExists) {
 				continue
 			} else if err != nil {
-				return err
+				return false, err
 			}
 			i.log.Info("reissued "+s.kind+" certificate", s.kind, s.name, "cert", fingerprint(c.cert))
+		default:
+			changed = false
 		}
 		s.rev = rev
-		return i.set(s, c)
+		return changed, i.set(s, c)
 	}
 }
 
@@ -431,8 +570,8 @@ func (i *Issuer) set(s *slot, c *credential) error {
 	h := &held{name: s.name, cred: c, pkcs8: pk, reissueAt: reissueAt(c.cert)}
 	if s.kind == "task" {
 		h.secrets = map[string][]byte{}
-		for _, id := range append([]string{""}, s.clusters...) {
-			if h.secrets[id], err = messages.Marshal(i.secrets(h, id, nil)); err != nil {
+		for _, id := range append([]string{""}, s.clusterIDs...) {
+			if h.secrets[id], err = messages.Marshal(secrets(s.clusters, h, id, nil)); err != nil {
 				return err
 			}
 		}
@@ -443,9 +582,9 @@ func (i *Issuer) set(s *slot, c *credential) error {
 
 // secrets assembles the secrets of a report for a task's credential, the
 // cluster the request named (if any) and the groups it named.
-func (i *Issuer) secrets(task *held, cluster string, groups []*held) *messages.Secrets {
+func secrets(clusters map[string]*clusterKey, task *held, cluster string, groups []*held) *messages.Secrets {
 	sec := &messages.Secrets{V: messages.Version, TaskKey: task.pkcs8}
-	if ck := i.clusters[cluster]; ck != nil {
+	if ck := clusters[cluster]; ck != nil {
 		sec.Cluster, sec.ClusterEpoch, sec.ClusterKey = cluster, ck.Epoch, ck.Key
 	}
 	for _, g := range groups {
@@ -487,9 +626,9 @@ func (i *Issuer) reissue(ctx context.Context, s *slot, h *held) error {
 	if err != nil {
 		return err
 	}
-	rev, err := i.store.put(ctx, s.key, c, s.spec, s.rev)
+	rev, err := i.store.putCredential(ctx, s.key, c, s.spec, s.rev)
 	if errors.Is(err, errExists) {
-		if c, _, rev, err = i.store.load(ctx, s.key); err != nil {
+		if c, _, rev, err = i.store.loadCredential(ctx, s.key); err != nil {
 			return err
 		}
 	} else if err != nil {
@@ -507,15 +646,16 @@ func (i *Issuer) evidence(data []byte) ([]byte, *messages.Error) {
 	if err := messages.Decode(data, messages.MaxEvidenceRequest, &m); err != nil {
 		return nil, service.DecodeRefusal("evidence request", err)
 	}
-	hash := i.cfg.Policy.Hash()
-	rd := messages.EvidenceBinding(i.root.cert.Raw, hash[:], m.Nonce)
+	p := i.view.Load().policy
+	hash := p.Hash()
+	rd := messages.EvidenceBinding(i.root.cert.Raw, hash[:], p.Version, m.Nonce)
 	ev, err := i.cfg.Platform.Attest(rd)
 	if err != nil {
 		i.log.Error("attest", "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")
 	}
 	return service.Encode(&messages.EvidenceReply{
-		V: messages.Version, Evidence: ev, Root: i.root.cert.Raw, PolicyHash: hash[:], Backend: i.cfg.Platform.Name(),
+		V: messages.Version, Evidence: ev, Root: i.root.cert.Raw, PolicyHash: hash[:], PolicyVersion: p.Version, Backend: i.cfg.Platform.Name(),
 	})
 }
 
@@ -536,6 +676,7 @@ type outcome struct {
 	task        string
 	measurement []byte
 	simulated   bool
+	requestHash []byte // once the body decoded: refusals are then signed
 }
 
 // certify decides a certify request and reports the outcome. It returns the
@@ -545,6 +686,16 @@ func (i *Issuer) certify(ctx context.Context, data []byte) ([]byte, *messages.Er
 	var o outcome
 	reply, refusal := i.decide(ctx, data, &o)
 	i.report(&o, refusal, time.Since(start))
+	if refusal != nil && o.requestHash != nil {
+		// Signed by the root, so that the unit can tell this refusal from
+		// one anybody on NATS could send.
+		d := messages.RefusalDigest(o.requestHash, refusal.Code, refusal.Reason)
+		if sig, err := ecdsa.SignASN1(i.cfg.Rand, i.root.key, d[:]); err == nil {
+			signed := *refusal
+			signed.Proof = sig
+			refusal = &signed
+		}
+	}
 	return reply, refusal
 }
 
@@ -581,6 +732,8 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	if err := messages.Decode(req.Body, messages.MaxCertifyBody, &body); err != nil {
 		return nil, service.DecodeRefusal("certify request body", err)
 	}
+	rh := messages.RequestHash(req.Body)
+	o.requestHash = rh[:]
 	kem, err := acceptedKEM(body.KEM)
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeUnsupportedKEM, "%v", err)
@@ -602,22 +755,24 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	if claims.ReportData != messages.CertifyBinding(req.Body) {
 		return nil, messages.Refusal(messages.CodeBinding, "the evidence's report data does not bind this request")
 	}
+	// One view for the whole request: an update swaps it whole.
+	v := i.view.Load()
 	// Task names are answered only to verified evidence that binds the request.
-	task, ok := i.tasks[body.Task]
+	task, ok := v.tasks[body.Task]
 	if !ok {
 		return nil, messages.Refusal(messages.CodeUnknownTask, "the policy names no task %q", body.Task)
 	}
-	if refusal := i.cfg.Policy.accept(body.Task, claims); refusal != nil {
+	if refusal := v.policy.accept(body.Task, claims); refusal != nil {
 		return nil, refusal
 	}
-	if body.Cluster != "" && !slices.Contains(task.clusters, body.Cluster) {
-		return nil, messages.Refusal(messages.CodeClusterNotCovered, "task %q does not run cluster %q (it runs %v)", body.Task, body.Cluster, task.clusters)
+	if body.Cluster != "" && !slices.Contains(task.clusterIDs, body.Cluster) {
+		return nil, messages.Refusal(messages.CodeClusterNotCovered, "task %q does not run cluster %q (it runs %v)", body.Task, body.Cluster, task.clusterIDs)
 	}
 	// Every group is checked before anything is handed out: one the unit
 	// may not hold refuses the whole request.
 	groups := make([]*slot, len(body.Groups))
 	for k, id := range body.Groups {
-		g, ok := i.cfg.Policy.Group(id)
+		g, ok := v.policy.Group(id)
 		if !ok {
 			return nil, messages.Refusal(messages.CodeUnknownGroup, "the policy names no group %q", id)
 		}
@@ -625,7 +780,7 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 			// The reason does not list the group's tasks: the requester is not one.
 			return nil, messages.Refusal(messages.CodeNotInGroup, "task %q is not a member of group %q", body.Task, id)
 		}
-		groups[k] = i.groups[id]
+		groups[k] = v.groups[id]
 	}
 	switch i.replay.Check(body.Nonce, now) {
 	case replay.Seen:
@@ -635,7 +790,7 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	}
 
 	th := i.current(ctx, task)
-	secrets := th.secrets[body.Cluster] // present: the cluster was checked above
+	plain := th.secrets[body.Cluster] // present: the cluster was checked above
 	var groupCerts []messages.GroupCert
 	if len(groups) > 0 {
 		gh := make([]*held, len(groups))
@@ -643,13 +798,13 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 			gh[k] = i.current(ctx, g)
 			groupCerts = append(groupCerts, messages.GroupCert{ID: gh[k].name, Cert: gh[k].cred.cert.Raw})
 		}
-		if secrets, err = messages.Marshal(i.secrets(th, body.Cluster, gh)); err != nil {
+		if plain, err = messages.Marshal(secrets(v.clusters, th, body.Cluster, gh)); err != nil {
 			return nil, messages.Refusal(messages.CodeInternal, "encoding the secrets failed")
 		}
-		defer clear(secrets)
+		defer clear(plain)
 	}
 	requestHash := messages.RequestHash(req.Body)
-	sealed, err := hpke.Seal(pub, hpke.HKDFSHA256(), hpke.AES256GCM(), messages.SecretsInfo(requestHash[:]), secrets)
+	sealed, err := hpke.Seal(pub, hpke.HKDFSHA256(), hpke.AES256GCM(), messages.SecretsInfo(requestHash[:]), plain)
 	if err != nil {
 		i.log.Error("seal report", "task", body.Task, "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "sealing the report failed")

@@ -20,22 +20,24 @@ import (
 // Policy bounds, so that a policy file cannot make the issuer hold or do an
 // unbounded amount.
 const (
-	MaxPolicySize        = 1 << 20
-	maxTasks             = 1024
-	maxClusters          = 4096
-	maxTaskClusters      = 64
-	maxGroups            = 1024
-	maxGroupTasks        = 64 // as identity allows
-	maxTaskGroups        = 64
-	maxTaskMeasurements  = 64
-	maxNames             = 32
-	maxNameLen           = 253
-	minTaskValidity      = 2 * time.Second
-	defaultRootValidity  = 10 * 365 * 24 * time.Hour
-	defaultTaskValidity  = 30 * 24 * time.Hour
-	maxValidity          = 20 * 365 * 24 * time.Hour
-	measurementSize      = 32
-	currentPolicyVersion = 1
+	MaxPolicySize       = messages.MaxPolicyDocument
+	maxTasks            = 1024
+	maxClusters         = 4096
+	maxTaskClusters     = 64
+	maxGroups           = 1024
+	maxGroupTasks       = 64 // as identity allows
+	maxTaskGroups       = 64
+	maxTaskMeasurements = 64
+	maxNames            = 32
+	maxNameLen          = 253
+	minTaskValidity     = 2 * time.Second
+	defaultRootValidity = 10 * 365 * 24 * time.Hour
+	defaultTaskValidity = 30 * 24 * time.Hour
+	maxValidity         = 20 * 365 * 24 * time.Hour
+	measurementSize     = 32
+	maxIssuers          = 64
+	maxAdministrators   = messages.MaxPolicySignatures
+	maxPolicyVersion    = 1 << 53
 )
 
 // ErrPolicy: the policy file is invalid. The wrapped text says where.
@@ -44,8 +46,23 @@ var ErrPolicy = errors.New("invalid policy")
 // Policy is the issuer's manifest: which tasks exist, which code may run them,
 // and how long certificates live. Its hash is bound into the issuer's evidence,
 // so users and units can check which policy is in force.
+//
+// A policy is versioned: the first one an issuer starts with is the genesis,
+// and every later one is an update that k of the administrators of the
+// policy then in force signed, with a higher version (see Verify).
 type Policy struct {
-	Version int `yaml:"version"`
+	// Version numbers the policy: an update must carry a higher one.
+	Version uint64 `yaml:"version"`
+	// Issuers are the issuer measurements (hex) whose issuers may hold the
+	// state key: an issuer of another listed build obtains it from a running
+	// one. Empty: only issuers of the very build that runs.
+	Issuers []string `yaml:"issuers"`
+	// Administrators may sign updates of this policy; Threshold of them must.
+	// Without administrators the policy cannot be updated.
+	Administrators Quorum `yaml:"administrators"`
+	// Recovery names the recovery keys the state key is also sealed to,
+	// split so that Threshold of them restore it into a fresh issuer.
+	Recovery Quorum `yaml:"recovery"`
 	// AcceptSimulated lets units with simulated evidence be certified. Never
 	// set it in production: anyone can forge simulated evidence.
 	AcceptSimulated bool         `yaml:"accept_simulated"`
@@ -55,8 +72,26 @@ type Policy struct {
 	Groups          []Group      `yaml:"groups"`
 
 	hash    [32]byte
+	raw     []byte
+	issuers [][]byte
 	byName  map[string]*TaskPolicy
 	byGroup map[string]*Group
+}
+
+// Quorum is a set of named public keys and how many of them must act.
+type Quorum struct {
+	Threshold int        `yaml:"threshold"`
+	Keys      []NamedKey `yaml:"keys"`
+}
+
+// NamedKey is a public key, in hex, and its holder's name: an Ed25519 key
+// for an administrator, an X25519 key for recovery (both printed by `cohort
+// policy keygen`).
+type NamedKey struct {
+	Name string `yaml:"name"`
+	Key  string `yaml:"key"`
+
+	raw []byte
 }
 
 // Group is a set of different tasks, one per party of a multi-party
@@ -126,12 +161,79 @@ func ParsePolicy(data []byte) (*Policy, error) {
 		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
 	}
 	p.hash = sha256.Sum256(data)
+	p.raw = bytes.Clone(data)
 	return p, nil
 }
 
+// Document returns the policy file as given, the bytes its hash covers and
+// administrators sign.
+func (p *Policy) Document() []byte { return bytes.Clone(p.raw) }
+
+// AcceptsIssuer reports whether the policy lets an issuer of measurement m
+// hold the state key; self is the measurement of the issuer asking, which an
+// empty list accepts alone.
+func (p *Policy) AcceptsIssuer(m, self []byte) bool {
+	if len(p.issuers) == 0 {
+		return bytes.Equal(m, self)
+	}
+	return slices.ContainsFunc(p.issuers, func(x []byte) bool { return bytes.Equal(x, m) })
+}
+
+func (q *Quorum) check(name string, size int) error {
+	if len(q.Keys) == 0 {
+		if q.Threshold != 0 {
+			return fmt.Errorf("%s: a threshold without keys", name)
+		}
+		return nil
+	}
+	if len(q.Keys) > maxAdministrators {
+		return fmt.Errorf("%s: %d keys, at most %d", name, len(q.Keys), maxAdministrators)
+	}
+	if q.Threshold < 1 || q.Threshold > len(q.Keys) {
+		return fmt.Errorf("%s: threshold %d, want 1 to %d (the number of keys)", name, q.Threshold, len(q.Keys))
+	}
+	names := map[string]bool{}
+	keys := map[string]bool{}
+	for i := range q.Keys {
+		k := &q.Keys[i]
+		if k.Name == "" || len(k.Name) > messages.MaxSignerName {
+			return fmt.Errorf("%s.keys[%d]: name must be 1 to %d bytes", name, i, messages.MaxSignerName)
+		}
+		b, err := hex.DecodeString(k.Key)
+		if err != nil || len(b) != size {
+			return fmt.Errorf("%s.keys[%d] (%s): key is not %d bytes of hex", name, i, k.Name, size)
+		}
+		if names[k.Name] || keys[string(b)] {
+			return fmt.Errorf("%s.keys[%d]: %s or its key is named twice", name, i, k.Name)
+		}
+		names[k.Name], keys[string(b)] = true, true
+		k.raw = b
+	}
+	return nil
+}
+
 func (p *Policy) check() error {
-	if p.Version != currentPolicyVersion {
-		return fmt.Errorf("version %d, want %d", p.Version, currentPolicyVersion)
+	if p.Version < 1 || p.Version > maxPolicyVersion {
+		return fmt.Errorf("version %d, want 1 to %d", p.Version, uint64(maxPolicyVersion))
+	}
+	if len(p.Issuers) > maxIssuers {
+		return fmt.Errorf("%d issuer measurements, at most %d", len(p.Issuers), maxIssuers)
+	}
+	for i, m := range p.Issuers {
+		b, err := hex.DecodeString(m)
+		if err != nil || len(b) != measurementSize {
+			return fmt.Errorf("issuers[%d]: %q is not %d bytes of hex", i, m, measurementSize)
+		}
+		if slices.ContainsFunc(p.issuers, func(x []byte) bool { return bytes.Equal(x, b) }) {
+			return fmt.Errorf("issuers[%d]: %s named twice", i, m)
+		}
+		p.issuers = append(p.issuers, b)
+	}
+	if err := p.Administrators.check("administrators", messages.AdminKeySize); err != nil {
+		return err
+	}
+	if err := p.Recovery.check("recovery", messages.RecoveryKeySize); err != nil {
+		return err
 	}
 	if err := checkValidity("validity.root", &p.Validity.Root, defaultRootValidity, time.Hour); err != nil {
 		return err

@@ -111,7 +111,7 @@ func TestParsePolicyRefuses(t *testing.T) {
 		"unknown task field":        "version: 1\n" + task + "    measurement: [00]\n",
 		"unknown validity field":    "version: 1\nvalidity:\n  leaf: 1h\n" + task,
 		"no version":                task,
-		"version 2":                 "version: 2\n" + task,
+		"version 0":                 "version: 0\n" + task,
 		"no tasks":                  "version: 1\n",
 		"empty task list":           "version: 1\ntasks: []\n",
 		"upper-case task name":      fmt.Sprintf("version: 1\ntasks:\n  - name: Demo\n    measurements: [%x]\n", m1),

@@ -1,33 +1,288 @@
 package issuer
 
 import (
+	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/ecdsa"
+	"crypto/hkdf"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/messages"
 )
 
-// DefaultBucket is the JetStream key-value bucket of the issuer's sealed state.
+// DefaultBucket is the JetStream key-value bucket of the issuer's state.
 const DefaultBucket = messages.IssuerStateBucket
 
+// The state's records, by key.
 const (
+	metaKey        = "meta"     // plaintext: the state key's id
+	policyKey      = "policy"   // the policy in force, its signatures and history
+	recoveryKey    = "recovery" // the state key's shares, each sealed to a recovery holder
 	rootKey        = "root"
 	taskKeyPrefix  = "task."
 	groupKeyPrefix = "group."
-	maxRecord      = 16 << 10
+	maxRecord      = messages.MaxPolicyDocument + 64<<10
 	recordVersion  = 1
+	stateFormat    = 3 // the envelope of records under a state key
 )
 
-// errExists: another issuer created the record first; load theirs.
-var errExists = errors.New("record exists")
+// Errors of the store.
+var (
+	// errExists: another issuer wrote the record first; load theirs.
+	errExists = errors.New("record exists")
+	// errNotFound: no record of that name.
+	errNotFound = errors.New("record not found")
+	// ErrTampered: a record does not open under the state key where it
+	// stands: it was altered, written again out of place, or made under
+	// another state key.
+	ErrTampered = errors.New("issuer: state record tampered with or out of place")
+)
 
-// record is the plaintext of one sealed state entry.
+// stateKey is the one random key everything the issuer keeps is encrypted
+// under. Its id names it without revealing it.
+type stateKey struct {
+	raw  []byte
+	id   []byte
+	aead cipher.AEAD
+}
+
+func newStateKey(raw []byte) (*stateKey, error) {
+	if len(raw) != messages.StateKeySize {
+		return nil, fmt.Errorf("state key is %d bytes, want %d", len(raw), messages.StateKeySize)
+	}
+	id, err := hkdf.Key(sha256.New, raw, nil, "cohort issuer state key id v1", messages.KeyIDSize)
+	if err != nil {
+		return nil, err
+	}
+	k, err := hkdf.Key(sha256.New, raw, nil, "cohort issuer state aead v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(k)
+	block, err := aes.NewCipher(k)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCMWithRandomNonce(block)
+	if err != nil {
+		return nil, err
+	}
+	return &stateKey{raw: bytes.Clone(raw), id: id, aead: aead}, nil
+}
+
+// mac returns an HMAC-like tag under the state key for data with label:
+// the AEAD's tag over no plaintext would do, but a keyed hash is plainer.
+func (k *stateKey) mac(label string, data []byte) []byte {
+	key, _ := hkdf.Key(sha256.New, k.raw, nil, "cohort issuer state mac v1\x00"+label, 32)
+	h := sha256.New()
+	h.Write(key)
+	h.Write(data)
+	clear(key)
+	return h.Sum(nil)
+}
+
+// meta is the bucket's first record: which state key the state is under.
+type meta struct {
+	V       uint16 `msgpack:"v"`
+	Format  uint16 `msgpack:"format"`
+	KeyID   []byte `msgpack:"key_id"`
+	Created int64  `msgpack:"created"`
+}
+
+// envelope is a record encrypted under the state key.
+type envelope struct {
+	V     uint16 `msgpack:"v"`
+	KeyID []byte `msgpack:"key_id"`
+	Box   []byte `msgpack:"box"`
+}
+
+// store keeps the issuer's state in a JetStream key-value bucket, every
+// record but meta encrypted under the state key. Only ciphertext and the
+// key's id ever reach NATS.
+//
+// Each record is written with the revision it replaces as its expected last
+// subject sequence, which JetStream enforces and keeps in the message's
+// header, and the record's ciphertext binds that revision, its name and the
+// bucket: a record written again later, elsewhere, or anywhere without that
+// header does not open. The issuer's own NATS credential can therefore
+// destroy its state but cannot roll it back to an earlier policy or swap
+// keys between tasks.
+type store struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	bucket string
+	key    *stateKey // nil until the issuer holds it
+}
+
+// openStore opens the state bucket, creating it if there is none. empty
+// reports whether it has never held a record.
+func openStore(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (s *store, empty bool, err error) {
+	// Created, never updated: the issuer's credential may not update,
+	// purge or delete its bucket (package access).
+	_, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:       bucket,
+		Description:  "cohort issuer: root CA, task, group and cluster keys and the policy, under the state key",
+		History:      8,
+		MaxValueSize: maxRecord * 2,
+		Storage:      jetstream.FileStorage,
+		Replicas:     replicas,
+	})
+	if err != nil && !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return nil, false, fmt.Errorf("open state bucket %q: %w", bucket, err)
+	}
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, false, fmt.Errorf("open state bucket %q: %w", bucket, err)
+	}
+	info := st.CachedInfo()
+	return &store{js: js, stream: st, bucket: bucket}, info.State.LastSeq == 0, nil
+}
+
+func (s *store) subject(name string) string { return "$KV." + s.bucket + "." + name }
+
+// raw is one stored message of a record.
+type raw struct {
+	data []byte
+	rev  uint64 // its sequence
+	over uint64 // the revision it was written over
+	cas  bool   // whether it was written conditionally (over is meaningful)
+	gone bool   // a delete or purge marker
+}
+
+// get reads the last message of a record; errNotFound when there is none.
+func (s *store) get(ctx context.Context, name string) (*raw, error) {
+	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(name))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, errNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state %q: read: %w", name, err)
+	}
+	r := &raw{data: m.Data, rev: m.Sequence}
+	if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		r.gone = true
+	}
+	if h := m.Header.Get(jetstream.ExpectedLastSubjSeqHeader); h != "" {
+		over, err := strconv.ParseUint(h, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%w: state %q: stored revision %q", ErrTampered, name, h)
+		}
+		r.over, r.cas = over, true
+	}
+	return r, nil
+}
+
+// write stores data as the record's next message, over revision over (0:
+// the record must not exist). It returns the new revision, or errExists
+// when another writer moved the record on first.
+func (s *store) write(ctx context.Context, name string, data []byte, over uint64) (uint64, error) {
+	msg := &nats.Msg{Subject: s.subject(name), Data: data, Header: nats.Header{}}
+	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(over))
+	if wrongRevision(err) {
+		return 0, errExists
+	}
+	if err != nil {
+		return 0, fmt.Errorf("state %q: store: %w", name, err)
+	}
+	return ack.Sequence, nil
+}
+
+func wrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+func (s *store) aad(name string, over uint64) []byte {
+	a := []byte("cohort/issuer/state/v3\x00" + s.bucket + "\x00" + name + "\x00")
+	return binary.BigEndian.AppendUint64(a, over)
+}
+
+// seal encrypts plain as record name written over revision over.
+func (s *store) seal(name string, over uint64, plain []byte) ([]byte, error) {
+	box := s.key.aead.Seal(nil, nil, plain, s.aad(name, over))
+	return messages.Marshal(&envelope{V: stateFormat, KeyID: s.key.id, Box: box})
+}
+
+// open decrypts a record. errOtherKey when it was made under another
+// state key (only after --init made a new one).
+func (s *store) open(name string, r *raw) ([]byte, error) {
+	var e envelope
+	if err := messages.Unmarshal(r.data, maxRecord*2, &e); err != nil || e.V != stateFormat {
+		return nil, fmt.Errorf("%w: state %q is not a record of this cohort's state format %d", ErrTampered, name, stateFormat)
+	}
+	if !bytes.Equal(e.KeyID, s.key.id) {
+		return nil, errOtherKey
+	}
+	if !r.cas {
+		return nil, fmt.Errorf("%w: state %q was written unconditionally", ErrTampered, name)
+	}
+	plain, err := s.key.aead.Open(nil, nil, e.Box, s.aad(name, r.over))
+	if err != nil {
+		return nil, fmt.Errorf("%w: state %q (revision %d) does not open where it stands", ErrTampered, name, r.rev)
+	}
+	return plain, nil
+}
+
+// errOtherKey: a record made under another state key than the one in
+// meta; it is stale and may be written over.
+var errOtherKey = errors.New("record made under another state key")
+
+// load reads and decrypts a record, returning its plaintext and revision.
+// A deleted record, or one under another state key, is errNotFound with
+// its revision, so that it is made anew over it; a tampered one is
+// ErrTampered.
+func (s *store) load(ctx context.Context, name string) ([]byte, uint64, error) {
+	r, err := s.get(ctx, name)
+	if err != nil {
+		return nil, 0, err
+	}
+	if r.gone {
+		return nil, r.rev, fmt.Errorf("%w: state %q was deleted", ErrTampered, name)
+	}
+	plain, err := s.open(name, r)
+	if errors.Is(err, errOtherKey) {
+		return nil, r.rev, errNotFound
+	}
+	return plain, r.rev, err
+}
+
+// put encrypts and stores a record over revision over.
+func (s *store) put(ctx context.Context, name string, plain []byte, over uint64) (uint64, error) {
+	data, err := s.seal(name, over, plain)
+	if err != nil {
+		return 0, err
+	}
+	return s.write(ctx, name, data, over)
+}
+
+// loadMeta reads the meta record; errNotFound when there is none.
+func (s *store) loadMeta(ctx context.Context) (*meta, uint64, error) {
+	r, err := s.get(ctx, metaKey)
+	if err != nil {
+		return nil, 0, err
+	}
+	var m meta
+	if r.gone {
+		return nil, r.rev, fmt.Errorf("%w: the state's meta record was deleted", ErrTampered)
+	}
+	if err := messages.Unmarshal(r.data, 1<<10, &m); err != nil || m.V != recordVersion || len(m.KeyID) != messages.KeyIDSize {
+		return nil, r.rev, fmt.Errorf("%w: the state's meta record does not decode (made by an earlier cohort?)", ErrTampered)
+	}
+	return &m, r.rev, nil
+}
+
+// record is the plaintext of a key-and-certificate record.
 type record struct {
 	V    uint16 `msgpack:"v"`
 	Key  []byte `msgpack:"key"`  // PKCS #8
@@ -35,53 +290,21 @@ type record struct {
 	Spec []byte `msgpack:"spec"` // taskSpec or groupSpec; empty for the root
 }
 
-// store keeps the issuer's keys sealed in JetStream key-value. Only sealed
-// bytes ever reach NATS. Each entry is sealed with its key name and the hash
-// of the policy as additional data: entries cannot be swapped, and state made
-// under one policy does not open under another, so whoever starts the issuer
-// cannot put a policy of their choosing in front of an existing root.
-type store struct {
-	kv         jetstream.KeyValue
-	sealer     enclave.Sealer
-	policyHash [32]byte
-}
-
-func openStore(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, sealer enclave.Sealer, policyHash [32]byte) (*store, error) {
-	// Created, never updated: the issuer's credential may not update,
-	// purge or delete its bucket (package access).
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:       bucket,
-		Description:  "cohort issuer: root CA, task and group keys, cluster keys, sealed to the issuer enclave",
-		History:      4,
-		MaxValueSize: maxRecord * 2,
-		Storage:      jetstream.FileStorage,
-		Replicas:     replicas,
-	})
-	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		kv, err = js.KeyValue(ctx, bucket)
-	}
+// loadCredential returns the credential stored under name, its spec and its
+// revision. It returns errNotFound (with a revision to write over, or 0)
+// when there is none.
+func (s *store) loadCredential(ctx context.Context, name string) (*credential, []byte, uint64, error) {
+	plain, rev, err := s.load(ctx, name)
 	if err != nil {
-		return nil, fmt.Errorf("open state bucket %q: %w", bucket, err)
+		return nil, nil, rev, err
 	}
-	return &store{kv: kv, sealer: sealer, policyHash: policyHash}, nil
-}
-
-func (s *store) aad(name string) []byte {
-	return append([]byte("cohort/issuer/state/v2/"+name+"\x00"), s.policyHash[:]...)
-}
-
-// load returns the credential stored under name, its spec and its revision.
-// It returns jetstream.ErrKeyNotFound when there is none.
-func (s *store) load(ctx context.Context, name string) (*credential, []byte, uint64, error) {
-	e, err := s.kv.Get(ctx, name)
+	defer clear(plain)
+	rec, err := decodeRecord(plain)
 	if err != nil {
-		return nil, nil, 0, err
-	}
-	rec, err := s.open(name, e.Value())
-	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, 0, fmt.Errorf("state %q: %w", name, err)
 	}
 	key, err := x509.ParsePKCS8PrivateKey(rec.Key)
+	clear(rec.Key)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("state %q: parse key: %w", name, err)
 	}
@@ -96,17 +319,7 @@ func (s *store) load(ctx context.Context, name string) (*credential, []byte, uin
 	if !ek.PublicKey.Equal(cert.PublicKey) {
 		return nil, nil, 0, fmt.Errorf("state %q: key does not match certificate", name)
 	}
-	return &credential{key: ek, cert: cert}, rec.Spec, e.Revision(), nil
-}
-
-// open unseals and decodes one stored value.
-func (s *store) open(name string, sealed []byte) (*record, error) {
-	plain, err := s.sealer.Unseal(sealed, s.aad(name))
-	if err != nil {
-		return nil, fmt.Errorf("state %q: %w: it was sealed by another issuer build or under another policy (policy sha256 %x here); "+
-			"a changed policy needs a fresh state bucket, and so a new root", name, err, s.policyHash)
-	}
-	return decodeRecord(plain)
+	return &credential{key: ek, cert: cert}, rec.Spec, rev, nil
 }
 
 func decodeRecord(plain []byte) (*record, error) {
@@ -120,37 +333,20 @@ func decodeRecord(plain []byte) (*record, error) {
 	return &rec, nil
 }
 
-// put seals and stores a credential: created when rev is 0, else updated
-// only if the stored revision is still rev. It returns errExists when another
-// writer got there first.
-func (s *store) put(ctx context.Context, name string, c *credential, spec []byte, rev uint64) (uint64, error) {
+// putCredential stores a credential over revision over; errExists when
+// another writer got there first.
+func (s *store) putCredential(ctx context.Context, name string, c *credential, spec []byte, over uint64) (uint64, error) {
 	key, err := x509.MarshalPKCS8PrivateKey(c.key)
 	if err != nil {
 		return 0, fmt.Errorf("state %q: marshal key: %w", name, err)
 	}
 	plain, err := messages.Marshal(&record{V: recordVersion, Key: key, Cert: c.cert.Raw, Spec: spec})
+	clear(key)
 	if err != nil {
 		return 0, err
 	}
-	sealed, err := s.sealer.Seal(plain, s.aad(name))
-	clear(plain)
-	clear(key)
-	if err != nil {
-		return 0, fmt.Errorf("state %q: seal: %w", name, err)
-	}
-	var newRev uint64
-	if rev == 0 {
-		newRev, err = s.kv.Create(ctx, name, sealed)
-	} else {
-		newRev, err = s.kv.Update(ctx, name, sealed, rev)
-	}
-	switch {
-	case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
-		return 0, errExists
-	case err != nil:
-		return 0, fmt.Errorf("state %q: store: %w", name, err)
-	}
-	return newRev, nil
+	defer clear(plain)
+	return s.put(ctx, name, plain, over)
 }
 
 // clusterKeyPrefix prefixes the state keys of cluster keys.
@@ -163,19 +359,15 @@ type clusterKey struct {
 	Epoch uint32 `msgpack:"epoch"`
 }
 
-// loadCluster returns the cluster key stored under name, or
-// jetstream.ErrKeyNotFound.
-func (s *store) loadCluster(ctx context.Context, name string) (*clusterKey, error) {
-	e, err := s.kv.Get(ctx, name)
+// loadCluster returns the cluster key stored under name, or errNotFound.
+func (s *store) loadCluster(ctx context.Context, name string) (*clusterKey, uint64, error) {
+	plain, rev, err := s.load(ctx, name)
 	if err != nil {
-		return nil, err
-	}
-	plain, err := s.sealer.Unseal(e.Value(), s.aad(name))
-	if err != nil {
-		return nil, fmt.Errorf("state %q: %w: it was sealed by another issuer build or under another policy", name, err)
+		return nil, rev, err
 	}
 	defer clear(plain)
-	return decodeClusterKey(plain)
+	ck, err := decodeClusterKey(plain)
+	return ck, rev, err
 }
 
 func decodeClusterKey(plain []byte) (*clusterKey, error) {
@@ -189,22 +381,14 @@ func decodeClusterKey(plain []byte) (*clusterKey, error) {
 	return &ck, nil
 }
 
-// createCluster seals and stores a new cluster key; errExists if another
+// putCluster stores a cluster key over revision over; errExists if another
 // issuer stored one first.
-func (s *store) createCluster(ctx context.Context, name string, ck *clusterKey) error {
+func (s *store) putCluster(ctx context.Context, name string, ck *clusterKey, over uint64) error {
 	plain, err := messages.Marshal(ck)
 	if err != nil {
 		return err
 	}
-	sealed, err := s.sealer.Seal(plain, s.aad(name))
-	clear(plain)
-	if err != nil {
-		return fmt.Errorf("state %q: seal: %w", name, err)
-	}
-	if _, err := s.kv.Create(ctx, name, sealed); errors.Is(err, jetstream.ErrKeyExists) {
-		return errExists
-	} else if err != nil {
-		return fmt.Errorf("state %q: store: %w", name, err)
-	}
-	return nil
+	defer clear(plain)
+	_, err = s.put(ctx, name, plain, over)
+	return err
 }

@@ -93,6 +93,15 @@ type ClusterKey struct {
 	Key     []byte
 }
 
+// Root returns the root certificate the pair's chain ends in.
+func (p *Pair) Root() *x509.Certificate {
+	root, err := x509.ParseCertificate(p.Chain[len(p.Chain)-1])
+	if err != nil {
+		return nil
+	}
+	return root
+}
+
 // TLSCertificate returns the pair for a tls.Config. The chain it presents
 // stops short of the root, which the peer already holds.
 func (p *Pair) TLSCertificate() tls.Certificate {
@@ -148,9 +157,28 @@ func (c *Certifier) Certify(ctx context.Context, task string) (*Pair, error) {
 	}
 	reply, err := service.Request(ctx, c.cfg.Client.Conn, messages.SubjectCertify, req, c.cfg.Client.Timeout)
 	if err != nil {
-		return nil, fmt.Errorf("issuerclient: certify %q: %w", task, err)
+		return nil, fmt.Errorf("issuerclient: certify %q: %w", task, p.Refusal(err))
 	}
 	return p.Open(reply)
+}
+
+// ErrAuthenticRefusal marks a refusal that the trusted root signed for this
+// very request: the issuer, not a forger, refused it.
+var ErrAuthenticRefusal = errors.New("signed by the issuer's root")
+
+// Refusal returns err, wrapped with ErrAuthenticRefusal when it is the
+// issuer's refusal of this request signed by the trusted root.
+func (p *Pending) Refusal(err error) error {
+	var e *messages.Error
+	if !errors.As(err, &e) || len(e.Proof) == 0 {
+		return err
+	}
+	pub, ok := p.c.cfg.Trust.Root.PublicKey.(*ecdsa.PublicKey)
+	d := messages.RefusalDigest(p.requestHash[:], e.Code, e.Reason)
+	if !ok || !ecdsa.VerifyASN1(pub, d[:], e.Proof) {
+		return err
+	}
+	return fmt.Errorf("%w (%w)", err, ErrAuthenticRefusal)
 }
 
 // Pending is a certify request on its way: it holds the ephemeral key that

@@ -62,8 +62,15 @@ type Config struct {
 	AllowSimulated    bool             // accept a simulated issuer (development only)
 	AllowDebug        bool             // accept an issuer in a debug enclave (development only)
 	PolicyHash        []byte           // optional: the SHA-256 of the policy the issuer must serve
-	Timeout           time.Duration    // per request; default 5s
-	Rand              io.Reader        // nonces; default crypto/rand
+	// Root, if set, is a root this caller already trusts. An issuer whose
+	// evidence binds exactly this root is accepted whatever its
+	// measurement, so that a unit renews across an issuer upgrade that the
+	// policy admitted: only an issuer holding the root key can sign the
+	// reports it then accepts, and the root key passes only between issuers
+	// the policy lists.
+	Root    *x509.Certificate
+	Timeout time.Duration // per request; default 5s
+	Rand    io.Reader     // nonces; default crypto/rand
 }
 
 func (c *Config) fill() error {
@@ -88,11 +95,13 @@ func (c *Config) fill() error {
 
 // Trust is a verified issuer: its root and the policy in force.
 type Trust struct {
-	Root       *x509.Certificate
-	PolicyHash []byte
-	Backend    string // from the verified evidence, not from the reply
-	Simulated  bool
-	roots      *x509.CertPool
+	Root          *x509.Certificate
+	PolicyHash    []byte
+	PolicyVersion uint64
+	Measurement   []byte // the issuer's, from its evidence
+	Backend       string // from the verified evidence, not from the reply
+	Simulated     bool
+	roots         *x509.CertPool
 }
 
 // VerifyIssuer fetches the issuer's evidence with a fresh nonce and checks it.
@@ -126,11 +135,14 @@ func VerifyIssuer(ctx context.Context, cfg Config) (*Trust, error) {
 	if claims.Debug && !cfg.AllowDebug {
 		return nil, fmt.Errorf("issuerclient: %w", ErrDebug)
 	}
-	if !bytes.Equal(claims.UniqueID, cfg.IssuerMeasurement) {
-		return nil, fmt.Errorf("issuerclient: %w: the issuer measures %x, pinned %x", ErrMeasurement, claims.UniqueID, cfg.IssuerMeasurement)
-	}
-	if claims.ReportData != messages.EvidenceBinding(m.Root, m.PolicyHash, nonce) {
+	if claims.ReportData != messages.EvidenceBinding(m.Root, m.PolicyHash, m.PolicyVersion, nonce) {
 		return nil, fmt.Errorf("issuerclient: %w: the evidence does not bind the root, the policy and this nonce", ErrUnauthentic)
+	}
+	sameRoot := cfg.Root != nil && bytes.Equal(cfg.Root.Raw, m.Root)
+	if !bytes.Equal(claims.UniqueID, cfg.IssuerMeasurement) && !sameRoot {
+		return nil, fmt.Errorf("issuerclient: %w: the issuer measures %x, pinned %x. If the issuer was upgraded, the signed policy in force "+
+			"(version %d, sha256 %x) lists its builds under issuers: check it with `cohort policy show`, then pin the new measurement; "+
+			"a root.pem you hold keeps working", ErrMeasurement, claims.UniqueID, cfg.IssuerMeasurement, m.PolicyVersion, m.PolicyHash)
 	}
 	if cfg.PolicyHash != nil && !bytes.Equal(cfg.PolicyHash, m.PolicyHash) {
 		return nil, fmt.Errorf("issuerclient: %w: the issuer serves policy %x, pinned %x", ErrPolicy, m.PolicyHash, cfg.PolicyHash)
@@ -144,7 +156,8 @@ func VerifyIssuer(ctx context.Context, cfg Config) (*Trust, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
-	return &Trust{Root: root, PolicyHash: m.PolicyHash, Backend: claims.Backend, Simulated: claims.Simulated, roots: pool}, nil
+	return &Trust{Root: root, PolicyHash: m.PolicyHash, PolicyVersion: m.PolicyVersion, Measurement: claims.UniqueID,
+		Backend: claims.Backend, Simulated: claims.Simulated, roots: pool}, nil
 }
 
 // verifyReportSignature checks the root's signature over a report body.

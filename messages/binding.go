@@ -2,6 +2,7 @@ package messages
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 
 	"github.com/cohort-dev/cohort/enclave"
 )
@@ -15,7 +16,16 @@ const (
 	labelReportSignature = "cohort/v1/certify-report-signature\x00"
 	labelSecretsInfo     = "cohort/v1/certify-report-secrets\x00"
 	labelGroupProof      = "cohort/v3/group-peer-proof\x00"
+	labelRefusal         = "cohort/v5/certify-refusal"
 )
+
+// RefusalDigest is what the issuer's root key signs for its refusal, with
+// code and reason, of the certify request whose encoded body has hash
+// requestHash (Error.Proof).
+func RefusalDigest(requestHash []byte, code Code, reason string) [HashSize]byte {
+	b := enclave.Bind(labelRefusal, requestHash, []byte(code), []byte(reason))
+	return sha256.Sum256(b[:])
+}
 
 // CertifyBinding is the report data a unit's evidence must carry for a
 // certify request whose encoded body is body.
@@ -24,9 +34,10 @@ func CertifyBinding(body []byte) [enclave.ReportDataSize]byte {
 }
 
 // EvidenceBinding is the report data the issuer's evidence must carry: its
-// root certificate, its policy hash and the caller's nonce.
-func EvidenceBinding(rootDER, policyHash, nonce []byte) [enclave.ReportDataSize]byte {
-	return enclave.Bind(labelIssuerEvidence, rootDER, policyHash, nonce)
+// root certificate, the hash and version of the policy in force and the
+// caller's nonce.
+func EvidenceBinding(rootDER, policyHash []byte, policyVersion uint64, nonce []byte) [enclave.ReportDataSize]byte {
+	return enclave.Bind(labelIssuerEvidence, rootDER, policyHash, binary.BigEndian.AppendUint64(nil, policyVersion), nonce)
 }
 
 // RequestHash identifies a certify request in its report: SHA-256 of the

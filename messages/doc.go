@@ -44,4 +44,13 @@
 //     replay); SessionKeys names the session's user; CallClaim carries its
 //     state, the revision it was written over and a MAC under the cluster's
 //     claim key.
+//   - 5: the trust lifecycle: the issuer's evidence binds the version of the
+//     policy in force as well as its hash (EvidenceBinding, and
+//     EvidenceReply.PolicyVersion); issuer replicas pass the state key by
+//     mutual attestation (StateKeyRequest, StateKeyReply); signed policy
+//     updates (PolicyApply, PolicyApplied, PolicyShowRequest,
+//     PolicyShowReply); recovery into a fresh issuer (RecoverHello,
+//     RecoverReply, RecoverOffer, RecoverShare, RecoverAck); the issuer's
+//     refusal of a certify request carries its root's signature
+//     (Error.Proof, RefusalDigest).
 package messages

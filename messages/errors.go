@@ -31,6 +31,15 @@ const (
 	CodeUnauthentic     Code = "issuer_unauthentic"       // (client side) the issuer's evidence or report does not check out
 	CodeUnknownGroup    Code = "unknown_group"            // the policy names no such group
 	CodeNotInGroup      Code = "not_in_group"             // the unit's task is not a member of a group it asked for
+	// The trust lifecycle's (version 5).
+	CodePolicyInvalid     Code = "policy_invalid"            // the proposed policy does not validate
+	CodePolicyVersion     Code = "policy_version_not_higher" // the proposed version is not above the one in force (an old update replayed, say)
+	CodePolicySignatures  Code = "policy_signatures"         // too few, unknown or wrong administrators' signatures
+	CodePolicyConflict    Code = "policy_conflict"           // another update was applied meanwhile; read the policy in force and sign again
+	CodeIssuerNotAccepted Code = "issuer_not_accepted"       // the policy in force does not accept this issuer build
+	CodeStateKey          Code = "state_key_mismatch"        // the request names another state than this issuer's
+	CodeRecoveryShare     Code = "recovery_share_invalid"    // a recovery share that does not open, or is given twice
+	CodeNotWaiting        Code = "not_waiting"               // this issuer is not waiting for recovery
 )
 
 const (
@@ -50,6 +59,11 @@ type Error struct {
 	V      uint16 `msgpack:"v"`
 	Code   Code   `msgpack:"code"`
 	Reason string `msgpack:"reason"`
+	// Proof, on the issuer's refusal of a certify request, is its root
+	// key's signature over RefusalDigest: a unit acts on a refusal (leaves
+	// its cluster) only when its root signed it, since anyone on NATS can
+	// answer with an unsigned one. Empty elsewhere (version 5).
+	Proof []byte `msgpack:"proof,omitempty"`
 }
 
 // Sentinels for the codes callers branch on.
@@ -65,6 +79,15 @@ var (
 	ErrUnauthentic  = &Error{Code: CodeUnauthentic}
 	ErrUnknownGroup = &Error{Code: CodeUnknownGroup}
 	ErrNotInGroup   = &Error{Code: CodeNotInGroup}
+
+	ErrPolicyInvalid     = &Error{Code: CodePolicyInvalid}
+	ErrPolicyVersion     = &Error{Code: CodePolicyVersion}
+	ErrPolicySignatures  = &Error{Code: CodePolicySignatures}
+	ErrPolicyConflict    = &Error{Code: CodePolicyConflict}
+	ErrIssuerNotAccepted = &Error{Code: CodeIssuerNotAccepted}
+	ErrStateKey          = &Error{Code: CodeStateKey}
+	ErrRecoveryShare     = &Error{Code: CodeRecoveryShare}
+	ErrNotWaiting        = &Error{Code: CodeNotWaiting}
 )
 
 // Refusal returns an Error with the given code and a formatted reason.
@@ -90,8 +113,8 @@ func (e *Error) Validate() error {
 	if e.V != Version {
 		return fmt.Errorf("%w: %d", ErrVersion, e.V)
 	}
-	if e.Code == "" || len(e.Code) > maxCodeLen || len(e.Reason) > maxReasonLen {
-		return fmt.Errorf("%w: error code or reason out of bounds", ErrField)
+	if e.Code == "" || len(e.Code) > maxCodeLen || len(e.Reason) > maxReasonLen || len(e.Proof) > MaxSignature {
+		return fmt.Errorf("%w: error code, reason or proof out of bounds", ErrField)
 	}
 	return nil
 }

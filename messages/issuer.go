@@ -69,14 +69,16 @@ func (m *EvidenceRequest) Validate() error {
 }
 
 // EvidenceReply is the issuer's answer: evidence whose report data binds the
-// root certificate, the policy hash and the caller's nonce (see
+// root certificate, the policy's hash and version and the caller's nonce (see
 // EvidenceBinding).
 type EvidenceReply struct {
 	V          uint16 `msgpack:"v"`
 	Evidence   []byte `msgpack:"evidence"`
 	Root       []byte `msgpack:"root"`        // DER
-	PolicyHash []byte `msgpack:"policy_hash"` // SHA-256 of the policy file
-	Backend    string `msgpack:"backend"`     // the issuer's enclave backend, "sim" or "sgx"
+	PolicyHash []byte `msgpack:"policy_hash"` // SHA-256 of the policy in force
+	// PolicyVersion is the version of the policy in force.
+	PolicyVersion uint64 `msgpack:"policy_version"`
+	Backend       string `msgpack:"backend"` // the issuer's enclave backend, "sim" or "sgx"
 }
 
 // Validate implements Validator.

@@ -276,6 +276,10 @@ func (u *Unit) Run(ctx context.Context) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.ServeTLS(ln, "", "") }()
 	u.log.Info("unit serving HTTPS", "addr", ln.Addr().String(), "serial", u.serial(), "groups", u.cfg.Groups)
+	// The cluster's work stops when renewal does: a unit the issuer no
+	// longer certifies leaves its cluster.
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	var member sync.WaitGroup
 	if u.cfg.Cluster != "" {
 		member.Go(func() { u.membership(ctx) })
@@ -293,6 +297,7 @@ func (u *Unit) Run(ctx context.Context) error {
 	close(u.ready)
 
 	err = u.renewLoop(ctx)
+	stop()
 	member.Wait() // it has left the cluster before HTTPS stops
 	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -340,9 +345,20 @@ func (u *Unit) renew(ctx context.Context) error {
 			}
 			return nil
 		}
-		if Terminal(err) && u.pair.Load() == nil {
-			u.log.Error("issuer refused this unit", "err", err)
-			return fmt.Errorf("unit: %w", err)
+		if Terminal(err) {
+			// Retrying cannot change it. A unit that holds a pair stops
+			// only on a refusal its root signed: a policy update dropped it
+			// (its measurement removed, say), and it leaves its cluster.
+			// Anybody on NATS can forge an unsigned refusal, which the unit
+			// outlasts by retrying.
+			if u.pair.Load() == nil {
+				u.log.Error("issuer refused this unit", "err", err)
+				return fmt.Errorf("unit: %w", err)
+			}
+			if errors.Is(err, issuerclient.ErrAuthenticRefusal) {
+				u.log.Error("the issuer no longer certifies this unit; leaving the cluster", "err", err)
+				return fmt.Errorf("unit: renewal refused: %w", err)
+			}
 		}
 		wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
 		u.log.Warn("obtaining certificate failed; retrying", "err", err, "retry_in", wait)
@@ -360,6 +376,11 @@ func (u *Unit) obtain(ctx context.Context) (*issuerclient.Pair, error) {
 	client := issuerclient.Config{
 		Conn: u.cfg.Conn, Verifier: u.cfg.Platform, IssuerMeasurement: u.cfg.IssuerMeasurement,
 		AllowSimulated: u.cfg.AllowSimulatedIssuer, PolicyHash: u.cfg.PolicyHash, Timeout: u.cfg.Timeout,
+	}
+	if p := u.pair.Load(); p != nil {
+		// Renewal: the root this unit holds vouches for any issuer that
+		// holds its key, an upgraded build included.
+		client.Root = p.Root()
 	}
 	trust, err := issuerclient.VerifyIssuer(ctx, client)
 	if err != nil {

@@ -57,7 +57,9 @@ Usage:
   cohort trust --nats URL --issuer-measurement HEX --out FILE
   cohort deploy --out DIR [--servers nats-1,nats-2,nats-3] [--policy FILE] [--units ID,...] [--users NAME,...]
   cohort user add NAME (--out DEPLOYMENT-DIR | --data DEV-DATA-DIR)
-  cohort issuer --nats URL --policy FILE --data DIR
+  cohort issuer --nats URL --data DIR [--policy GENESIS-FILE] [--recover] [--init]
+  cohort policy keygen --out FILE | sign --key FILE --policy FILE | apply --policy FILE SIG... | show
+  cohort recover --nats URL --creds FILE --key FILE... --issuer-measurement HEX
   cohort unit --nats URL --creds FILE --task NAME --https ADDR --issuer-measurement HEX [--groups ID,...]
   cohort manager --nats URL (--issuer-measurement HEX | --root FILE)
   cohort status --nats URL [--json]
@@ -90,7 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"dev": cmdDev, "demo": cmdDemo, "measure": cmdMeasure, "trust": cmdTrust,
 		"issuer": cmdIssuer, "unit": cmdUnit, "bench": cmdBench,
 		"manager": cmdManager, "deploy": cmdDeploy, "faults": cmdFaults, "status": cmdStatus, "events": cmdEvents, "call": cmdCall,
-		"user": cmdUser,
+		"user": cmdUser, "policy": cmdPolicy, "recover": cmdRecover,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -275,33 +277,38 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := os.WriteFile(*out, pemBytes, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "issuer verified: measurement %s, backend %s, policy sha256 %x\nroot CA %q written to %s\n",
-		*pin, trust.Backend, trust.PolicyHash, trust.Root.Subject.CommonName, *out)
+	fmt.Fprintf(stdout, "issuer verified: measurement %s, backend %s, policy version %d sha256 %x\nroot CA %q written to %s\n",
+		*pin, trust.Backend, trust.PolicyVersion, trust.PolicyHash, trust.Root.Subject.CommonName, *out)
 	return nil
 }
 
 func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flags("issuer", stderr)
 	nf := addNATSFlags(fs, stderr)
-	policyPath := fs.String("policy", "", "policy file, YAML")
-	data := fs.String("data", "", "data folder (the simulated CPU's seal secret)")
+	policyPath := fs.String("policy", "", "the genesis policy, YAML: required for a new state; afterwards the state keeps the policy in force, changed only by 'cohort policy apply'")
+	data := fs.String("data", "", "data folder: this machine's sealed key cache (and, simulated, its CPU's seal secret)")
 	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
 	replicas := fs.Int("replicas", 1, "JetStream replicas of the issuer's state")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9101")
+	initState := fs.Bool("init", false, "make a new state key and a NEW ROOT even where a state exists: every user must trust again")
+	awaitRecovery := fs.Bool("recover", false, "when no key cache opens and no running issuer gives the state key, wait for 'cohort recover'")
+	instance := fs.String("instance", "", "this issuer's instance name (lower-case letters and digits); default random")
 	lv := logLevel(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := required(fs, "policy", "data"); err != nil {
+	if err := required(fs, "data"); err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(*policyPath)
-	if err != nil {
-		return err
-	}
-	policy, err := issuer.ParsePolicy(raw)
-	if err != nil {
-		return err
+	var policy *issuer.Policy
+	if *policyPath != "" {
+		raw, err := os.ReadFile(*policyPath)
+		if err != nil {
+			return err
+		}
+		if policy, err = issuer.ParsePolicy(raw); err != nil {
+			return err
+		}
 	}
 	platform, err := issuerPlatform(*backend, *data)
 	if err != nil {
@@ -318,7 +325,8 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: platform, Policy: policy, Replicas: *replicas, Metrics: reg, Logger: log})
+	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: platform, Policy: policy, Replicas: *replicas, Metrics: reg, Logger: log,
+		Init: *initState, AwaitRecovery: *awaitRecovery, Instance: *instance, KeyCache: issuer.FileKeyCache(filepath.Join(*data, issuer.KeyCacheFile))})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,280 @@
+package issuer
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/hpke"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cohort-dev/cohort/adminkey"
+	"github.com/cohort-dev/cohort/events"
+	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/service"
+	"github.com/cohort-dev/cohort/shamir"
+)
+
+// recoveryRecord keeps the state key split among the recovery holders the
+// policy names, each share HPKE-sealed to its holder's key. It is not under
+// the state key (a fresh issuer must read it without the key); its MAC,
+// under the state key, tells the running issuers it is theirs.
+type recoveryRecord struct {
+	V         uint16          `msgpack:"v"`
+	KeyID     []byte          `msgpack:"key_id"`
+	Policy    uint64          `msgpack:"policy"` // the policy version it was made under
+	Threshold uint8           `msgpack:"threshold"`
+	Shares    []recoveryShare `msgpack:"shares"`
+	MAC       []byte          `msgpack:"mac"`
+}
+
+type recoveryShare struct {
+	Name   string `msgpack:"name"`
+	Key    []byte `msgpack:"key"` // the holder's X25519 public key
+	Index  uint8  `msgpack:"index"`
+	Sealed []byte `msgpack:"sealed"`
+}
+
+const maxRecoveryRecord = 64 << 10
+
+func decodeRecoveryRecord(b []byte) (*recoveryRecord, error) {
+	var r recoveryRecord
+	if err := messages.Unmarshal(b, maxRecoveryRecord, &r); err != nil {
+		return nil, fmt.Errorf("recovery record: %w", err)
+	}
+	if r.V != recordVersion || len(r.KeyID) != messages.KeyIDSize || len(r.Shares) > shamir.MaxShares || int(r.Threshold) > len(r.Shares) {
+		return nil, errors.New("recovery record: wrong version, key id or threshold")
+	}
+	for _, s := range r.Shares {
+		if s.Index == 0 || len(s.Key) != messages.RecoveryKeySize || len(s.Sealed) == 0 || len(s.Sealed) > 512 {
+			return nil, errors.New("recovery record: a share out of bounds")
+		}
+	}
+	return &r, nil
+}
+
+func (r *recoveryRecord) macInput() []byte {
+	c := *r
+	c.MAC = nil
+	b, _ := messages.Marshal(&c)
+	return b
+}
+
+// ensureRecovery keeps the recovery record in step with the policy p and
+// the state key: made anew, with fresh shares, for each policy version.
+func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy) error {
+	r, err := i.store.get(ctx, recoveryKey)
+	var over uint64
+	switch {
+	case errors.Is(err, errNotFound):
+		if len(p.Recovery.Keys) == 0 {
+			return nil
+		}
+	case err != nil:
+		return err
+	default:
+		over = r.rev
+		if cur, err := decodeRecoveryRecord(r.data); err == nil && !r.gone && bytes.Equal(cur.KeyID, i.store.key.id) &&
+			cur.Policy == p.Version && hmac.Equal(cur.MAC, i.store.key.mac("recovery", cur.macInput())) {
+			return nil
+		}
+	}
+	rec := &recoveryRecord{V: recordVersion, KeyID: i.store.key.id, Policy: p.Version, Threshold: uint8(p.Recovery.Threshold)}
+	if n := len(p.Recovery.Keys); n > 0 {
+		shares, err := shamir.Split(i.cfg.Rand, i.store.key.raw, n, p.Recovery.Threshold)
+		if err != nil {
+			return err
+		}
+		for k, s := range shares {
+			holder := p.Recovery.Keys[k]
+			sealed, err := adminkey.SealShare(holder.raw, i.store.key.id, s.X, s.Y)
+			clear(s.Y)
+			if err != nil {
+				return fmt.Errorf("recovery key %s: %w", holder.Name, err)
+			}
+			rec.Shares = append(rec.Shares, recoveryShare{Name: holder.Name, Key: holder.raw, Index: s.X, Sealed: sealed})
+		}
+	}
+	rec.MAC = i.store.key.mac("recovery", rec.macInput())
+	b, err := messages.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if _, err := i.store.write(ctx, recoveryKey, b, over); err != nil && !errors.Is(err, errExists) {
+		return err
+	}
+	i.log.Info("recovery record made", "policy_version", p.Version, "holders", len(rec.Shares), "threshold", rec.Threshold)
+	return nil
+}
+
+// waiting is an issuer waiting for recovery shares.
+type waiting struct {
+	rec   *recoveryRecord
+	keyID []byte
+	priv  hpke.PrivateKey
+	pub   []byte
+
+	mu     sync.Mutex
+	offers map[string]uint8 // offer hash → share index
+	shares map[uint8][]byte
+	done   chan *stateKey
+	closed bool
+}
+
+const maxOffers = 1024
+
+// awaitRecovery serves the recovery endpoints until holders have handed
+// over enough shares to make the state key with id keyID, or ctx is done.
+func (i *Issuer) awaitRecovery(ctx context.Context, keyID []byte) (*stateKey, error) {
+	r, err := i.store.get(ctx, recoveryKey)
+	if errors.Is(err, errNotFound) {
+		return nil, fmt.Errorf("%w: the state has no recovery record: its policy names no recovery keys", ErrNoStateKey)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("issuer: %w", err)
+	}
+	rec, err := decodeRecoveryRecord(r.data)
+	if err != nil || r.gone || !bytes.Equal(rec.KeyID, keyID) || rec.Threshold == 0 {
+		return nil, fmt.Errorf("%w: the state's recovery record is missing, damaged or for another state key", ErrNoStateKey)
+	}
+	kem, err := hpke.NewKEM(messages.KEMMLKEM768X25519)
+	if err != nil {
+		return nil, err
+	}
+	priv, err := kem.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	w := &waiting{rec: rec, keyID: keyID, priv: priv, pub: priv.PublicKey().Bytes(), offers: map[string]uint8{}, shares: map[uint8][]byte{}, done: make(chan *stateKey, 1)}
+	i.recovery = w
+	svc, err := service.New(service.Config{Conn: i.cfg.Serve, QueueGroup: messages.IssuerQueue + "-recover", Workers: 1, Queue: 64, Logger: i.log})
+	if err != nil {
+		return nil, err
+	}
+	defer svc.Stop()
+	for _, ep := range []service.Endpoint{
+		{Name: "recover-hello", Subject: messages.SubjectRecoverHello, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.recoverHello(w, m.Data) }},
+		{Name: "recover-share", Subject: messages.RecoverSubject(i.cfg.Instance), Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.recoverShare(w, m.Data) }},
+	} {
+		if err := svc.Add(ep); err != nil {
+			return nil, fmt.Errorf("issuer: recovery endpoint: %w", err)
+		}
+	}
+	if err := svc.Flush(); err != nil {
+		return nil, fmt.Errorf("issuer: %w", err)
+	}
+	i.log.Warn("waiting for recovery: each holder runs `cohort recover --key FILE --issuer-measurement "+hex.EncodeToString(i.self)+"`",
+		"need", rec.Threshold, "holders", len(rec.Shares), "policy_version", rec.Policy)
+	if i.cfg.Waiting != nil {
+		i.cfg.Waiting(i.cfg.Instance)
+	}
+	select {
+	case k := <-w.done:
+		i.log.Info("state key restored by its recovery holders", "key_id", hex.EncodeToString(keyID))
+		i.event(events.Event{Kind: events.IssuerRecovered, Measurement: hex.EncodeToString(i.self), Simulated: i.cfg.Platform.Simulated()})
+		return k, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: stopped while waiting for recovery", ErrNoStateKey)
+	}
+}
+
+func (i *Issuer) recoverRefused(r *messages.Error) *messages.Error {
+	i.log.Warn("recovery share refused", "code", r.Code, "reason", r.Reason)
+	i.event(events.Event{Kind: events.RecoveryRefused, Code: string(r.Code), Reason: r.Reason})
+	return r
+}
+
+// recoverHello answers a holder with an attested offer: where to send its
+// share and the key to seal it to.
+func (i *Issuer) recoverHello(w *waiting, data []byte) ([]byte, *messages.Error) {
+	var m messages.RecoverHello
+	if err := messages.Decode(data, messages.MaxRecoverHello, &m); err != nil {
+		return nil, service.DecodeRefusal("recover hello", err)
+	}
+	var share *recoveryShare
+	for k := range w.rec.Shares {
+		if bytes.Equal(w.rec.Shares[k].Key, m.RecoveryKey) {
+			share = &w.rec.Shares[k]
+		}
+	}
+	if share == nil {
+		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "recovery key %x is not one the state's recovery record names (policy version %d)", m.RecoveryKey, w.rec.Policy))
+	}
+	w.mu.Lock()
+	have := len(w.shares)
+	w.mu.Unlock()
+	body, err := messages.Marshal(&messages.RecoverOffer{V: messages.Version, Instance: i.cfg.Instance, KeyID: w.keyID, Nonce: m.Nonce,
+		KEM: messages.KEMMLKEM768X25519, PublicKey: w.pub, Index: share.Index, Share: share.Sealed, Need: w.rec.Threshold, Have: uint8(have), Policy: w.rec.Policy})
+	if err != nil {
+		return nil, messages.Refusal(messages.CodeInternal, "encoding the offer failed")
+	}
+	ev, err := i.cfg.Platform.Attest(messages.RecoverOfferBinding(body))
+	if err != nil {
+		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")
+	}
+	h := messages.RequestHash(body)
+	w.mu.Lock()
+	if len(w.offers) >= maxOffers {
+		clear(w.offers)
+	}
+	w.offers[string(h[:])] = share.Index
+	w.mu.Unlock()
+	return service.Encode(&messages.RecoverReply{V: messages.Version, Body: body, Evidence: ev})
+}
+
+// recoverShare takes one holder's share; with enough of them it makes the
+// state key and checks it against the state's key id.
+func (i *Issuer) recoverShare(w *waiting, data []byte) ([]byte, *messages.Error) {
+	var m messages.RecoverShare
+	if err := messages.Decode(data, messages.MaxRecoverShare, &m); err != nil {
+		return nil, service.DecodeRefusal("recover share", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return service.Encode(&messages.RecoverAck{V: messages.Version, Have: w.rec.Threshold, Need: w.rec.Threshold, Done: true})
+	}
+	index, ok := w.offers[string(m.OfferHash)]
+	if !ok {
+		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "the share answers no offer of this issuer: ask for an offer again"))
+	}
+	y, err := hpke.Open(w.priv, hpke.HKDFSHA256(), hpke.AES256GCM(), messages.RecoverShareInfo(m.OfferHash), m.Sealed)
+	if err != nil || len(y) != messages.StateKeySize {
+		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "the share does not open with this offer's key"))
+	}
+	delete(w.offers, string(m.OfferHash))
+	if old, ok := w.shares[index]; ok {
+		clear(old)
+	}
+	w.shares[index] = y
+	need := int(w.rec.Threshold)
+	if len(w.shares) < need {
+		i.log.Info("recovery share accepted", "have", len(w.shares), "need", need)
+		return service.Encode(&messages.RecoverAck{V: messages.Version, Have: uint8(len(w.shares)), Need: uint8(need)})
+	}
+	var shares []shamir.Share
+	for x, y := range w.shares {
+		shares = append(shares, shamir.Share{X: x, Y: y})
+	}
+	raw, err := shamir.Combine(shares)
+	for _, s := range w.shares {
+		clear(s)
+	}
+	clear(w.shares)
+	if err != nil {
+		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "the shares do not combine: %v", err))
+	}
+	k, err := newStateKey(raw)
+	clear(raw)
+	if err != nil || !bytes.Equal(k.id, w.keyID) {
+		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "the %d shares do not make this state's key: one was altered or is from another record; all holders must hand theirs over again", need))
+	}
+	if !hmac.Equal(w.rec.MAC, k.mac("recovery", w.rec.macInput())) {
+		i.log.Warn("the recovery record's MAC does not check under the restored key; a running issuer rewrites it")
+	}
+	w.closed = true
+	w.done <- k
+	return service.Encode(&messages.RecoverAck{V: messages.Version, Have: uint8(need), Need: uint8(need), Done: true})
+}
