@@ -302,3 +302,15 @@ func (i *Issuer) refreshLocked(ctx context.Context) error {
 	i.log.Info("adopted the policy in force", "policy_version", next.Version, "policy_hash", hex.EncodeToString(h[:]), "reissued", made)
 	return nil
 }
+
+// Apply decides an encoded policy update (messages.PolicyApply) in process,
+// without NATS: the same work the policy-apply endpoint does. It returns the
+// encoded messages.PolicyApplied, or a *messages.Error. Tests use it to put
+// one update to each replica in turn.
+func (i *Issuer) Apply(ctx context.Context, data []byte) ([]byte, error) {
+	reply, refusal := i.apply(ctx, data)
+	if refusal != nil {
+		return nil, refusal
+	}
+	return reply, nil
+}

@@ -75,6 +75,12 @@ func UnitIdentity(task string) string { return "unit/" + task }
 type Config struct {
 	// Identity is what this process runs as: IssuerIdentity or UnitIdentity(task).
 	Identity string
+	// Build stands for another build of the same executable: when set, it
+	// is mixed into the measurement, so that one test process can run build
+	// 1 and build 2 of an issuer or a task side by side. It chooses no
+	// measurement that anyone could not claim anyway: simulated evidence is
+	// signed with a published key. Empty for every command.
+	Build string
 	// SealSecret is the simulated CPU's seal secret, SealSecretSize bytes.
 	// Without it the platform attests and verifies but refuses to seal.
 	SealSecret []byte
@@ -91,7 +97,7 @@ var _ enclave.Platform = (*Platform)(nil)
 // New returns a simulated platform running as cfg.Identity, measured from this
 // process's executable.
 func New(cfg Config) (*Platform, error) {
-	m, err := Measure(cfg.Identity)
+	m, err := MeasureBuild(cfg.Identity, cfg.Build)
 	if err != nil {
 		return nil, err
 	}
@@ -120,9 +126,12 @@ func New(cfg Config) (*Platform, error) {
 func Verifier() enclave.Verifier { return verifier{} }
 
 // Measure returns this build's simulated measurement for identity.
-func Measure(identity string) ([]byte, error) {
-	if identity == "" || len(identity) > 128 {
-		return nil, errors.New("sim: identity must be 1 to 128 bytes")
+func Measure(identity string) ([]byte, error) { return MeasureBuild(identity, "") }
+
+// MeasureBuild is Measure for a platform of Config.Build build.
+func MeasureBuild(identity, build string) ([]byte, error) {
+	if identity == "" || len(identity) > 128 || len(build) > 64 {
+		return nil, errors.New("sim: identity must be 1 to 128 bytes, build at most 64")
 	}
 	exe, err := executableHash()
 	if err != nil {
@@ -133,6 +142,9 @@ func Measure(identity string) ([]byte, error) {
 	h.Write(exe)
 	h.Write([]byte{0})
 	h.Write([]byte(identity))
+	if build != "" {
+		h.Write([]byte("\x00build\x00" + build))
+	}
 	return h.Sum(nil), nil
 }
 
