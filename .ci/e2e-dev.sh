@@ -181,7 +181,10 @@ echo "ok: cohort user add dave: dave served at once; bob refused alice's inbox b
 mport=$(free_port); iport=$(free_port)
 "$cohort" manager --nats "$nats_url" --creds "$creds/manager.creds" --root "$work/root.pem" --metrics "127.0.0.1:$mport" 2>"$work/manager.err" &
 extra_pids+=($!)
-"$cohort" issuer --nats "$nats_url" --creds "$creds/issuer.creds" --policy "$work/data/policy.yaml" --data "$work/data" --metrics "127.0.0.1:$iport" 2>"$work/issuer.err" &
+# The second issuer runs on another (simulated) machine: its own data folder,
+# so its seal key opens no key cache; it obtains the state key from dev's
+# issuer by mutual attestation.
+"$cohort" issuer --nats "$nats_url" --creds "$creds/issuer.creds" --data "$work/machine2" --metrics "127.0.0.1:$iport" 2>"$work/issuer.err" &
 extra_pids+=($!)
 # Scrapes go to a file before grep reads them: `curl | grep -q` under
 # pipefail fails whenever grep stops reading before curl stops writing.
@@ -192,12 +195,56 @@ scrape "$mport" 'cohort_manager_members{state="active"} 3' ||
 for _ in $(seq 300); do scrape "$iport" '^cohort_issuer_certify_seconds_count' && break; sleep 0.1; done
 scrape "$iport" '^cohort_issuer_certify_seconds_count' ||
 	{ cat "$work/issuer.err"; echo "FAIL: the second issuer serves no metrics"; exit 1; }
-echo "ok: a second manager process sees the three members (metrics on :$mport); a second issuer process unsealed the same state (metrics on :$iport)"
+echo "ok: a second manager process sees the three members (metrics on :$mport); a second issuer process, on another machine, obtained the state key (metrics on :$iport)"
 "$cohort" trust --nats "$nats_url" "${user[@]}" --issuer-measurement "$measurement" --out "$work/root2.pem" 2>/dev/null >/dev/null
 cmp "$work/root.pem" "$work/root2.pem" || { echo "FAIL: the two issuers serve different roots"; exit 1; }
+for p in "${extra_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+extra_pids=()
 
 kill -INT "$dev_pid"
 wait "$dev_pid"
 dev_pid=
 echo "ok: cohort dev stopped cleanly on Ctrl-C"
-echo "e2e: 14 passed, 0 failed"
+
+# The development loop: change one line of cohort, rebuild, start dev on the
+# same data folder. The rebuild is another issuer build and another unit
+# measurement; dev restores the state key with its development recovery key
+# and signs the update that accepts the new build: the same root, and the
+# root.pem from before verifies the new units.
+src="$work/src"
+mkdir -p "$src"
+git ls-files -z | xargs -0 cp --parents -t "$src"
+sed -i 's/^const usage = `cohort: /const usage = `cohort (rebuilt): /' "$src/cmd/cohort/main.go"
+grep -q '^const usage = `cohort (rebuilt): ' "$src/cmd/cohort/main.go" || { echo "FAIL: the line to change is gone"; exit 1; }
+(cd "$src" && go build -o "$work/cohort2" ./cmd/cohort)
+measurement2=$("$work/cohort2" measure issuer)
+[ "$measurement2" != "$measurement" ] || { echo "FAIL: the rebuild measures the same"; exit 1; }
+"$work/cohort2" dev --data "$work/data" --units 3 --nats-port "$nats_port" --https-base "$https_base" >"$work/dev2.out" 2>"$work/dev2.err" &
+dev_pid=$!
+for _ in $(seq 600); do
+	grep -q 'Ctrl-C stops' "$work/dev2.out" 2>/dev/null && break
+	kill -0 "$dev_pid" 2>/dev/null || { cat "$work/dev2.out" "$work/dev2.err"; echo "FAIL: the rebuilt cohort dev exited"; exit 1; }
+	sleep 0.1
+done
+grep -q 'Ctrl-C stops' "$work/dev2.out" || { cat "$work/dev2.out" "$work/dev2.err"; echo "FAIL: the rebuilt cohort dev not ready in 60 s"; exit 1; }
+grep -q 'restored the state key' "$work/dev2.out" && grep -q 'policy version 2 accepts this build' "$work/dev2.out" ||
+	{ cat "$work/dev2.out"; echo "FAIL: the rebuilt dev did not restore the key and accept its build"; exit 1; }
+"$work/cohort2" trust --nats "$nats_url" "${user[@]}" --issuer-measurement "$measurement2" --out "$work/root3.pem" >"$work/trust3.out"
+cmp "$work/root.pem" "$work/root3.pem" || { echo "FAIL: the rebuilt dev serves another root"; exit 1; }
+grep -q 'policy version 2' "$work/trust3.out" || { cat "$work/trust3.out"; echo "FAIL: cohort trust does not print the policy version"; exit 1; }
+for i in 0 1 2; do
+	port=$((https_base + i))
+	openssl s_client -connect "127.0.0.1:$port" -servername localhost </dev/null 2>/dev/null | openssl x509 -out "$work/new$i.pem"
+	openssl verify -CAfile "$work/root.pem" "$work/new$i.pem" >/dev/null
+	curl --fail --silent --show-error --cacert "$work/root.pem" "https://localhost:$port/" >/dev/null
+done
+answer=$("$work/cohort2" call --nats "$nats_url" "${user[@]}" --cluster dev --trust "$work/root.pem" again 2>/dev/null)
+case "$answer" in *"heard: again") ;; *) echo "FAIL: a call after the rebuild answered '$answer'"; exit 1 ;; esac
+"$work/cohort2" policy show --nats "$nats_url" "${operator[@]}" --issuer-measurement "$measurement2" >"$work/show.txt"
+grep -q '^policy version 2' "$work/show.txt" && grep -q 'version 1 .* genesis' "$work/show.txt" && grep -q 'version 2 .* signed by dev' "$work/show.txt" ||
+	{ cat "$work/show.txt"; echo "FAIL: cohort policy show"; exit 1; }
+echo "ok: one line changed, rebuilt (issuer ${measurement:0:12}… → ${measurement2:0:12}…): the same root; the old root.pem verifies the new units (openssl, curl) and a call; cohort policy show lists versions 1 and 2"
+kill -INT "$dev_pid"
+wait "$dev_pid"
+dev_pid=
+echo "e2e: 15 passed, 0 failed"

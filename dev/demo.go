@@ -153,9 +153,9 @@ func Demo(ctx context.Context, out io.Writer) error {
 		before, _ := s.Issuer.TaskCertificate(DemoTask)
 		after, _ := again.TaskCertificate(DemoTask)
 		if !bytes.Equal(again.Root().Raw, s.Issuer.Root().Raw) || !bytes.Equal(after.Raw, before.Raw) {
-			return errors.New("demo: an issuer started on the same data has other keys")
+			return errors.New("demo: an issuer on another machine has other keys")
 		}
-		step(6, "A second issuer started on the same data (a restart, or a standby) unseals the same state:\n   the same root (sha256 %s) and the same task certificate (serial %x).",
+		step(6, "A second issuer, on another (simulated) machine whose seal key cannot open the first one's key cache,\n   obtained the state key from the first by mutual attestation, and serves the same state:\n   the same root (sha256 %s) and the same task certificate (serial %x).",
 			sha256Hex(again.Root().Raw), after.SerialNumber)
 		return demoChannel(ctx, out, s, roots, nc, step)
 	})
@@ -240,10 +240,12 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// secondIssuer starts another issuer on the stack's data and returns it once
-// it serves; it stops when ctx is done.
+// secondIssuer starts another issuer, on another simulated machine (its
+// own seal secret and key cache, under dir), and returns it once it serves;
+// it stops when ctx is done.
 func secondIssuer(ctx context.Context, dir string, s *Stack, nc, serve *nats.Conn) (*issuer.Issuer, error) {
-	secret, err := sim.LoadOrCreateSealSecret(filepath.Join(dir, sim.SealSecretFile))
+	machine := filepath.Join(dir, "second-machine")
+	secret, err := sim.LoadOrCreateSealSecret(filepath.Join(machine, sim.SealSecretFile))
 	if err != nil {
 		return nil, err
 	}
@@ -251,7 +253,7 @@ func secondIssuer(ctx context.Context, dir string, s *Stack, nc, serve *nats.Con
 	if err != nil {
 		return nil, err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Policy: s.Policy})
+	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, KeyCache: issuer.FileKeyCache(filepath.Join(machine, issuer.KeyCacheFile))})
 	if err != nil {
 		return nil, err
 	}

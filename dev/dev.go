@@ -4,7 +4,10 @@
 // and `cohort demo`, a walkthrough that prints each step and exits.
 //
 // Everything it keeps lives under one data folder: the JetStream store, the
-// simulated CPU's seal secret, the policy it wrote and the NATS credentials
+// simulated CPU's seal secret, the issuer's sealed key cache, the
+// development administrator key (which signs the policy update that accepts
+// a new build of cohort, and holds the recovery share of the state key, so
+// that a rebuild keeps the root), the policy in force and the NATS credentials
 // of every identity (creds/): the issuer, the manager, the operator, each
 // unit, and a few users (alice, bob and carol, and any user added with
 // `cohort user add NAME --data DIR`, which a running dev admits within a
@@ -15,7 +18,9 @@
 package dev
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,9 +38,11 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/adminkey"
 	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/issuer"
+	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/manager"
 	"github.com/cohort-dev/cohort/messages"
 	"github.com/cohort-dev/cohort/unit"
@@ -114,9 +121,85 @@ type Stack struct {
 	stopUnit          []context.CancelFunc
 	unitConns         [][2]*nats.Conn
 	IssuerMeasurement []byte
-	Policy            *issuer.Policy
-	PolicyPath        string
-	PolicyHash        string // hex SHA-256 of the policy file
+	Policy            *issuer.Policy // the policy in force
+	PolicyPath        string         // where dev writes it, for people to read
+	PolicyHash        string         // hex SHA-256 of the policy in force
+	Admin             *adminkey.Key  // the development administrator and recovery key
+}
+
+// AdminKeyFile is the development administrator's key in dev's data folder:
+// it signs the policy updates that accept a new build, and holds the
+// recovery share of the state key. Development only: anyone who reads the
+// folder can change the policy.
+const AdminKeyFile = "dev-admin.key"
+
+func loadOrCreateAdmin(path string) (*adminkey.Key, error) {
+	k, err := adminkey.Load(path)
+	if err == nil {
+		return k, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("dev: %w (remove the data folder to start afresh)", err)
+	}
+	if k, err = adminkey.Generate(rand.Reader); err != nil {
+		return nil, err
+	}
+	if err := k.Save(path); err != nil {
+		return nil, fmt.Errorf("dev: %w", err)
+	}
+	return k, nil
+}
+
+// recover restores the state key into dev's issuer with the development
+// recovery key, over the operator's connection, as `cohort recover` does.
+func (s *Stack) recover(ctx context.Context, cfg Config) error {
+	nc, err := s.Connect(access.Grant{Role: access.Operator}, access.State)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ack, err := issuerclient.Recover(ctx, issuerclient.RecoverConfig{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: s.IssuerMeasurement, AllowSimulated: true, Key: s.Admin})
+	if err != nil {
+		return err
+	}
+	if !ack.Done {
+		return fmt.Errorf("the state key needs %d recovery shares; dev holds one", ack.Need)
+	}
+	return nil
+}
+
+// acceptThisBuild makes the policy in force accept this build: when dev's
+// policy for it differs from the one in force, it signs the update with the
+// development administrator key and applies it.
+func (s *Stack) acceptThisBuild(ctx context.Context, cfg Config) error {
+	cur := s.Issuer.Policy()
+	want, err := DemoPolicy(cur.Version, s.Admin)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(want, cur.Document()) {
+		if want, err = DemoPolicy(cur.Version+1, s.Admin); err != nil {
+			return err
+		}
+		nc, err := s.Connect(access.Grant{Role: access.Operator}, access.State)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		a, err := issuerclient.ApplyPolicy(ctx, nc, want, []messages.PolicySignature{s.Admin.Sign(want)}, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("dev: accepting this build: %w (the data folder's policy is not dev's: remove %s to start afresh)", err, cfg.DataDir)
+		}
+		fmt.Fprintf(cfg.Out, "cohort dev: policy version %d accepts this build's measurements (signed by the development administrator, %s)\n",
+			a.Version, filepath.Join(cfg.DataDir, AdminKeyFile))
+	}
+	s.Policy = s.Issuer.Policy()
+	hash := s.Policy.Hash()
+	s.PolicyHash = hex.EncodeToString(hash[:])
+	if err := os.WriteFile(s.PolicyPath, s.Policy.Document(), 0o600); err != nil {
+		return fmt.Errorf("dev: write policy: %w", err)
+	}
+	return nil
 }
 
 // Run starts the stack, prints what it started to cfg.Out and runs until ctx
@@ -147,20 +230,17 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	if s.IssuerMeasurement, err = sim.Measure(sim.IssuerIdentity); err != nil {
 		return err
 	}
-	policyYAML, err := DemoPolicy()
+	if s.Admin, err = loadOrCreateAdmin(filepath.Join(cfg.DataDir, AdminKeyFile)); err != nil {
+		return err
+	}
+	genesisYAML, err := DemoPolicy(1, s.Admin)
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(s.PolicyPath, policyYAML, 0o600); err != nil {
-		return fmt.Errorf("dev: write policy: %w", err)
-	}
-	policy, err := issuer.ParsePolicy(policyYAML)
+	genesis, err := issuer.ParsePolicy(genesisYAML)
 	if err != nil {
 		return err
 	}
-	s.Policy = policy
-	hash := policy.Hash()
-	s.PolicyHash = hex.EncodeToString(hash[:])
 	s.CredsDir = filepath.Join(cfg.DataDir, "creds")
 	units := make([]string, cfg.Units)
 	for i := range units {
@@ -199,11 +279,31 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	}
 	defer inc.Close()
 	defer isc.Close()
-	if s.Issuer, err = issuer.New(issuer.Config{Conn: inc, Serve: isc, Platform: platform, Policy: policy, Logger: cfg.Logger}); err != nil {
+	// A rebuild of cohort is another issuer build, whose key cache does not
+	// open: dev, holding the recovery key, restores the state key into it,
+	// then signs the update that accepts the new build's measurements. The
+	// root stays.
+	recovered := make(chan error, 1)
+	if s.Issuer, err = issuer.New(issuer.Config{Conn: inc, Serve: isc, Platform: platform, Policy: genesis, Logger: cfg.Logger,
+		KeyCache: issuer.FileKeyCache(filepath.Join(cfg.DataDir, issuer.KeyCacheFile)), AwaitRecovery: true, PeerTimeout: 200 * time.Millisecond,
+		Waiting: func(string) { go func() { recovered <- s.recover(ctx, cfg) }() },
+	}); err != nil {
 		return err
 	}
 	g.Go(func() error { return s.Issuer.Run(ctx) })
+	select {
+	case err := <-recovered:
+		if err != nil {
+			return errors.Join(fmt.Errorf("dev: restoring the state key of %s: %w", cfg.DataDir, err), stop(cancel, g))
+		}
+		fmt.Fprintln(cfg.Out, "cohort dev: this build of cohort is new to the data folder: the development recovery key restored the state key, same root")
+	case <-s.Issuer.Ready():
+	case <-ctx.Done():
+	}
 	if err := wait(ctx, s.Issuer.Ready(), "issuer"); err != nil {
+		return errors.Join(err, stop(cancel, g))
+	}
+	if err := s.acceptThisBuild(ctx, cfg); err != nil {
 		return errors.Join(err, stop(cancel, g))
 	}
 	mnc, msc, err := s.ConnectBoth(access.Grant{Role: access.Manager})
@@ -298,20 +398,34 @@ func wait(ctx context.Context, ready <-chan struct{}, what string) error {
 	}
 }
 
-// DemoPolicy is the policy dev writes: the demo task, accepted for this
-// build's simulated measurement, with certificates for localhost and
-// 127.0.0.1.
-func DemoPolicy() ([]byte, error) {
+// DemoPolicy is dev's policy, version version: the demo task, accepted for
+// this build's simulated measurement, with certificates for localhost and
+// 127.0.0.1; this build's issuer; admin as its one administrator and its
+// one recovery holder.
+func DemoPolicy(version uint64, admin *adminkey.Key) ([]byte, error) {
 	m, err := sim.Measure(sim.UnitIdentity(DemoTask))
 	if err != nil {
 		return nil, err
 	}
+	im, err := sim.Measure(sim.IssuerIdentity)
+	if err != nil {
+		return nil, err
+	}
 	return fmt.Appendf(nil, `# Written by cohort dev for this build. SIMULATED attestation: not for production.
-version: 1
+version: %d
 accept_simulated: true
 validity:
   root: 87600h
   task: 24h
+issuers: [%s]   # this build's simulated issuer measurement
+administrators:
+  threshold: 1
+  keys:
+    - {name: dev, key: %x}
+recovery:
+  threshold: 1
+  keys:
+    - {name: dev, key: %x}
 tasks:
   - name: %s
     measurements: [%s]   # this build's simulated measurement of the demo task
@@ -320,7 +434,7 @@ tasks:
 clusters:
   - id: %s
     task: %s
-`, DemoTask, hex.EncodeToString(m), DemoCluster, DemoTask), nil
+`, version, hex.EncodeToString(im), admin.AdminPublic(), admin.RecoveryPublic(), DemoTask, hex.EncodeToString(m), DemoCluster, DemoTask), nil
 }
 
 // usersIn lists the users dev admits: DemoUsers, and those whose

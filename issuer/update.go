@@ -46,7 +46,8 @@ func (i *Issuer) loadPolicy(ctx context.Context, fresh bool) (*policyRecord, uin
 			if err != nil {
 				return nil, 0, fmt.Errorf("issuer: %w", err)
 			}
-			if g := i.cfg.Policy; g != nil && !fresh {
+			if g := i.cfg.Policy; g != nil && !fresh && g.Version >= lastVersion(rec) {
+				// A file that looks like an update: say why it changes nothing.
 				if h := g.Hash(); !bytes.Equal(h[:], hashOf(rec.Document)) {
 					i.log.Warn("the policy file given differs from the policy in force, which the state keeps: ignoring the file; "+
 						"change the policy with `cohort policy sign` and `cohort policy apply`", "file_version", g.Version, "file_hash", hex.EncodeToString(h[:]))
@@ -77,6 +78,8 @@ func (i *Issuer) loadPolicy(ctx context.Context, fresh bool) (*policyRecord, uin
 		}
 	}
 }
+
+func lastVersion(r *policyRecord) uint64 { return r.History[len(r.History)-1].Version }
 
 func hashOf(doc []byte) []byte {
 	h := sha256.Sum256(doc)
@@ -232,6 +235,10 @@ func (i *Issuer) show(data []byte) ([]byte, *messages.Error) {
 func (i *Issuer) follow(ctx context.Context) error {
 	t := time.NewTicker(i.cfg.PolicyPoll)
 	defer t.Stop()
+	// An issuer not listed when it starts (restored by its recovery holders
+	// before the update that lists its build) serves on; one that an update
+	// drops stops.
+	seen := i.view.Load().policy.Version
 	for {
 		select {
 		case <-ctx.Done():
@@ -244,9 +251,11 @@ func (i *Issuer) follow(ctx context.Context) error {
 			}
 			i.log.Warn("following the policy in force", "err", err)
 		}
-		if p := i.view.Load().policy; !p.AcceptsIssuer(i.self, i.self) && len(p.issuers) > 0 {
+		p := i.view.Load().policy
+		if p.Version != seen && len(p.issuers) > 0 && !p.AcceptsIssuer(i.self, i.self) {
 			return fmt.Errorf("%w: version %d lists %d issuer builds, not this one (measurement %x); stopping", ErrRemoved, p.Version, len(p.issuers), i.self)
 		}
+		seen = p.Version
 	}
 }
 

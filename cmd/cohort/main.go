@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -32,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/adminkey"
 	"github.com/cohort-dev/cohort/bench"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/deploy"
@@ -815,7 +817,13 @@ func cmdDeploy(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if *policyPath != "" {
 		raw, err = os.ReadFile(*policyPath)
 	} else {
-		raw, err = dev.DemoPolicy()
+		// The demo policy names one administrator and recovery holder,
+		// whose key the deployment folder keeps outside what the
+		// containers mount.
+		var admin *adminkey.Key
+		if admin, err = loadOrCreateKey(filepath.Join(*out, "admin.key")); err == nil {
+			raw, err = dev.DemoPolicy(1, admin)
+		}
 	}
 	if err != nil {
 		return err
@@ -838,6 +846,21 @@ func cmdDeploy(_ context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "deployment written to %s: NATS server configurations (nats/), TLS CA and certificates (tls/), credentials of each identity (creds/), policy.yaml, %s\n", *out, deploy.ManifestFile)
 	return nil
+}
+
+// loadOrCreateKey loads an administrator's key file, or makes one.
+func loadOrCreateKey(path string) (*adminkey.Key, error) {
+	k, err := adminkey.Load(path)
+	if !errors.Is(err, os.ErrNotExist) {
+		return k, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if k, err = adminkey.Generate(rand.Reader); err != nil {
+		return nil, err
+	}
+	return k, k.Save(path)
 }
 
 // awaitIssuer verifies the issuer and returns its root, waiting while no
