@@ -56,6 +56,15 @@ type CertifyResult struct {
 	GOMAXPROCS         int     `json:"gomaxprocs"`
 	FirstError         string  `json:"first_error,omitempty"`
 	CeilingDescription string  `json:"crypto_ceiling_is"`
+	// The same round trips over NATS with two issuer replicas answering,
+	// the second on another simulated machine that obtained the state key
+	// from the first. The one-replica figures above are the mean of a phase
+	// before and a phase after this one.
+	TwoReplicasPerS  float64    `json:"two_replicas_rate_per_s"`
+	TwoReplicasP50Ms float64    `json:"two_replicas_p50_ms"`
+	TwoReplicasP99Ms float64    `json:"two_replicas_p99_ms"`
+	TwoReplicasRatio float64    `json:"two_replicas_ratio"`
+	OneReplicaPhases [2]float64 `json:"one_replica_phases_per_s"`
 }
 
 // Certify runs full certify round trips against an embedded issuer: the
@@ -130,10 +139,26 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 		}
 	}
 
-	overNATS := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
-		_, err := certifiers[w%len(certifiers)].Certify(ctx, "bench")
-		return err
-	})
+	overNATS := func() *phase {
+		return run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
+			_, err := certifiers[w%len(certifiers)].Certify(ctx, "bench")
+			return err
+		})
+	}
+	before := overNATS()
+	// A second replica, on another machine: it obtains the state key from
+	// the first by mutual attestation; the queue group splits the load.
+	second, stopSecond, err := startIssuerOn(ctx, func(access.Key) (*nats.Conn, error) { return srv.Connect() }, nil, 1, 1)
+	if err != nil {
+		return nil, fmt.Errorf("bench: second issuer: %w", err)
+	}
+	if !slices.Equal(second.Root().Raw, iss.Root().Raw) {
+		stopSecond()
+		return nil, errors.New("bench: the second issuer serves another root")
+	}
+	two := overNATS()
+	stopSecond()
+	after := overNATS()
 	inProcess := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
 		p, req, err := certifiers[w%len(certifiers)].Prepare("bench")
 		if err != nil {
@@ -149,15 +174,20 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
+	one := merge(before, after)
 	res := &CertifyResult{
-		RatePerS:           overNATS.rate(),
-		P50Ms:              overNATS.percentile(0.50),
-		P99Ms:              overNATS.percentile(0.99),
+		RatePerS:           one.rate(),
+		P50Ms:              one.percentile(0.50),
+		P99Ms:              one.percentile(0.99),
 		CryptoCeilingPerS:  inProcess.rate(),
 		CeilingP50Ms:       inProcess.percentile(0.50),
-		RoundTrips:         len(overNATS.latencies),
-		Errors:             overNATS.errors + inProcess.errors,
-		DurationS:          overNATS.elapsed.Seconds(),
+		RoundTrips:         len(one.latencies),
+		Errors:             one.errors + two.errors + inProcess.errors,
+		DurationS:          one.elapsed.Seconds(),
+		TwoReplicasPerS:    two.rate(),
+		TwoReplicasP50Ms:   two.percentile(0.50),
+		TwoReplicasP99Ms:   two.percentile(0.99),
+		OneReplicaPhases:   [2]float64{before.rate(), after.rate()},
 		Concurrency:        cfg.Concurrency,
 		Groups:             cfg.Groups,
 		KEM:                kemName(cfg.KEM),
@@ -166,10 +196,14 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 		GOMAXPROCS:         runtime.GOMAXPROCS(0),
 		CeilingDescription: "the same round trips with the issuer called in process: key generation, evidence, verification, HPKE, signing, opening; no NATS",
 	}
-	if overNATS.firstErr != nil {
-		res.FirstError = overNATS.firstErr.Error()
-	} else if inProcess.firstErr != nil {
-		res.FirstError = inProcess.firstErr.Error()
+	if res.RatePerS > 0 {
+		res.TwoReplicasRatio = res.TwoReplicasPerS / res.RatePerS
+	}
+	for _, p := range []*phase{one, two, inProcess} {
+		if p.firstErr != nil {
+			res.FirstError = p.firstErr.Error()
+			break
+		}
 	}
 	if err := res.print(cfg.Out, cfg.JSON); err != nil {
 		return nil, err
@@ -187,9 +221,11 @@ func (r *CertifyResult) print(w io.Writer, asJSON bool) error {
 		return e.Encode(r)
 	}
 	_, err := fmt.Fprintf(w, `cohort bench certify: full round trips with %d group pairs each, %d in flight, GOMAXPROCS %d, KEM %s, %s attestation
-  over NATS (TCP loopback)   %8.0f round trips/s   p50 %.2f ms   p99 %.2f ms   (%d in %.1fs, %d errors)
+  over NATS (TCP loopback)   %8.0f round trips/s   p50 %.2f ms   p99 %.2f ms   (%d in %.1fs, %d errors; one issuer: phases %.0f and %.0f/s)
+  two issuer replicas        %8.0f round trips/s   p50 %.2f ms   p99 %.2f ms   (%.2f× one; the second obtained the state key from the first)
   ceiling without NATS       %8.0f round trips/s   p50 %.2f ms   (same work, issuer called in process)
 `, r.Groups, r.Concurrency, r.GOMAXPROCS, r.KEM, "simulated", r.RatePerS, r.P50Ms, r.P99Ms, r.RoundTrips, r.DurationS, r.Errors,
+		r.OneReplicaPhases[0], r.OneReplicaPhases[1], r.TwoReplicasPerS, r.TwoReplicasP50Ms, r.TwoReplicasP99Ms, r.TwoReplicasRatio,
 		r.CryptoCeilingPerS, r.CeilingP50Ms)
 	return err
 }
@@ -240,11 +276,21 @@ type bus interface {
 // startIssuerReplicated runs an issuer whose state JetStream keeps on
 // replicas servers.
 func startIssuerReplicated(ctx context.Context, connect func(access.Key) (*nats.Conn, error), policyYAML []byte, replicas int) (*issuer.Issuer, func(), error) {
-	policy, err := issuer.ParsePolicy(policyYAML)
-	if err != nil {
-		return nil, nil, err
+	return startIssuerOn(ctx, connect, policyYAML, replicas, 0)
+}
+
+// startIssuerOn runs an issuer on simulated machine number machine; without
+// a policy it joins the state another issuer made.
+func startIssuerOn(ctx context.Context, connect func(access.Key) (*nats.Conn, error), policyYAML []byte, replicas int, machine byte) (*issuer.Issuer, func(), error) {
+	var policy *issuer.Policy
+	if policyYAML != nil {
+		var err error
+		if policy, err = issuer.ParsePolicy(policyYAML); err != nil {
+			return nil, nil, err
+		}
 	}
 	secret := make([]byte, sim.SealSecretSize)
+	secret[0] = machine
 	p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
 	if err != nil {
 		return nil, nil, err
@@ -277,6 +323,21 @@ func startIssuerReplicated(ctx context.Context, connect func(access.Key) (*nats.
 		serve.Close()
 		return nil, nil, errors.Join(errors.New("bench: issuer stopped"), err)
 	}
+}
+
+// merge is the phases taken together, as one phase of their total time.
+func merge(ps ...*phase) *phase {
+	m := &phase{}
+	for _, p := range ps {
+		m.latencies = append(m.latencies, p.latencies...)
+		m.errors += p.errors
+		m.elapsed += p.elapsed
+		if m.firstErr == nil {
+			m.firstErr = p.firstErr
+		}
+	}
+	slices.Sort(m.latencies)
+	return m
 }
 
 type phase struct {
