@@ -431,6 +431,9 @@ func TestIssuerOnAnotherMachine(t *testing.T) {
 	if _, err := service.Request(context.Background(), issConn, messages.SubjectPeerStateKey, req, deadline); !errors.Is(err, &messages.Error{Code: messages.CodeBinding}) {
 		t.Errorf("evidence that does not bind the request: %v, want %s", err, messages.CodeBinding)
 	}
+	eventually(t, "the refused request is recorded", func() bool {
+		return countEvents(l.events(), events.StateKeyRefused, string(messages.CodeBinding)) == 1
+	})
 
 	killA()
 	<-aDone
@@ -540,6 +543,9 @@ func TestIssuerUpgrade(t *testing.T) {
 	case err := <-nextDone:
 		t.Fatalf("build 2 stopped: %v", err)
 	default:
+	}
+	if n := countEvents(l.events(), events.StateKeyRefused, string(messages.CodeIssuerNotAccepted)); n < 2 {
+		t.Errorf("%d refusals of unlisted issuer builds recorded, want at least 2", n)
 	}
 }
 

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cohort-dev/cohort/embednats"
+)
+
+// runBackground runs a cohort command in the background, and returns its
+// standard error and a function that stops it (as Ctrl-C does) and returns
+// its exit code.
+func runBackground(t *testing.T, args ...string) (*syncBuffer, func() int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	code := make(chan int, 1)
+	go func() { code <- run(ctx, args, &out, &errOut) }()
+	var exit *int
+	stop := func() int {
+		if exit == nil {
+			cancel()
+			c := <-code
+			exit = &c
+		}
+		return *exit
+	}
+	t.Cleanup(func() { stop() })
+	return &errOut, stop
+}
+
+// The README's recovery, with the commands as written: an issuer whose
+// policy names two of three recovery keys; every issuer's data lost; a
+// fresh issuer with --recover; `cohort recover` with one key (not enough),
+// then a second: the same root. --init instead makes a new one.
+func TestRecoverCommand(t *testing.T) {
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	t.Setenv("COHORT_NATS", srv.ClientURL())
+	t.Chdir(t.TempDir())
+	keys := regexp.MustCompile(`(?s)recovery:.*?key: ([0-9a-f]{64})`)
+	var holders []string
+	for _, n := range []string{"r1", "r2", "r3"} {
+		code, out, stderr := runCmd(t, "policy", "keygen", "--out", n+".key", "--name", n)
+		if code != 0 {
+			t.Fatalf("keygen: %s", stderr)
+		}
+		holders = append(holders, fmt.Sprintf("    - {name: %s, key: %s}\n", n, keys.FindStringSubmatch(out)[1]))
+	}
+	_, unit, _ := runCmd(t, "measure", "unit", "--task", "demo")
+	_, pin, _ := runCmd(t, "measure", "issuer")
+	pin = strings.TrimSpace(pin)
+	policy := "version: 1\naccept_simulated: true\nrecovery:\n  threshold: 2\n  keys:\n" + strings.Join(holders, "") +
+		"tasks:\n  - name: demo\n    measurements: [" + strings.TrimSpace(unit) + "]\n"
+	if err := os.WriteFile("policy.yaml", []byte(policy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	trust := func(out string) string {
+		t.Helper()
+		end := time.Now().Add(30 * time.Second)
+		for {
+			code, _, stderr := runCmd(t, "trust", "--issuer-measurement", pin, "--out", out, "--timeout", "500ms")
+			if code == 0 {
+				b, _ := os.ReadFile(out)
+				return string(b)
+			}
+			if time.Now().After(end) {
+				t.Fatalf("trust: %s", stderr)
+			}
+			time.Sleep(50 * time.Millisecond) // polling, with a deadline
+		}
+	}
+	logs, stop := runBackground(t, "issuer", "--policy", "policy.yaml", "--data", "issuer-data")
+	root := trust("root.pem")
+	// Stopped, and its machine and data are gone.
+	if code := stop(); code != 0 {
+		t.Fatalf("issuer: exit %d: %s", code, logs.String())
+	}
+	if err := os.RemoveAll("issuer-data"); err != nil {
+		t.Fatal(err)
+	}
+
+	code, _, stderr := runCmd(t, "issuer", "--data", "fresh-data")
+	if code != 1 || !strings.Contains(stderr, "cohort recover") || !strings.Contains(stderr, "Nothing was written") {
+		t.Fatalf("an issuer with no way to the key: exit %d: %s", code, stderr)
+	}
+	logs, stop = runBackground(t, "issuer", "--data", "fresh-data", "--recover")
+	for end := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "waiting for recovery"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the issuer does not wait for recovery: %s", logs.String())
+		}
+	}
+	code, out, stderr := runCmd(t, "recover", "--key", "r1.key", "--issuer-measurement", pin)
+	if code != 0 || !strings.Contains(out, "share accepted: 1 of the 2 needed") {
+		t.Fatalf("recover with one key: exit %d: %s%s", code, out, stderr)
+	}
+	code, out, stderr = runCmd(t, "recover", "--key", "r3.key", "--issuer-measurement", pin)
+	if code != 0 || !strings.Contains(out, "the state key is restored") {
+		t.Fatalf("recover with a second key: exit %d: %s%s", code, out, stderr)
+	}
+	if again := trust("again.pem"); again != root {
+		t.Fatal("recovery gave another root")
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("issuer: exit %d: %s", code, logs.String())
+	}
+
+	// --init makes a new root over the state, on purpose.
+	logs, stop = runBackground(t, "issuer", "--data", "fresh-data", "--policy", "policy.yaml", "--init")
+	if newRoot := trust("new.pem"); newRoot == root {
+		t.Fatal("--init kept the old root")
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("issuer --init: exit %d: %s", code, logs.String())
+	}
+}
