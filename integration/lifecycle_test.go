@@ -333,7 +333,7 @@ func TestBadUpdatesAreRefused(t *testing.T) {
 	b1, b2 := buildMeasure(t, sim.UnitIdentity("demo"), ""), buildMeasure(t, sim.UnitIdentity("demo"), "2")
 	genesis := l.doc(1, time.Hour, [][]byte{b1}, [][]byte{ib1}, "")
 	a, _, _ := l.startIssuer(newMachine(t), "", genesis)
-	l.startManager(a.Root()) // it keeps the audit stream
+	l.startManager(a.Root())                         // it keeps the audit stream
 	b, _, _ := l.startIssuer(newMachine(t), "", nil) // another machine: the key from a
 	replicas := []*issuer.Issuer{a, b}
 

@@ -57,7 +57,9 @@ func FuzzRecoverShare(f *testing.F) {
 	fuzzDecoder(f, MaxRecoverShare, &RecoverShare{V: Version, OfferHash: fill(1, HashSize), Sealed: fill(2, 1168)})
 }
 
-func FuzzRecoverAck(f *testing.F) { fuzzDecoder(f, MaxRecoverAck, &RecoverAck{V: Version, Have: 1, Need: 2}) }
+func FuzzRecoverAck(f *testing.F) {
+	fuzzDecoder(f, MaxRecoverAck, &RecoverAck{V: Version, Have: 1, Need: 2})
+}
 
 // Every trust message's valid example validates, and each bound refuses.
 func TestTrustMessagesValidate(t *testing.T) {
