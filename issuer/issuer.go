@@ -173,8 +173,6 @@ type Issuer struct {
 	// adopting serialises the writers of view: updates applied here and
 	// those followed from other replicas.
 	adopting sync.Mutex
-	// recovery is the state of an issuer waiting for recovery shares.
-	recovery *waiting
 }
 
 // view is one policy in force, with the keys and certificates made from it.

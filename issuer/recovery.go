@@ -148,7 +148,6 @@ func (i *Issuer) awaitRecovery(ctx context.Context, keyID []byte) (*stateKey, er
 		return nil, err
 	}
 	w := &waiting{rec: rec, keyID: keyID, priv: priv, pub: priv.PublicKey().Bytes(), offers: map[string]uint8{}, shares: map[uint8][]byte{}, done: make(chan *stateKey, 1)}
-	i.recovery = w
 	svc, err := service.New(service.Config{Conn: i.cfg.Serve, QueueGroup: messages.IssuerQueue + "-recover", Workers: 1, Queue: 64, Logger: i.log})
 	if err != nil {
 		return nil, err

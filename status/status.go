@@ -42,7 +42,9 @@ type Issuer struct {
 	RootSubject  string    `json:"root_subject"`
 	RootNotAfter time.Time `json:"root_not_after"`
 	PolicySHA256 string    `json:"policy_sha256"`
-	Verified     bool      `json:"verified"` // always false here: see `cohort trust`
+	// PolicyVersion is the version of the policy in force.
+	PolicyVersion uint64 `json:"policy_version"`
+	Verified      bool   `json:"verified"` // always false here: see `cohort trust`
 }
 
 // Fetch asks the issuer and the manager, each within timeout.
@@ -88,7 +90,7 @@ func fetchIssuer(ctx context.Context, nc *nats.Conn, timeout time.Duration) (*Is
 	sum := sha256.Sum256(r.Root)
 	return &Issuer{
 		Backend: r.Backend, RootSHA256: hex.EncodeToString(sum[:]), RootSubject: root.Subject.CommonName,
-		RootNotAfter: root.NotAfter.UTC(), PolicySHA256: hex.EncodeToString(r.PolicyHash),
+		RootNotAfter: root.NotAfter.UTC(), PolicySHA256: hex.EncodeToString(r.PolicyHash), PolicyVersion: r.PolicyVersion,
 	}, nil
 }
 
@@ -104,8 +106,8 @@ func fetchManager(ctx context.Context, nc *nats.Conn, timeout time.Duration) (*m
 func (v *View) Print(w io.Writer) {
 	if v.Issuer != nil {
 		i := v.Issuer
-		fmt.Fprintf(w, "issuer   backend %s, root %q sha256 %s (until %s), policy sha256 %s (unverified: see 'cohort trust')\n",
-			i.Backend, i.RootSubject, i.RootSHA256, i.RootNotAfter.Format(time.DateOnly), i.PolicySHA256)
+		fmt.Fprintf(w, "issuer   backend %s, root %q sha256 %s (until %s), policy version %d sha256 %s (unverified: see 'cohort trust')\n",
+			i.Backend, i.RootSubject, i.RootSHA256, i.RootNotAfter.Format(time.DateOnly), i.PolicyVersion, i.PolicySHA256)
 	} else {
 		fmt.Fprintf(w, "issuer   did not answer: %s\n", v.IssuerError)
 	}

@@ -7,15 +7,21 @@
 //
 // Guarantees:
 //   - The unit trusts no root and no key until the issuer's evidence has been
-//     checked against the pinned measurement; every renewal checks it again.
+//     checked against the pinned measurement. Every renewal checks the
+//     evidence again, and accepts an issuer of another measurement only if
+//     its evidence binds the root the unit holds: its report must then be
+//     signed by that root's key, which passes only between issuer builds the
+//     policy lists, so an issuer upgrade needs no unit restart.
 //   - HTTPS starts only once a pair is held; a renewal swaps the pair without
 //     dropping connections; a failed renewal keeps the current pair and
 //     retries with backoff.
 //   - Before it holds a pair, a refusal that retrying cannot change (the
 //     policy does not accept this code, the issuer is not the pinned one) ends
-//     Run with that error. Once it holds one, nothing from NATS ends it:
-//     refusals are not authenticated, so a forged one must not take a serving
-//     replica down; it keeps its pair and retries.
+//     Run with that error. Once it holds one, only such a refusal signed by
+//     its root for its own request ends it (a policy update removed its
+//     build): it stops serving and leaves its cluster. Anyone on NATS can
+//     forge an unsigned refusal, which a serving replica outlasts: it keeps
+//     its pair and retries.
 //
 // With a cluster key, it serves its cluster's channel (channel.go): it
 // answers users on Config.Serve, whose credential may publish only replies,
