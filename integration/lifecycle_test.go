@@ -484,10 +484,12 @@ func TestIssuerUpgrade(t *testing.T) {
 	u1, _ := runUnit(t, l.unitOf("u1", "", 3*time.Second)) // pins build 1
 	u2, _ := runUnit(t, l.unitOf("u2", "", 3*time.Second))
 	user := l.conn(access.Grant{Role: access.User, Name: "alice"}, access.State)
-	s, err := client.Dial(testContext(t), client.Config{Conn: user, User: "alice", Cluster: "c1", Roots: roots})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var s *client.Session
+	eventually(t, "the cluster serves a handshake", func() bool {
+		var err error
+		s, err = client.Dial(testContext(t), client.Config{Conn: user, User: "alice", Cluster: "c1", Roots: roots})
+		return err == nil
+	})
 
 	// Build 2 before the update lists it: refused the key, it does not start.
 	early, err := issuer.New(l.issuerConfig(newMachine(t), "2", nil))
