@@ -21,7 +21,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -127,6 +129,22 @@ type Stack struct {
 	Admin             *adminkey.Key  // the development administrator and recovery key
 }
 
+// RootFile is where dev keeps its root certificate, PEM: the development
+// recovery holder checks a waiting issuer's state against it.
+const RootFile = "root.pem"
+
+func readRootPEM(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s is not a PEM certificate", path)
+	}
+	return x509.ParseCertificate(blk.Bytes)
+}
+
 // AdminKeyFile is the development administrator's key in dev's data folder:
 // it signs the policy updates that accept a new build, and holds the
 // recovery share of the state key. Development only: anyone who reads the
@@ -158,7 +176,11 @@ func (s *Stack) recover(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer nc.Close()
-	ack, err := issuerclient.Recover(ctx, issuerclient.RecoverConfig{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: s.IssuerMeasurement, AllowSimulated: true, Key: s.Admin})
+	root, err := readRootPEM(filepath.Join(cfg.DataDir, RootFile))
+	if err != nil {
+		return fmt.Errorf("dev: the root this data folder's state has is unknown (%w): remove %s to start afresh", err, cfg.DataDir)
+	}
+	ack, err := issuerclient.Recover(ctx, issuerclient.RecoverConfig{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: s.IssuerMeasurement, AllowSimulated: true, Key: s.Admin, Root: root})
 	if err != nil {
 		return err
 	}
@@ -192,6 +214,10 @@ func (s *Stack) acceptThisBuild(ctx context.Context, cfg Config) error {
 		}
 		fmt.Fprintf(cfg.Out, "cohort dev: policy version %d accepts this build's measurements (signed by the development administrator, %s)\n",
 			a.Version, filepath.Join(cfg.DataDir, AdminKeyFile))
+	}
+	root := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Issuer.Root().Raw})
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, RootFile), root, 0o644); err != nil {
+		return fmt.Errorf("dev: write the root: %w", err)
 	}
 	s.Policy = s.Issuer.Policy()
 	hash := s.Policy.Hash()

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/hpke"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -236,6 +241,126 @@ func countEvents(evs []*events.Event, kind, code string) int {
 		}
 	}
 	return n
+}
+
+// selfSigned is a root nobody's state has.
+func selfSigned(t *testing.T) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "not cohort's root"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// junkShare asks the waiting issuer for holder's offer, as anyone with the
+// operator's credential can (the hello names only a public key), and hands
+// it 32 random bytes sealed to the offer's key.
+func junkShare(op *nats.Conn, holder *adminkey.Key) error {
+	hello, _ := messages.Marshal(&messages.RecoverHello{V: messages.Version, Nonce: make([]byte, messages.NonceSize), RecoveryKey: holder.RecoveryPublic()})
+	data, err := service.Request(context.Background(), op, messages.SubjectRecoverHello, hello, deadline)
+	if err != nil {
+		return err
+	}
+	var rep messages.RecoverReply
+	if err := messages.Decode(data, messages.MaxRecoverReply, &rep); err != nil {
+		return err
+	}
+	var offer messages.RecoverOffer
+	if err := messages.Decode(rep.Body, messages.MaxRecoverOffer, &offer); err != nil {
+		return err
+	}
+	kem, _ := hpke.NewKEM(offer.KEM)
+	pub, err := kem.NewPublicKey(offer.PublicKey)
+	if err != nil {
+		return err
+	}
+	oh := sha256.Sum256(rep.Body)
+	junk := make([]byte, messages.StateKeySize)
+	_, _ = rand.Read(junk)
+	sealed, err := hpke.Seal(pub, hpke.HKDFSHA256(), hpke.AES256GCM(), messages.RecoverShareInfo(oh[:]), junk)
+	if err != nil {
+		return err
+	}
+	req, _ := messages.Marshal(&messages.RecoverShare{V: messages.Version, OfferHash: oh[:], Sealed: sealed})
+	_, err = service.Request(context.Background(), op, messages.RecoverSubject(offer.Instance), req, deadline)
+	return err
+}
+
+// A refusal counts for a unit only when its root signed it for the very
+// request the unit sent: the unit's body with other evidence attached (a
+// build the policy refuses, say) gets a signed refusal that the unit does
+// not take for its own; and a unit renewing holds to its root, so an
+// issuer of the pinned build over another state is not its issuer.
+func TestSignedRefusalsAnswerOneRequest(t *testing.T) {
+	l := newLifecycle(t)
+	ib1 := buildMeasure(t, sim.IssuerIdentity, "")
+	b1 := buildMeasure(t, sim.UnitIdentity("demo"), "")
+	iss, _, _ := l.startIssuer(newMachine(t), "", l.doc(1, time.Hour, [][]byte{b1}, [][]byte{ib1}, ""))
+	uc := l.conn(access.Grant{Role: access.Unit, Cluster: "c1", Name: "u1"}, access.State)
+
+	rogue := unitPlatform(t, sim.UnitIdentity("rogue"))
+	client := issuerclient.Config{Conn: uc, Verifier: rogue, IssuerMeasurement: ib1, AllowSimulated: true}
+	trust, err := issuerclient.VerifyIssuer(context.Background(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: rogue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Refused for itself: signed, and for this request.
+	p, req, err := c.Prepare("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = service.Request(context.Background(), uc, messages.SubjectCertify, req, deadline)
+	if err = p.Refusal(err); !errors.Is(err, messages.ErrMeasurement) || !errors.Is(err, issuerclient.ErrAuthenticRefusal) {
+		t.Fatalf("a refusal of the unit's own request: %v, want a signed measurement refusal", err)
+	}
+	// An accepted unit's request with the rogue's evidence attached.
+	good := unitPlatform(t, sim.UnitIdentity("demo"))
+	gc, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: issuerclient.Config{Conn: uc, Verifier: good, IssuerMeasurement: ib1, AllowSimulated: true}, Trust: trust, Attester: good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gp, greq, err := gc.Prepare("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m messages.CertifyRequest
+	mustDecode(t, greq, &m)
+	if m.Evidence, err = rogue.Attest(messages.CertifyBinding(m.Body)); err != nil {
+		t.Fatal(err)
+	}
+	forged, _ := messages.Marshal(&m)
+	_, err = service.Request(context.Background(), uc, messages.SubjectCertify, forged, deadline)
+	var e *messages.Error
+	if !errors.As(err, &e) || len(e.Proof) == 0 {
+		t.Fatalf("the forged request: %v, want a signed refusal", err)
+	}
+	if errors.Is(gp.Refusal(err), issuerclient.ErrAuthenticRefusal) {
+		t.Fatal("the unit took a refusal of another request for its own")
+	}
+
+	// A unit renewing against an issuer of the pinned build over another
+	// state (another root) refuses it.
+	other := startNATS(t, t.TempDir())
+	onc := connect(t, other)
+	startIssuer(t, onc, parsePolicy(t, l.doc(1, time.Hour, [][]byte{b1}, [][]byte{ib1}, "")), newMachine(t))
+	renew := issuerclient.Config{Conn: onc, Verifier: good, IssuerMeasurement: ib1, AllowSimulated: true, Root: iss.Root()}
+	if _, err := issuerclient.VerifyIssuer(context.Background(), renew); !errors.Is(err, issuerclient.ErrUnauthentic) {
+		t.Fatalf("renewing against another root: %v, want %v", err, issuerclient.ErrUnauthentic)
+	}
 }
 
 func poolOf(root *x509.Certificate) *x509.CertPool {
@@ -578,8 +703,17 @@ func TestRecovery(t *testing.T) {
 	case <-time.After(deadline):
 		t.Fatal("the fresh issuer does not wait for recovery")
 	}
-	rc := func(k *adminkey.Key, pin []byte) (*messages.RecoverAck, error) {
-		return issuerclient.Recover(context.Background(), issuerclient.RecoverConfig{Conn: l.op, Verifier: sim.Verifier(), IssuerMeasurement: pin, AllowSimulated: true, Key: k})
+	rcRoot := func(k *adminkey.Key, pin []byte, trusted *x509.Certificate) (*messages.RecoverAck, error) {
+		return issuerclient.Recover(context.Background(), issuerclient.RecoverConfig{Conn: l.op, Verifier: sim.Verifier(), IssuerMeasurement: pin, AllowSimulated: true, Key: k, Root: trusted})
+	}
+	rc := func(k *adminkey.Key, pin []byte) (*messages.RecoverAck, error) { return rcRoot(k, pin, root) }
+	// A holder who trusts another root hands nothing over.
+	if _, err := rcRoot(l.recovery[1], ib1, selfSigned(t)); !errors.Is(err, issuerclient.ErrUnauthentic) {
+		t.Fatalf("a holder trusting another root: %v, want %v", err, issuerclient.ErrUnauthentic)
+	}
+	// Junk handed over for a holder's share is refused, and spoils nothing.
+	if err := junkShare(l.op, l.recovery[1]); !errors.Is(err, messages.ErrRecoveryShare) || !strings.Contains(err.Error(), "commitment") {
+		t.Fatalf("a junk share: %v, want a refusal naming the commitment", err)
 	}
 	stranger, _ := adminkey.Generate(rand.Reader)
 	if _, err := rc(stranger, ib1); !errors.Is(err, messages.ErrRecoveryShare) {

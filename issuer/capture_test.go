@@ -62,9 +62,12 @@ func TestIssuerSecretsNeverCrossNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- iss.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	done, finished := make(chan error, 1), make(chan struct{})
+	go func() {
+		done <- iss.Run(ctx)
+		close(finished)
+	}()
+	defer func() { cancel(); <-finished }()
 	select {
 	case <-iss.Ready():
 	case err := <-done:

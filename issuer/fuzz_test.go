@@ -102,8 +102,8 @@ func FuzzDecodePolicyRecord(f *testing.F) {
 // FuzzDecodeRecoveryRecord: the recovery record, which a fresh issuer reads
 // before it holds any key, never crashes its decoder.
 func FuzzDecodeRecoveryRecord(f *testing.F) {
-	good, _ := messages.Marshal(&recoveryRecord{V: recordVersion, KeyID: make([]byte, 16), Policy: 1, Threshold: 1,
-		Shares: []recoveryShare{{Name: "a", Key: make([]byte, 32), Index: 1, Sealed: make([]byte, 80)}}, MAC: make([]byte, 32)})
+	good, _ := messages.Marshal(&recoveryRecord{V: recordVersion, KeyID: make([]byte, 16), Policy: 1, Threshold: 1, Root: make([]byte, 400),
+		Shares: []recoveryShare{{Name: "a", Key: make([]byte, 32), Index: 1, Sealed: make([]byte, 80), Commit: make([]byte, 32), Signature: make([]byte, 71)}}})
 	f.Add(good)
 	f.Add([]byte{0x86, 0xa1, 'v'})
 	f.Fuzz(func(t *testing.T, data []byte) {

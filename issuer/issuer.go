@@ -353,10 +353,11 @@ func (i *Issuer) load(ctx context.Context) error {
 			return fmt.Errorf("issuer: %w", err)
 		}
 	}
-	fresh, peer, err := i.obtainKey(ctx, empty)
+	got, err := i.obtainKey(ctx, empty)
 	if err != nil {
 		return err
 	}
+	fresh := got.source == fromNew
 	if i.root, err = i.loadRoot(ctx, fresh); err != nil {
 		return fmt.Errorf("issuer: root: %w", err)
 	}
@@ -364,18 +365,26 @@ func (i *Issuer) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if v := lastVersion(rec); v < got.floor {
+		return fmt.Errorf("%w: the state's policy record is version %d, older than version %d, which this issuer or the one that gave it the key served: the state was rolled back", ErrTampered, v, got.floor)
+	}
 	v, _, err := i.build(ctx, rec, rev)
 	if err != nil {
 		return err
 	}
-	if peer != nil && !v.policy.AcceptsIssuer(peer, i.self) {
-		return fmt.Errorf("issuer: the issuer that gave this one the state key measures %x, which the policy in force (version %d) does not list under issuers: refusing its state", peer, v.policy.Version)
+	if got.peer != nil && !v.policy.AcceptsIssuer(got.peer, i.self) {
+		return fmt.Errorf("issuer: the issuer that gave this one the state key measures %x, which the policy in force (version %d) does not list under issuers: refusing its state", got.peer, v.policy.Version)
 	}
-	if !v.policy.AcceptsIssuer(i.self, i.self) {
-		i.log.Warn("the policy in force does not list this issuer's build: apply an update that lists it under issuers",
+	if len(v.policy.issuers) > 0 && !v.policy.AcceptsIssuer(i.self, i.self) {
+		if got.source != fromRecovery {
+			// Its key cache still opens, but the policy dropped its build.
+			return fmt.Errorf("%w: version %d does not list this build (measurement %x): an update must list it under issuers", ErrRemoved, v.policy.Version, i.self)
+		}
+		i.log.Warn("the policy in force does not list this issuer's build, which its recovery holders vouched for: apply an update that lists it under issuers",
 			"measurement", hex.EncodeToString(i.self), "policy_version", v.policy.Version)
 	}
 	i.view.Store(v)
+	i.toCache(i.store.key, v.policy.Version)
 	if left := i.root.cert.NotAfter.Sub(i.cfg.Now()); left < v.policy.Validity.Task {
 		// Task certificates are cut at the root's end; past it nothing verifies.
 		i.log.Warn("the root CA expires before a task certificate would: root rollover is not supported yet",
@@ -385,14 +394,17 @@ func (i *Issuer) load(ctx context.Context) error {
 }
 
 // loadRoot returns the root, creating it only in a state made in this run
-// (fresh) or one whose creator stopped before making it.
+// (fresh): a root is never made over a state that lost its own.
 func (i *Issuer) loadRoot(ctx context.Context, fresh bool) (*credential, error) {
 	for {
 		c, _, rev, err := i.store.loadCredential(ctx, rootKey)
 		if err == nil {
 			return c, nil
 		}
-		if !errors.Is(err, errNotFound) || (rev != 0 && !fresh) {
+		if errors.Is(err, errNotFound) && !fresh {
+			return nil, fmt.Errorf("%w: the state has no root record: only a new state (an empty bucket, or --init) makes a root", ErrTampered)
+		}
+		if !errors.Is(err, errNotFound) {
 			return nil, err
 		}
 		if c, err = newRoot(i.cfg.Rand, i.cfg.Now(), i.genesisValidity(), i.cfg.Platform.Simulated()); err != nil {
@@ -674,7 +686,7 @@ type outcome struct {
 	task        string
 	measurement []byte
 	simulated   bool
-	requestHash []byte // once the body decoded: refusals are then signed
+	requestHash []byte // SHA-256 of the whole request, once its body decoded: refusals are then signed
 }
 
 // certify decides a certify request and reports the outcome. It returns the
@@ -730,8 +742,11 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	if err := messages.Decode(req.Body, messages.MaxCertifyBody, &body); err != nil {
 		return nil, service.DecodeRefusal("certify request body", err)
 	}
-	rh := messages.RequestHash(req.Body)
-	o.requestHash = rh[:]
+	// A refusal is signed over the whole request, evidence included, so
+	// that it answers this request only: another evidence attached to a
+	// unit's body gets a refusal the unit does not take for its own.
+	full := sha256.Sum256(data)
+	o.requestHash = full[:]
 	kem, err := acceptedKEM(body.KEM)
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeUnsupportedKEM, "%v", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/hpke"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -75,64 +76,90 @@ func (f FileKeyCache) Store(sealed []byte) error {
 	return os.Rename(tmp.Name(), string(f))
 }
 
-// cached is what the key cache holds.
+// cached is what the key cache holds: the state key sealed to this
+// platform, and the highest policy version this issuer has served, which
+// the seal authenticates: a state whose policy record is older was rolled
+// back.
 type cached struct {
 	V      uint16 `msgpack:"v"`
 	KeyID  []byte `msgpack:"key_id"`
+	Floor  uint64 `msgpack:"floor"`
 	Sealed []byte `msgpack:"sealed"`
 }
 
-func (i *Issuer) cacheAAD(keyID []byte) []byte {
-	return append([]byte("cohort/issuer/state-key-cache/v1\x00"+i.cfg.Bucket+"\x00"), keyID...)
+func (i *Issuer) cacheAAD(keyID []byte, floor uint64) []byte {
+	a := append([]byte("cohort/issuer/state-key-cache/v2\x00"+i.cfg.Bucket+"\x00"), keyID...)
+	return binary.BigEndian.AppendUint64(a, floor)
 }
+
+// keySource is where an issuer got the state key from.
+type keySource int
+
+const (
+	fromNew      keySource = iota // a new state: an empty bucket, or --init
+	fromCache                     // this machine's key cache
+	fromPeer                      // a running issuer
+	fromRecovery                  // the recovery holders
+)
 
 // fromCache opens the cached state key for keyID; nil when the cache has
 // none that opens here.
-func (i *Issuer) fromCache(keyID []byte) *stateKey {
+func (i *Issuer) fromCache(keyID []byte) (*stateKey, uint64) {
 	if i.cfg.KeyCache == nil {
-		return nil
+		return nil, 0
 	}
 	b, err := i.cfg.KeyCache.Load()
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			i.log.Warn("key cache unreadable", "err", err)
 		}
-		return nil
+		return nil, 0
 	}
-	var c cached
-	if err := messages.Unmarshal(b, 4<<10, &c); err != nil || c.V != 1 {
+	c, err := decodeCached(b)
+	if err != nil {
 		i.log.Warn("key cache does not decode; ignoring it", "err", err)
-		return nil
+		return nil, 0
 	}
 	if !bytes.Equal(c.KeyID, keyID) {
 		i.log.Info("key cache holds another state's key; ignoring it")
-		return nil
+		return nil, 0
 	}
-	raw, err := i.cfg.Platform.Unseal(c.Sealed, i.cacheAAD(keyID))
+	raw, err := i.cfg.Platform.Unseal(c.Sealed, i.cacheAAD(keyID, c.Floor))
 	if err != nil {
 		i.log.Info("key cache does not open on this machine and build", "err", err)
-		return nil
+		return nil, 0
 	}
 	defer clear(raw)
 	k, err := newStateKey(raw)
 	if err != nil || !bytes.Equal(k.id, keyID) {
 		i.log.Warn("key cache holds a key that is not the state's")
-		return nil
+		return nil, 0
 	}
-	return k
+	return k, c.Floor
+}
+
+func decodeCached(b []byte) (*cached, error) {
+	var c cached
+	if err := messages.Unmarshal(b, 4<<10, &c); err != nil {
+		return nil, err
+	}
+	if c.V != 2 || len(c.KeyID) != messages.KeyIDSize || len(c.Sealed) == 0 {
+		return nil, errors.New("key cache: wrong version or fields")
+	}
+	return &c, nil
 }
 
 // toCache seals the state key into the cache.
-func (i *Issuer) toCache(k *stateKey) {
+func (i *Issuer) toCache(k *stateKey, floor uint64) {
 	if i.cfg.KeyCache == nil {
 		return
 	}
-	sealed, err := i.cfg.Platform.Seal(k.raw, i.cacheAAD(k.id))
+	sealed, err := i.cfg.Platform.Seal(k.raw, i.cacheAAD(k.id, floor))
 	if err != nil {
 		i.log.Warn("cannot seal the state key for the key cache; the next start asks a running issuer", "err", err)
 		return
 	}
-	b, err := messages.Marshal(&cached{V: 1, KeyID: k.id, Sealed: sealed})
+	b, err := messages.Marshal(&cached{V: 2, KeyID: k.id, Floor: floor, Sealed: sealed})
 	if err == nil {
 		err = i.cfg.KeyCache.Store(b)
 	}
@@ -141,11 +168,17 @@ func (i *Issuer) toCache(k *stateKey) {
 	}
 }
 
+// obtained is how an issuer came by the state key.
+type obtained struct {
+	source keySource
+	peer   []byte // the measurement of the issuer that handed it over
+	floor  uint64 // the lowest policy version the state may have: none older was ever served
+}
+
 // obtainKey gives the store its state key: a new one for a new state (an
 // empty bucket, or Init), else from the key cache, from a running issuer,
-// or from recovery-key holders. fresh reports a new state; peer is the
-// measurement of the issuer that handed the key over, if one did.
-func (i *Issuer) obtainKey(ctx context.Context, empty bool) (fresh bool, peer []byte, err error) {
+// or from recovery-key holders.
+func (i *Issuer) obtainKey(ctx context.Context, empty bool) (obtained, error) {
 	m, metaRev, err := i.store.loadMeta(ctx)
 	switch {
 	case errors.Is(err, errNotFound) && (empty || i.cfg.Init), err != nil && i.cfg.Init, err == nil && i.cfg.Init:
@@ -153,38 +186,36 @@ func (i *Issuer) obtainKey(ctx context.Context, empty bool) (fresh bool, peer []
 			// Another issuer made the state first: obtain its key.
 			return i.obtainKey(ctx, false)
 		} else if err != nil {
-			return false, nil, err
+			return obtained{}, err
 		}
-		return true, nil, nil
+		return obtained{source: fromNew}, nil
 	case errors.Is(err, errNotFound):
-		return false, nil, fmt.Errorf("%w: bucket %q holds records but no state key record: it was made by a cohort from before the state key, or damaged. "+
+		return obtained{}, fmt.Errorf("%w: bucket %q holds records but no state key record: it was made by a cohort from before the state key, or damaged. "+
 			"Start the issuer with --init to make a new state and a new root (every user must then trust again), or give it a fresh bucket", ErrNoStateKey, i.cfg.Bucket)
 	case err != nil:
-		return false, nil, fmt.Errorf("%w: %w. Restore the bucket, or start with --init to make a new root", ErrNoStateKey, err)
+		return obtained{}, fmt.Errorf("%w: %w. Restore the bucket, or start with --init to make a new root", ErrNoStateKey, err)
 	}
-	if k := i.fromCache(m.KeyID); k != nil {
+	if k, floor := i.fromCache(m.KeyID); k != nil {
 		i.store.key = k
 		i.log.Info("state key opened from the key cache", "key_id", hex.EncodeToString(m.KeyID))
-		return false, nil, nil
+		return obtained{source: fromCache, floor: floor}, nil
 	}
-	k, peer, perr := i.askPeers(ctx, m.KeyID)
+	k, peer, floor, perr := i.askPeers(ctx, m.KeyID)
 	if perr == nil {
 		i.store.key = k
-		i.toCache(k)
 		i.log.Info("state key obtained from a running issuer", "key_id", hex.EncodeToString(m.KeyID), "from", hex.EncodeToString(peer))
-		return false, peer, nil
+		return obtained{source: fromPeer, peer: peer, floor: floor}, nil
 	}
 	if i.cfg.AwaitRecovery {
 		i.log.Warn("no key cache opens and no running issuer gave the state key; waiting for recovery", "peer", perr)
 		k, err := i.awaitRecovery(ctx, m.KeyID)
 		if err != nil {
-			return false, nil, err
+			return obtained{}, err
 		}
 		i.store.key = k
-		i.toCache(k)
-		return false, nil, nil
+		return obtained{source: fromRecovery}, nil
 	}
-	return false, nil, fmt.Errorf("%w: the state key (id %x) is not in this issuer's key cache for this machine and build, and %v. "+
+	return obtained{}, fmt.Errorf("%w: the state key (id %x) is not in this issuer's key cache for this machine and build, and %v. "+
 		"Start this issuer while an issuer of a build the policy in force lists is running (an update can add this build, measurement %x, under issuers:), "+
 		"or start it with --recover and restore the key with `cohort recover`; --init makes a new root instead, and every user must then trust again. Nothing was written",
 		ErrNoStateKey, m.KeyID, perr, i.self)
@@ -214,8 +245,7 @@ func (i *Issuer) initState(ctx context.Context, over uint64) error {
 	} else if err != nil {
 		return fmt.Errorf("issuer: %w", err)
 	}
-	i.store.key = k
-	i.toCache(k)
+	i.store.key, i.store.fresh = k, true
 	i.log.Info("made a new state and state key", "key_id", hex.EncodeToString(k.id), "init", i.cfg.Init)
 	return nil
 }
@@ -226,18 +256,18 @@ var errRaced = errors.New("issuer: another issuer made the state at the same tim
 // askPeers asks running issuers for the state key until one answers or
 // PeerTimeout has passed: an issuer that made a new state a moment ago may
 // not serve yet.
-func (i *Issuer) askPeers(ctx context.Context, keyID []byte) (*stateKey, []byte, error) {
+func (i *Issuer) askPeers(ctx context.Context, keyID []byte) (*stateKey, []byte, uint64, error) {
 	end := time.Now().Add(i.cfg.PeerTimeout)
 	for {
-		k, peer, err := i.askPeer(ctx, keyID, time.Until(end))
+		k, peer, floor, err := i.askPeer(ctx, keyID, time.Until(end))
 		if !errors.Is(err, errNoPeer) || time.Until(end) < 100*time.Millisecond {
-			return k, peer, err
+			return k, peer, floor, err
 		}
 		t := time.NewTimer(100 * time.Millisecond)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, nil, ctx.Err()
+			return nil, nil, 0, ctx.Err()
 		case <-t.C:
 		}
 	}
@@ -248,72 +278,73 @@ var errNoPeer = errors.New("no running issuer answered a request for it")
 
 // askPeer asks a running issuer for the state key, with evidence that
 // binds a fresh ephemeral HPKE key, and checks the answer's evidence. It
-// returns the key and the measurement of the issuer that gave it.
-func (i *Issuer) askPeer(ctx context.Context, keyID []byte, timeout time.Duration) (*stateKey, []byte, error) {
+// returns the key, the measurement of the issuer that gave it and the
+// version of the policy that issuer serves.
+func (i *Issuer) askPeer(ctx context.Context, keyID []byte, timeout time.Duration) (*stateKey, []byte, uint64, error) {
 	kem, err := hpke.NewKEM(messages.KEMMLKEM768X25519)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	priv, err := kem.GenerateKey()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	nonce := make([]byte, messages.NonceSize)
 	if _, err := io.ReadFull(i.cfg.Rand, nonce); err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	body, err := messages.Marshal(&messages.StateKeyBody{V: messages.Version, KeyID: keyID, KEM: messages.KEMMLKEM768X25519,
 		PublicKey: priv.PublicKey().Bytes(), Nonce: nonce, Time: i.cfg.Now().UnixNano()})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	ev, err := i.cfg.Platform.Attest(messages.StateKeyRequestBinding(body))
 	if err != nil {
-		return nil, nil, fmt.Errorf("attest: %w", err)
+		return nil, nil, 0, fmt.Errorf("attest: %w", err)
 	}
 	req, err := messages.Marshal(&messages.StateKeyRequest{V: messages.Version, Body: body, Evidence: ev})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	data, err := service.Request(ctx, i.cfg.Conn, messages.SubjectPeerStateKey, req, max(timeout, 100*time.Millisecond))
 	switch {
 	case errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
-		return nil, nil, errNoPeer
+		return nil, nil, 0, errNoPeer
 	case err != nil:
-		return nil, nil, fmt.Errorf("a running issuer refused it: %w", err)
+		return nil, nil, 0, fmt.Errorf("a running issuer refused it: %w", err)
 	}
 	var rep messages.StateKeyReply
 	if err := messages.Decode(data, messages.MaxStateKeyReply, &rep); err != nil {
-		return nil, nil, fmt.Errorf("the answer does not decode: %w", err)
+		return nil, nil, 0, fmt.Errorf("the answer does not decode: %w", err)
 	}
 	claims, err := i.cfg.Platform.Verify(rep.Evidence)
 	if err != nil {
-		return nil, nil, fmt.Errorf("the answering issuer's evidence: %w", err)
+		return nil, nil, 0, fmt.Errorf("the answering issuer's evidence: %w", err)
 	}
 	if claims.ReportData != messages.StateKeyReplyBinding(rep.Body) {
-		return nil, nil, errors.New("the answering issuer's evidence does not bind its answer")
+		return nil, nil, 0, errors.New("the answering issuer's evidence does not bind its answer")
 	}
 	if refusal := i.peerClaims(claims); refusal != nil {
-		return nil, nil, fmt.Errorf("the answering issuer: %s", refusal.Reason)
+		return nil, nil, 0, fmt.Errorf("the answering issuer: %s", refusal.Reason)
 	}
 	var rb messages.StateKeyReplyBody
 	if err := messages.Decode(rep.Body, messages.MaxStateKeyReplyBody, &rb); err != nil {
-		return nil, nil, fmt.Errorf("the answer's body does not decode: %w", err)
+		return nil, nil, 0, fmt.Errorf("the answer's body does not decode: %w", err)
 	}
 	rh := messages.RequestHash(body)
 	if !bytes.Equal(rb.RequestHash, rh[:]) || !bytes.Equal(rb.KeyID, keyID) {
-		return nil, nil, errors.New("the answer is for another request or another state")
+		return nil, nil, 0, errors.New("the answer is for another request or another state")
 	}
 	raw, err := hpke.Open(priv, hpke.HKDFSHA256(), hpke.AES256GCM(), messages.StateKeyInfo(rh[:]), rb.Sealed)
 	if err != nil {
-		return nil, nil, errors.New("the sealed state key does not open with this request's key")
+		return nil, nil, 0, errors.New("the sealed state key does not open with this request's key")
 	}
 	defer clear(raw)
 	k, err := newStateKey(raw)
 	if err != nil || !bytes.Equal(k.id, keyID) {
-		return nil, nil, errors.New("the key handed over is not the state's")
+		return nil, nil, 0, errors.New("the key handed over is not the state's")
 	}
-	return k, claims.UniqueID, nil
+	return k, claims.UniqueID, rb.Policy, nil
 }
 
 // peerClaims decides whether evidence of another issuer is acceptable as
@@ -397,7 +428,7 @@ func (i *Issuer) decideGrant(data []byte, measurement *[]byte) ([]byte, *message
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "sealing the state key failed")
 	}
-	rb, err := messages.Marshal(&messages.StateKeyReplyBody{V: messages.Version, RequestHash: rh[:], KeyID: i.store.key.id, Sealed: sealed})
+	rb, err := messages.Marshal(&messages.StateKeyReplyBody{V: messages.Version, RequestHash: rh[:], KeyID: i.store.key.id, Sealed: sealed, Policy: v.policy.Version})
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the answer failed")
 	}

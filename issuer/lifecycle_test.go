@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cohort-dev/cohort/adminkey"
 	"github.com/cohort-dev/cohort/embednats"
@@ -184,6 +185,75 @@ func TestCrashDuringUpdate(t *testing.T) {
 	waitFor(t, "both replicas serve version 3", func() bool { return a.iss.Policy().Version == 3 && b.iss.Policy().Version == 3 })
 	consistent(t, a)
 	consistent(t, b)
+}
+
+// The issuer's own credential cannot empty a record's subject to write an
+// old record there again: the state's stream takes no roll-up, purge or
+// delete; a record written under a condition on another subject, or
+// deleted, does not count; and an issuer whose state lost its policy
+// record does not take the file its host gives as the genesis.
+func TestStateCannotBeRolledUp(t *testing.T) {
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	admin, _ := adminkey.Generate(rand.Reader)
+	m1, m2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	secret, dir := bytes.Repeat([]byte{0xa}, 32), t.TempDir()
+	a := startReplica(t, srv, secret, dir, lifecyclePolicy(t, 1, admin, m1), nil)
+	genesis, err := a.iss.store.get(context.Background(), policyKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := lifecyclePolicy(t, 2, admin, m1, m2)
+	req, _ := messages.Marshal(&messages.PolicyApply{V: messages.Version, Document: v2.Document(), Signatures: []messages.PolicySignature{admin.Sign(v2.Document())}})
+	if _, err := a.iss.Apply(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(a.nc)
+	rollup := nats.NewMsg(a.iss.store.subject(policyKey))
+	rollup.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupAll)
+	if _, err := js.PublishMsg(context.Background(), rollup); err == nil {
+		t.Fatal("the state stream took a roll-up")
+	}
+	if err := a.iss.store.stream.Purge(context.Background()); err == nil {
+		t.Fatal("the state stream was purged")
+	}
+	// The genesis record again, on the condition that another, empty,
+	// subject holds nothing: JetStream takes it; the issuer does not.
+	replay := nats.NewMsg(a.iss.store.subject(policyKey))
+	replay.Data = genesis.data
+	replay.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	replay.Header.Set("Nats-Expected-Last-Subject-Sequence-Subject", a.iss.store.subject("nothing"))
+	if _, err := js.PublishMsg(context.Background(), replay); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if _, _, err := a.iss.store.load(context.Background(), policyKey); !errors.Is(err, ErrTampered) {
+		t.Fatalf("a record written on another subject's condition: %v, want ErrTampered", err)
+	}
+	// Deleted: a restarted replica refuses to serve rather than take the
+	// file it is given as a new genesis.
+	del := nats.NewMsg(a.iss.store.subject(policyKey))
+	del.Header.Set("KV-Operation", "DEL")
+	if _, err := js.PublishMsg(context.Background(), del); err != nil {
+		t.Fatal(err)
+	}
+	a.cancel()
+	<-a.done
+	nc, _ := srv.Connect()
+	defer nc.Close()
+	p, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
+	evil := lifecyclePolicy(t, 1, admin, bytes.Repeat([]byte{9}, 32))
+	iss, err := New(Config{Conn: nc, Platform: p, Policy: evil, KeyCache: FileKeyCache(dir + "/" + KeyCacheFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
+	defer cancel()
+	if err := iss.Run(ctx); !errors.Is(err, ErrTampered) {
+		t.Fatalf("an issuer over a state without its policy record: %v, want ErrTampered", err)
+	}
 }
 
 // A record written again out of place, or unconditionally, does not open:

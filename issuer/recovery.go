@@ -3,11 +3,14 @@ package issuer
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/hmac"
 	"crypto/hpke"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/cohort-dev/cohort/adminkey"
@@ -19,22 +22,29 @@ import (
 
 // recoveryRecord keeps the state key split among the recovery holders the
 // policy names, each share HPKE-sealed to its holder's key. It is not under
-// the state key (a fresh issuer must read it without the key); its MAC,
-// under the state key, tells the running issuers it is theirs.
+// the state key: a fresh issuer must read it without the key. Instead the
+// state's root key signs each share (messages.ShareDigest) with a
+// commitment to its plaintext: a holder hands a share over only for the
+// root it trusts, so a record that whoever holds the issuer's credential
+// made (shares of a key of their own) is refused; and the waiting issuer
+// takes only shares that match their commitments, so junk handed to it
+// cannot spoil the real shares.
 type recoveryRecord struct {
 	V         uint16          `msgpack:"v"`
 	KeyID     []byte          `msgpack:"key_id"`
 	Policy    uint64          `msgpack:"policy"` // the policy version it was made under
 	Threshold uint8           `msgpack:"threshold"`
+	Root      []byte          `msgpack:"root"` // the state's root certificate, DER
 	Shares    []recoveryShare `msgpack:"shares"`
-	MAC       []byte          `msgpack:"mac"`
 }
 
 type recoveryShare struct {
-	Name   string `msgpack:"name"`
-	Key    []byte `msgpack:"key"` // the holder's X25519 public key
-	Index  uint8  `msgpack:"index"`
-	Sealed []byte `msgpack:"sealed"`
+	Name      string `msgpack:"name"`
+	Key       []byte `msgpack:"key"` // the holder's X25519 public key
+	Index     uint8  `msgpack:"index"`
+	Sealed    []byte `msgpack:"sealed"`
+	Commit    []byte `msgpack:"commit"`    // messages.ShareCommitment of the plaintext
+	Signature []byte `msgpack:"signature"` // the root key's, over messages.ShareDigest
 }
 
 const maxRecoveryRecord = 64 << 10
@@ -47,19 +57,35 @@ func decodeRecoveryRecord(b []byte) (*recoveryRecord, error) {
 	if r.V != recordVersion || len(r.KeyID) != messages.KeyIDSize || len(r.Shares) > shamir.MaxShares || int(r.Threshold) > len(r.Shares) {
 		return nil, errors.New("recovery record: wrong version, key id or threshold")
 	}
+	if len(r.Root) == 0 || len(r.Root) > messages.MaxCertificate {
+		return nil, errors.New("recovery record: root certificate out of bounds")
+	}
 	for _, s := range r.Shares {
-		if s.Index == 0 || len(s.Key) != messages.RecoveryKeySize || len(s.Sealed) == 0 || len(s.Sealed) > 512 {
+		if s.Index == 0 || len(s.Key) != messages.RecoveryKeySize || len(s.Sealed) == 0 || len(s.Sealed) > 512 ||
+			len(s.Commit) != messages.HashSize || len(s.Signature) == 0 || len(s.Signature) > messages.MaxSignature {
 			return nil, errors.New("recovery record: a share out of bounds")
 		}
 	}
 	return &r, nil
 }
 
-func (r *recoveryRecord) macInput() []byte {
-	c := *r
-	c.MAC = nil
-	b, _ := messages.Marshal(&c)
-	return b
+func (r *recoveryRecord) digest(s *recoveryShare) [messages.HashSize]byte {
+	return messages.ShareDigest(r.KeyID, r.Policy, r.Threshold, s.Index, s.Key, s.Sealed, s.Commit)
+}
+
+// signedBy reports whether every share of the record is signed by root.
+func (r *recoveryRecord) signedBy(root *x509.Certificate) bool {
+	pub, ok := root.PublicKey.(*ecdsa.PublicKey)
+	if !ok || !bytes.Equal(r.Root, root.Raw) {
+		return false
+	}
+	for k := range r.Shares {
+		d := r.digest(&r.Shares[k])
+		if !ecdsa.VerifyASN1(pub, d[:], r.Shares[k].Signature) {
+			return false
+		}
+	}
+	return true
 }
 
 // ensureRecovery keeps the recovery record in step with the policy p and
@@ -77,11 +103,11 @@ func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy) error {
 	default:
 		over = r.rev
 		if cur, err := decodeRecoveryRecord(r.data); err == nil && !r.gone && bytes.Equal(cur.KeyID, i.store.key.id) &&
-			cur.Policy == p.Version && hmac.Equal(cur.MAC, i.store.key.mac("recovery", cur.macInput())) {
+			cur.Policy == p.Version && int(cur.Threshold) == p.Recovery.Threshold && len(cur.Shares) == len(p.Recovery.Keys) && cur.signedBy(i.root.cert) {
 			return nil
 		}
 	}
-	rec := &recoveryRecord{V: recordVersion, KeyID: i.store.key.id, Policy: p.Version, Threshold: uint8(p.Recovery.Threshold)}
+	rec := &recoveryRecord{V: recordVersion, KeyID: i.store.key.id, Policy: p.Version, Threshold: uint8(p.Recovery.Threshold), Root: i.root.cert.Raw}
 	if n := len(p.Recovery.Keys); n > 0 {
 		shares, err := shamir.Split(i.cfg.Rand, i.store.key.raw, n, p.Recovery.Threshold)
 		if err != nil {
@@ -90,14 +116,19 @@ func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy) error {
 		for k, s := range shares {
 			holder := p.Recovery.Keys[k]
 			sealed, err := adminkey.SealShare(holder.raw, i.store.key.id, s.X, s.Y)
+			commit := messages.ShareCommitment(i.store.key.id, s.X, s.Y)
 			clear(s.Y)
 			if err != nil {
 				return fmt.Errorf("recovery key %s: %w", holder.Name, err)
 			}
-			rec.Shares = append(rec.Shares, recoveryShare{Name: holder.Name, Key: holder.raw, Index: s.X, Sealed: sealed})
+			sh := recoveryShare{Name: holder.Name, Key: holder.raw, Index: s.X, Sealed: sealed, Commit: commit}
+			d := rec.digest(&sh)
+			if sh.Signature, err = ecdsa.SignASN1(i.cfg.Rand, i.root.key, d[:]); err != nil {
+				return err
+			}
+			rec.Shares = append(rec.Shares, sh)
 		}
 	}
-	rec.MAC = i.store.key.mac("recovery", rec.macInput())
 	b, err := messages.Marshal(rec)
 	if err != nil {
 		return err
@@ -117,13 +148,15 @@ type waiting struct {
 	pub   []byte
 
 	mu     sync.Mutex
-	offers map[string]uint8 // offer hash → share index
+	offers map[uint8][]string // by share index, the hashes of its latest offers
 	shares map[uint8][]byte
 	done   chan *stateKey
 	closed bool
 }
 
-const maxOffers = 1024
+// offersKept is how many outstanding offers a share index keeps: a flood of
+// hellos for one holder's key delays that holder, and nobody else.
+const offersKept = 4
 
 // awaitRecovery serves the recovery endpoints until holders have handed
 // over enough shares to make the state key with id keyID, or ctx is done.
@@ -147,7 +180,7 @@ func (i *Issuer) awaitRecovery(ctx context.Context, keyID []byte) (*stateKey, er
 	if err != nil {
 		return nil, err
 	}
-	w := &waiting{rec: rec, keyID: keyID, priv: priv, pub: priv.PublicKey().Bytes(), offers: map[string]uint8{}, shares: map[uint8][]byte{}, done: make(chan *stateKey, 1)}
+	w := &waiting{rec: rec, keyID: keyID, priv: priv, pub: priv.PublicKey().Bytes(), offers: map[uint8][]string{}, shares: map[uint8][]byte{}, done: make(chan *stateKey, 1)}
 	svc, err := service.New(service.Config{Conn: i.cfg.Serve, QueueGroup: messages.IssuerQueue + "-recover", Workers: 1, Queue: 64, Logger: i.log})
 	if err != nil {
 		return nil, err
@@ -205,7 +238,8 @@ func (i *Issuer) recoverHello(w *waiting, data []byte) ([]byte, *messages.Error)
 	have := len(w.shares)
 	w.mu.Unlock()
 	body, err := messages.Marshal(&messages.RecoverOffer{V: messages.Version, Instance: i.cfg.Instance, KeyID: w.keyID, Nonce: m.Nonce,
-		KEM: messages.KEMMLKEM768X25519, PublicKey: w.pub, Index: share.Index, Share: share.Sealed, Need: w.rec.Threshold, Have: uint8(have), Policy: w.rec.Policy})
+		KEM: messages.KEMMLKEM768X25519, PublicKey: w.pub, Index: share.Index, Share: share.Sealed, Need: w.rec.Threshold, Have: uint8(have), Policy: w.rec.Policy,
+		Root: w.rec.Root, Commit: share.Commit, Signature: share.Signature})
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the offer failed")
 	}
@@ -215,10 +249,11 @@ func (i *Issuer) recoverHello(w *waiting, data []byte) ([]byte, *messages.Error)
 	}
 	h := messages.RequestHash(body)
 	w.mu.Lock()
-	if len(w.offers) >= maxOffers {
-		clear(w.offers)
+	o := append(w.offers[share.Index], string(h[:]))
+	if len(o) > offersKept {
+		o = o[len(o)-offersKept:]
 	}
-	w.offers[string(h[:])] = share.Index
+	w.offers[share.Index] = o
 	w.mu.Unlock()
 	return service.Encode(&messages.RecoverReply{V: messages.Version, Body: body, Evidence: ev})
 }
@@ -235,15 +270,25 @@ func (i *Issuer) recoverShare(w *waiting, data []byte) ([]byte, *messages.Error)
 	if w.closed {
 		return service.Encode(&messages.RecoverAck{V: messages.Version, Have: w.rec.Threshold, Need: w.rec.Threshold, Done: true})
 	}
-	index, ok := w.offers[string(m.OfferHash)]
-	if !ok {
-		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "the share answers no offer of this issuer: ask for an offer again"))
+	var index uint8
+	var share *recoveryShare
+	for k := range w.rec.Shares {
+		if slices.Contains(w.offers[w.rec.Shares[k].Index], string(m.OfferHash)) {
+			index, share = w.rec.Shares[k].Index, &w.rec.Shares[k]
+		}
+	}
+	if share == nil {
+		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "the share answers no outstanding offer of this issuer: ask for an offer again"))
 	}
 	y, err := hpke.Open(w.priv, hpke.HKDFSHA256(), hpke.AES256GCM(), messages.RecoverShareInfo(m.OfferHash), m.Sealed)
 	if err != nil || len(y) != messages.StateKeySize {
 		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "the share does not open with this offer's key"))
 	}
-	delete(w.offers, string(m.OfferHash))
+	if !hmac.Equal(messages.ShareCommitment(w.keyID, index, y), share.Commit) {
+		clear(y)
+		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "share %d does not match the commitment the state's recovery record holds for it", index))
+	}
+	w.offers[index] = slices.DeleteFunc(w.offers[index], func(h string) bool { return h == string(m.OfferHash) })
 	if old, ok := w.shares[index]; ok {
 		clear(old)
 	}
@@ -269,9 +314,6 @@ func (i *Issuer) recoverShare(w *waiting, data []byte) ([]byte, *messages.Error)
 	clear(raw)
 	if err != nil || !bytes.Equal(k.id, w.keyID) {
 		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "the %d shares do not make this state's key: one was altered or is from another record; all holders must hand theirs over again", need))
-	}
-	if !hmac.Equal(w.rec.MAC, k.mac("recovery", w.rec.macInput())) {
-		i.log.Warn("the recovery record's MAC does not check under the restored key; a running issuer rewrites it")
 	}
 	w.closed = true
 	w.done <- k

@@ -80,17 +80,6 @@ func newStateKey(raw []byte) (*stateKey, error) {
 	return &stateKey{raw: bytes.Clone(raw), id: id, aead: aead}, nil
 }
 
-// mac returns an HMAC-like tag under the state key for data with label:
-// the AEAD's tag over no plaintext would do, but a keyed hash is plainer.
-func (k *stateKey) mac(label string, data []byte) []byte {
-	key, _ := hkdf.Key(sha256.New, k.raw, nil, "cohort issuer state mac v1\x00"+label, 32)
-	h := sha256.New()
-	h.Write(key)
-	h.Write(data)
-	clear(key)
-	return h.Sum(nil)
-}
-
 // meta is the bucket's first record: which state key the state is under.
 type meta struct {
 	V       uint16 `msgpack:"v"`
@@ -122,6 +111,52 @@ type store struct {
 	stream jetstream.Stream
 	bucket string
 	key    *stateKey // nil until the issuer holds it
+	// fresh: this run made the state key (a new state, or --init); only
+	// then does a record under another state key count as absent.
+	fresh bool
+}
+
+// historyKept is how many messages of each record the bucket keeps.
+const historyKept = 8
+
+// stateStream is the configuration of the state bucket's stream: a
+// key-value bucket's, but without roll-ups, purges or deletes, so that the
+// issuer's own credential cannot empty a record's subject and write an old
+// record there again.
+func stateStream(bucket string, replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              "KV_" + bucket,
+		Description:       "cohort issuer: root CA, task, group and cluster keys and the policy, under the state key",
+		Subjects:          []string{"$KV." + bucket + ".>"},
+		MaxMsgsPerSubject: historyKept,
+		MaxMsgSize:        maxRecord * 2,
+		Discard:           jetstream.DiscardNew,
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
+		AllowDirect:       true,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		AllowRollup:       false,
+	}
+}
+
+// trustedStream checks an existing state stream's configuration: one made
+// otherwise (by an earlier cohort, or by whoever holds the issuer's
+// credential) could let a record's history be rolled up or purged.
+func trustedStream(got, want jetstream.StreamConfig) error {
+	switch {
+	case len(got.Subjects) != 1 || got.Subjects[0] != want.Subjects[0]:
+		return fmt.Errorf("subjects %v, want %v", got.Subjects, want.Subjects)
+	case got.MaxMsgsPerSubject != want.MaxMsgsPerSubject:
+		return fmt.Errorf("%d messages a subject, want %d", got.MaxMsgsPerSubject, want.MaxMsgsPerSubject)
+	case !got.DenyDelete || !got.DenyPurge || got.AllowRollup:
+		return errors.New("deletes, purges or roll-ups allowed")
+	case got.Mirror != nil || len(got.Sources) > 0 || got.RePublish != nil || got.SubjectTransform != nil:
+		return errors.New("a mirror, sources, republishing or a subject transform")
+	case !got.AllowDirect || got.AllowMsgTTL || got.MaxAge != 0:
+		return errors.New("no direct gets, or messages that expire")
+	}
+	return nil
 }
 
 // openStore opens the state bucket, creating it if there is none. empty
@@ -129,22 +164,19 @@ type store struct {
 func openStore(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (s *store, empty bool, err error) {
 	// Created, never updated: the issuer's credential may not update,
 	// purge or delete its bucket (package access).
-	_, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:       bucket,
-		Description:  "cohort issuer: root CA, task, group and cluster keys and the policy, under the state key",
-		History:      8,
-		MaxValueSize: maxRecord * 2,
-		Storage:      jetstream.FileStorage,
-		Replicas:     replicas,
-	})
-	if err != nil && !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		return nil, false, fmt.Errorf("open state bucket %q: %w", bucket, err)
+	want := stateStream(bucket, replicas)
+	st, err := js.CreateStream(ctx, want)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		st, err = js.Stream(ctx, want.Name)
 	}
-	st, err := js.Stream(ctx, "KV_"+bucket)
 	if err != nil {
 		return nil, false, fmt.Errorf("open state bucket %q: %w", bucket, err)
 	}
 	info := st.CachedInfo()
+	if err := trustedStream(info.Config, want); err != nil {
+		return nil, false, fmt.Errorf("%w: state bucket %q was made otherwise than cohort makes it (%v): "+
+			"an earlier cohort's, or tampered with; give the issuer a fresh bucket", ErrTampered, bucket, err)
+	}
 	return &store{js: js, stream: st, bucket: bucket}, info.State.LastSeq == 0, nil
 }
 
@@ -171,6 +203,12 @@ func (s *store) get(ctx context.Context, name string) (*raw, error) {
 	r := &raw{data: m.Data, rev: m.Sequence}
 	if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
 		r.gone = true
+	}
+	// A condition on another subject's sequence, or a roll-up, would let
+	// an old record stand where it was not written: none of cohort's
+	// writes carries one.
+	if m.Header.Get("Nats-Expected-Last-Subject-Sequence-Subject") != "" || m.Header.Get(jetstream.MsgRollup) != "" {
+		return nil, fmt.Errorf("%w: state %q was written under a condition cohort never sets", ErrTampered, name)
 	}
 	if h := m.Header.Get(jetstream.ExpectedLastSubjSeqHeader); h != "" {
 		over, err := strconv.ParseUint(h, 10, 64)
@@ -252,7 +290,12 @@ func (s *store) load(ctx context.Context, name string) ([]byte, uint64, error) {
 	}
 	plain, err := s.open(name, r)
 	if errors.Is(err, errOtherKey) {
-		return nil, r.rev, errNotFound
+		if s.fresh {
+			// --init made a new state key in this run: the record is
+			// the old state's, and is made anew over it.
+			return nil, r.rev, errNotFound
+		}
+		return nil, r.rev, fmt.Errorf("%w: state %q is under another state key than the state's", ErrTampered, name)
 	}
 	return plain, r.rev, err
 }

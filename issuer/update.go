@@ -55,7 +55,12 @@ func (i *Issuer) loadPolicy(ctx context.Context, fresh bool) (*policyRecord, uin
 			}
 			return rec, rev, nil
 		}
-		if !errors.Is(err, errNotFound) || (rev != 0 && !fresh) {
+		if errors.Is(err, errNotFound) && !fresh {
+			// Only a new state takes a genesis policy: one that lost its
+			// policy record must not take whatever file its host gives.
+			return nil, 0, fmt.Errorf("%w: the state has no policy record", ErrTampered)
+		}
+		if !errors.Is(err, errNotFound) {
 			return nil, 0, fmt.Errorf("issuer: the policy in force: %w", err)
 		}
 		g := i.cfg.Policy
@@ -189,6 +194,7 @@ func (i *Issuer) apply(ctx context.Context, data []byte) ([]byte, *messages.Erro
 			return nil, messages.Refusal(messages.CodeInternal, "the update is stored but its certificates are not all made yet: apply it again")
 		}
 		i.view.Store(nv)
+		i.toCache(i.store.key, nv.policy.Version)
 		i.log.Info("policy update applied", "policy_version", next.Version, "policy_hash", hex.EncodeToString(h[:]), "signers", signers, "reissued", made)
 		i.event(events.Event{Kind: events.PolicyApplied, Policy: next.Version, PolicyHash: hex.EncodeToString(h[:]), Reason: "signed by " + joinNames(signers)})
 		return i.applied(nv, made)
@@ -307,6 +313,7 @@ func (i *Issuer) refreshLocked(ctx context.Context) error {
 		return err
 	}
 	i.view.Store(nv)
+	i.toCache(i.store.key, nv.policy.Version)
 	h := next.Hash()
 	i.log.Info("adopted the policy in force", "policy_version", next.Version, "policy_hash", hex.EncodeToString(h[:]), "reissued", made)
 	return nil

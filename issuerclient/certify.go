@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/hpke"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -174,7 +175,7 @@ func (p *Pending) Refusal(err error) error {
 		return err
 	}
 	pub, ok := p.c.cfg.Trust.Root.PublicKey.(*ecdsa.PublicKey)
-	d := messages.RefusalDigest(p.requestHash[:], e.Code, e.Reason)
+	d := messages.RefusalDigest(p.sentHash[:], e.Code, e.Reason)
 	if !ok || !ecdsa.VerifyASN1(pub, d[:], e.Proof) {
 		return err
 	}
@@ -188,7 +189,8 @@ type Pending struct {
 	task        string
 	cluster     string
 	key         hpke.PrivateKey
-	requestHash [messages.HashSize]byte
+	requestHash [messages.HashSize]byte // of the body
+	sentHash    [messages.HashSize]byte // of the whole request, which a signed refusal names
 }
 
 // Prepare builds a certify request: a fresh ephemeral key pair and nonce, and
@@ -217,7 +219,7 @@ func (c *Certifier) Prepare(task string) (*Pending, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return &Pending{c: c, task: task, cluster: c.cfg.Cluster, key: key, requestHash: messages.RequestHash(body)}, req, nil
+	return &Pending{c: c, task: task, cluster: c.cfg.Cluster, key: key, requestHash: messages.RequestHash(body), sentHash: sha256.Sum256(req)}, req, nil
 }
 
 // Open checks the issuer's reply to this request and returns the pair.

@@ -62,12 +62,12 @@ type Config struct {
 	AllowSimulated    bool             // accept a simulated issuer (development only)
 	AllowDebug        bool             // accept an issuer in a debug enclave (development only)
 	PolicyHash        []byte           // optional: the SHA-256 of the policy the issuer must serve
-	// Root, if set, is a root this caller already trusts. An issuer whose
-	// evidence binds exactly this root is accepted whatever its
-	// measurement, so that a unit renews across an issuer upgrade that the
-	// policy admitted: only an issuer holding the root key can sign the
-	// reports it then accepts, and the root key passes only between issuers
-	// the policy lists.
+	// Root, if set, is the root this caller already trusts, and the only
+	// one it accepts. An issuer whose evidence binds exactly this root is
+	// accepted whatever its measurement, so that a unit renews across an
+	// issuer upgrade that the policy admitted: only an issuer holding the
+	// root key can sign the reports it then accepts, and the root key
+	// passes only between issuers the policy lists.
 	Root    *x509.Certificate
 	Timeout time.Duration // per request; default 5s
 	Rand    io.Reader     // nonces; default crypto/rand
@@ -139,6 +139,12 @@ func VerifyIssuer(ctx context.Context, cfg Config) (*Trust, error) {
 		return nil, fmt.Errorf("issuerclient: %w: the evidence does not bind the root, the policy and this nonce", ErrUnauthentic)
 	}
 	sameRoot := cfg.Root != nil && bytes.Equal(cfg.Root.Raw, m.Root)
+	if cfg.Root != nil && !sameRoot {
+		// Renewal keeps the root: an issuer with another (even one of the
+		// pinned build, over another state) is not the one this caller
+		// trusts, and neither its pairs nor its signed refusals count.
+		return nil, fmt.Errorf("issuerclient: %w: the issuer serves another root than the one held", ErrUnauthentic)
+	}
 	if !bytes.Equal(claims.UniqueID, cfg.IssuerMeasurement) && !sameRoot {
 		return nil, fmt.Errorf("issuerclient: %w: the issuer measures %x, pinned %x. If the issuer was upgraded, the signed policy in force "+
 			"(version %d, sha256 %x) lists its builds under issuers: check it with `cohort policy show`, then pin the new measurement; "+

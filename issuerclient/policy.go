@@ -3,8 +3,10 @@ package issuerclient
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/hpke"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -67,10 +69,15 @@ type RecoverConfig struct {
 	// 32 bytes: the holder's decision, since the state's policy cannot be
 	// read before the key is back.
 	IssuerMeasurement []byte
-	AllowSimulated    bool
-	Key               *adminkey.Key // required: the holder's key
-	Timeout           time.Duration // per request; default 5s
-	Rand              io.Reader     // nonces; default crypto/rand
+	// Root is the root of the state to restore, the one the holder
+	// trusts (its root.pem): a share is handed over only for a recovery
+	// record that root's key signed, so that nobody can have the holders
+	// restore a state key of their own making. Required.
+	Root           *x509.Certificate
+	AllowSimulated bool
+	Key            *adminkey.Key // required: the holder's key
+	Timeout        time.Duration // per request; default 5s
+	Rand           io.Reader     // nonces; default crypto/rand
 }
 
 // ErrNoWaitingIssuer: no issuer waits for recovery.
@@ -81,8 +88,12 @@ var ErrNoWaitingIssuer = errors.New("issuerclient: no issuer waits for recovery 
 // only with the holder's key and travels sealed to a key the evidence
 // binds. It returns how far recovery has come.
 func Recover(ctx context.Context, cfg RecoverConfig) (*messages.RecoverAck, error) {
-	if cfg.Conn == nil || cfg.Verifier == nil || cfg.Key == nil {
-		return nil, errors.New("issuerclient: RecoverConfig.Conn, Verifier and Key are required")
+	if cfg.Conn == nil || cfg.Verifier == nil || cfg.Key == nil || cfg.Root == nil {
+		return nil, errors.New("issuerclient: RecoverConfig.Conn, Verifier, Root and Key are required")
+	}
+	rootKey, ok := cfg.Root.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, errors.New("issuerclient: the root's key is not ECDSA")
 	}
 	if len(cfg.IssuerMeasurement) != measurementSize {
 		return nil, fmt.Errorf("issuerclient: the issuer measurement to recover into is %d bytes, want %d", len(cfg.IssuerMeasurement), measurementSize)
@@ -130,11 +141,21 @@ func Recover(ctx context.Context, cfg RecoverConfig) (*messages.RecoverAck, erro
 	if !bytes.Equal(offer.Nonce, nonce) {
 		return nil, fmt.Errorf("issuerclient: recover: %w: the offer answers another request", ErrUnauthentic)
 	}
+	if !bytes.Equal(offer.Root, cfg.Root.Raw) {
+		return nil, fmt.Errorf("issuerclient: recover: %w: the waiting issuer's state has another root than the one given", ErrUnauthentic)
+	}
+	d := messages.ShareDigest(offer.KeyID, offer.Policy, offer.Need, offer.Index, cfg.Key.RecoveryPublic(), offer.Share, offer.Commit)
+	if !ecdsa.VerifyASN1(rootKey, d[:], offer.Signature) {
+		return nil, fmt.Errorf("issuerclient: recover: %w: the root did not sign this share (the state's recovery record was not made by its issuers)", ErrUnauthentic)
+	}
 	share, err := cfg.Key.OpenShare(offer.KeyID, offer.Index, offer.Share)
 	if err != nil {
 		return nil, fmt.Errorf("issuerclient: recover: %w", err)
 	}
 	defer clear(share)
+	if !bytes.Equal(messages.ShareCommitment(offer.KeyID, offer.Index, share), offer.Commit) {
+		return nil, fmt.Errorf("issuerclient: recover: %w: the share does not match its commitment", ErrUnauthentic)
+	}
 	kem, err := hpke.NewKEM(offer.KEM)
 	if err != nil || offer.KEM != messages.KEMMLKEM768X25519 {
 		return nil, fmt.Errorf("issuerclient: recover: the offer's KEM 0x%04x is not accepted", offer.KEM)

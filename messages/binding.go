@@ -20,8 +20,8 @@ const (
 )
 
 // RefusalDigest is what the issuer's root key signs for its refusal, with
-// code and reason, of the certify request whose encoded body has hash
-// requestHash (Error.Proof).
+// code and reason, of the certify request whose whole encoding (body and
+// evidence) has SHA-256 requestHash (Error.Proof).
 func RefusalDigest(requestHash []byte, code Code, reason string) [HashSize]byte {
 	b := enclave.Bind(labelRefusal, requestHash, []byte(code), []byte(reason))
 	return sha256.Sum256(b[:])

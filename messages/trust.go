@@ -52,7 +52,7 @@ const (
 	MaxPolicyApplied     = 64 << 10
 	MaxPolicyShowReply   = MaxPolicyDocument + MaxPolicySignatures*(AdminKeySize+AdminSignatureSize+8) + MaxPolicyHistory*(MaxPolicySignatures*(MaxSignerName+2)+64) + 64
 	MaxRecoverHello      = 128
-	MaxRecoverOffer      = 4 << 10
+	MaxRecoverOffer      = 16 << 10
 	MaxRecoverReply      = MaxRecoverOffer + MaxEvidence + 64
 	MaxRecoverShare      = 4 << 10
 	MaxRecoverAck        = 256
@@ -118,6 +118,9 @@ type StateKeyReplyBody struct {
 	RequestHash []byte `msgpack:"request_hash"` // SHA-256 of StateKeyRequest.Body
 	KeyID       []byte `msgpack:"key_id"`
 	Sealed      []byte `msgpack:"sealed"`
+	// Policy is the version of the policy the answering issuer serves: the
+	// newcomer refuses a state whose policy record is older.
+	Policy uint64 `msgpack:"policy"`
 }
 
 // Validate implements Validator.
@@ -287,6 +290,14 @@ type RecoverOffer struct {
 	Need      uint8  `msgpack:"need"`   // the threshold
 	Have      uint8  `msgpack:"have"`   // shares received so far
 	Policy    uint64 `msgpack:"policy"` // the version of the policy the record was made under
+	// Root is the root certificate of the state the record is of, DER; the
+	// holder checks it is the root it trusts.
+	Root []byte `msgpack:"root"`
+	// Commit commits to the share's plaintext (ShareCommitment), and
+	// Signature is that root's signature over ShareDigest: the share was
+	// made by an issuer holding the root key, for this holder.
+	Commit    []byte `msgpack:"commit"`
+	Signature []byte `msgpack:"signature"`
 }
 
 // Validate implements Validator.
@@ -298,7 +309,8 @@ func (m *RecoverOffer) Validate() error {
 		return fmt.Errorf("%w: instance, index or threshold", ErrField)
 	}
 	return firstError(exactly("key_id", m.KeyID, KeyIDSize), exactly("nonce", m.Nonce, NonceSize),
-		between("public_key", m.PublicKey, 1, MaxPublicKey), between("share", m.Share, 1, 1<<10))
+		between("public_key", m.PublicKey, 1, MaxPublicKey), between("share", m.Share, 1, 1<<10),
+		between("root", m.Root, 1, MaxCertificate), exactly("commit", m.Commit, HashSize), between("signature", m.Signature, 8, MaxSignature))
 }
 
 // RecoverShare hands the waiting issuer one share, opened by its holder and
@@ -354,7 +366,31 @@ const (
 	labelRecoverOffer    = "cohort/v5/recover-offer"
 	labelRecoverShare    = "cohort/v5/recover-share\x00"
 	labelRecoveryRecord  = "cohort/v5/recovery-record-share\x00"
+	labelShareDigest     = "cohort/v5/recovery-share-signature"
+	labelShareCommit     = "cohort/v5/recovery-share-commitment"
 )
+
+// ShareCommitment commits to the plaintext y of the share of index of the
+// state key with id keyID: the waiting issuer takes only a share that
+// matches the commitment its state's recovery record holds.
+func ShareCommitment(keyID []byte, index uint8, y []byte) []byte {
+	b := enclave.Bind(labelShareCommit, keyID, []byte{index}, y)
+	h := sha256.Sum256(b[:])
+	return h[:]
+}
+
+// ShareDigest is what the state's root key signs for one share of its
+// recovery record: the state key's id, the policy version and threshold it
+// was made under, the share's index, its holder's key, the sealed share and
+// its commitment.
+func ShareDigest(keyID []byte, policy uint64, threshold, index uint8, holder, sealed, commit []byte) [HashSize]byte {
+	var v [8]byte
+	for k := range 8 {
+		v[k] = byte(policy >> (56 - 8*k))
+	}
+	b := enclave.Bind(labelShareDigest, keyID, v[:], []byte{threshold, index}, holder, sealed, commit)
+	return sha256.Sum256(b[:])
+}
 
 // StateKeyRequestBinding is the report data of a newcomer's evidence for the
 // encoded StateKeyBody body.

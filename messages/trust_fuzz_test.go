@@ -18,7 +18,7 @@ func validPolicyShowReply() *PolicyShowReply {
 
 func validRecoverOffer() *RecoverOffer {
 	return &RecoverOffer{V: Version, Instance: "a1b2c3", KeyID: fill(1, KeyIDSize), Nonce: fill(3, NonceSize), KEM: KEMMLKEM768X25519,
-		PublicKey: fill(2, 1216), Index: 2, Share: fill(8, 80), Need: 2, Have: 1, Policy: 3}
+		PublicKey: fill(2, 1216), Index: 2, Share: fill(8, 80), Need: 2, Have: 1, Policy: 3, Root: fill(9, 500), Commit: fill(10, HashSize), Signature: fill(11, 71)}
 }
 
 func FuzzStateKeyRequest(f *testing.F) {
@@ -32,7 +32,7 @@ func FuzzStateKeyReply(f *testing.F) {
 }
 
 func FuzzStateKeyReplyBody(f *testing.F) {
-	fuzzDecoder(f, MaxStateKeyReplyBody, &StateKeyReplyBody{V: Version, RequestHash: fill(1, HashSize), KeyID: fill(2, KeyIDSize), Sealed: fill(3, 1168)})
+	fuzzDecoder(f, MaxStateKeyReplyBody, &StateKeyReplyBody{V: Version, RequestHash: fill(1, HashSize), KeyID: fill(2, KeyIDSize), Sealed: fill(3, 1168), Policy: 4})
 }
 
 func FuzzPolicyApply(f *testing.F) { fuzzDecoder(f, MaxPolicyApply, validPolicyApply()) }

@@ -61,7 +61,7 @@ Usage:
   cohort user add NAME (--out DEPLOYMENT-DIR | --data DEV-DATA-DIR)
   cohort issuer --nats URL --data DIR [--policy GENESIS-FILE] [--recover] [--init]
   cohort policy keygen --out FILE | sign --key FILE --policy FILE | apply --policy FILE SIG... | show
-  cohort recover --nats URL --creds FILE --key FILE... --issuer-measurement HEX
+  cohort recover --nats URL --creds FILE --key FILE... --root root.pem --issuer-measurement HEX
   cohort unit --nats URL --creds FILE --task NAME --https ADDR --issuer-measurement HEX [--groups ID,...]
   cohort manager --nats URL (--issuer-measurement HEX | --root FILE)
   cohort status --nats URL [--json]

@@ -98,11 +98,11 @@ func TestRecoverCommand(t *testing.T) {
 			t.Fatalf("the issuer does not wait for recovery: %s", logs.String())
 		}
 	}
-	code, out, stderr := runCmd(t, "recover", "--key", "r1.key", "--issuer-measurement", pin)
+	code, out, stderr := runCmd(t, "recover", "--key", "r1.key", "--root", "root.pem", "--issuer-measurement", pin)
 	if code != 0 || !strings.Contains(out, "share accepted: 1 of the 2 needed") {
 		t.Fatalf("recover with one key: exit %d: %s%s", code, out, stderr)
 	}
-	code, out, stderr = runCmd(t, "recover", "--key", "r3.key", "--issuer-measurement", pin)
+	code, out, stderr = runCmd(t, "recover", "--key", "r3.key", "--root", "root.pem", "--issuer-measurement", pin)
 	if code != 0 || !strings.Contains(out, "the state key is restored") {
 		t.Fatalf("recover with a second key: exit %d: %s%s", code, out, stderr)
 	}

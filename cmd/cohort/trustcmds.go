@@ -235,6 +235,7 @@ func cmdRecover(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var keys keyFiles
 	fs.Var(&keys, "key", "a recovery holder's key file; repeat for several holders")
 	pin := fs.String("issuer-measurement", os.Getenv("COHORT_ISSUER_MEASUREMENT"), "the measurement of the waiting issuer to restore the key into, hex")
+	rootPath := fs.String("root", "", "the root certificate of the state to restore, PEM (root.pem): shares go only to a state that root's key signed")
 	allowSim := fs.Bool("allow-simulated", true, "accept an issuer on simulated attestation (this build verifies no other kind)")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the issuer")
 	if err := parse(fs, args); err != nil {
@@ -243,10 +244,14 @@ func cmdRecover(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(keys) == 0 {
 		return fmt.Errorf("%w: give --key at least once", errUsage)
 	}
-	if err := required(fs, "issuer-measurement"); err != nil {
+	if err := required(fs, "issuer-measurement", "root"); err != nil {
 		return err
 	}
 	m, err := measurement(*pin)
+	if err != nil {
+		return err
+	}
+	root, err := readRoot(*rootPath)
 	if err != nil {
 		return err
 	}
@@ -260,7 +265,7 @@ func cmdRecover(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		ack, err := issuerclient.Recover(ctx, issuerclient.RecoverConfig{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, Key: k, Timeout: *timeout})
+		ack, err := issuerclient.Recover(ctx, issuerclient.RecoverConfig{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, Key: k, Root: root, Timeout: *timeout})
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
