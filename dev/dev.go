@@ -21,7 +21,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -133,18 +132,6 @@ type Stack struct {
 // recovery holder checks a waiting issuer's state against it.
 const RootFile = "root.pem"
 
-func readRootPEM(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s is not a PEM certificate", path)
-	}
-	return x509.ParseCertificate(blk.Bytes)
-}
-
 // AdminKeyFile is the development administrator's key in dev's data folder:
 // it signs the policy updates that accept a new build, and holds the
 // recovery share of the state key. Development only: anyone who reads the
@@ -176,7 +163,7 @@ func (s *Stack) recover(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer nc.Close()
-	root, err := readRootPEM(filepath.Join(cfg.DataDir, RootFile))
+	root, err := issuerclient.LoadRoot(filepath.Join(cfg.DataDir, RootFile))
 	if err != nil {
 		return fmt.Errorf("dev: the root this data folder's state has is unknown (%w): remove %s to start afresh", err, cfg.DataDir)
 	}

@@ -104,6 +104,25 @@ func (l *lifecycle) apply(doc []byte, sigs []messages.PolicySignature) (*message
 	return issuerclient.ApplyPolicy(context.Background(), l.op, doc, sigs, deadline)
 }
 
+// certifier is unit u1's certifier for the demo task, pinning issuer
+// measurement pin, asking for cluster c1's key.
+func (l *lifecycle) certifier(pin []byte) *issuerclient.Certifier {
+	t := l.t
+	t.Helper()
+	p := unitPlatform(t, sim.UnitIdentity("demo"))
+	uc := l.conn(access.Grant{Role: access.Unit, Cluster: "c1", Name: "u1"}, access.State)
+	client := issuerclient.Config{Conn: uc, Verifier: p, IssuerMeasurement: pin, AllowSimulated: true}
+	trust, err := issuerclient.VerifyIssuer(context.Background(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: p, Cluster: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func encodeApply(t *testing.T, doc []byte, sigs []messages.PolicySignature) []byte {
 	t.Helper()
 	b, err := messages.Marshal(&messages.PolicyApply{V: messages.Version, Document: doc, Signatures: sigs})
@@ -562,18 +581,7 @@ func TestIssuerOnAnotherMachine(t *testing.T) {
 
 	killA()
 	<-aDone
-	unitP := unitPlatform(t, sim.UnitIdentity("demo"))
-	uc := l.conn(access.Grant{Role: access.Unit, Cluster: "c1", Name: "u1"}, access.State)
-	client := issuerclient.Config{Conn: uc, Verifier: unitP, IssuerMeasurement: ib1, AllowSimulated: true}
-	trust, err := issuerclient.VerifyIssuer(context.Background(), client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: unitP, Cluster: "c1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := c.Certify(context.Background(), "demo")
+	pair, err := l.certifier(ib1).Certify(context.Background(), "demo")
 	if err != nil || !bytes.Equal(pair.Leaf.Raw, ta.Raw) {
 		t.Fatalf("certify with the second issuer alone: %v", err)
 	}
@@ -751,15 +759,7 @@ func TestRecovery(t *testing.T) {
 	if !bytes.Equal(again.Raw, task.Raw) {
 		t.Fatal("recovery gave another task certificate")
 	}
-	unitP := unitPlatform(t, sim.UnitIdentity("demo"))
-	uc := l.conn(access.Grant{Role: access.Unit, Cluster: "c1", Name: "u1"}, access.State)
-	client := issuerclient.Config{Conn: uc, Verifier: unitP, IssuerMeasurement: ib1, AllowSimulated: true}
-	trust, err := issuerclient.VerifyIssuer(context.Background(), client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, Attester: unitP})
-	pair, err := c.Certify(context.Background(), "demo")
+	pair, err := l.certifier(ib1).Certify(context.Background(), "demo")
 	if err != nil {
 		t.Fatal(err)
 	}

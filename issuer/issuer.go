@@ -747,18 +747,11 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	// unit's body gets a refusal the unit does not take for its own.
 	full := sha256.Sum256(data)
 	o.requestHash = full[:]
-	kem, err := acceptedKEM(body.KEM)
-	if err != nil {
-		return nil, messages.Refusal(messages.CodeUnsupportedKEM, "%v", err)
-	}
-	pub, err := kem.NewPublicKey(body.PublicKey)
-	if err != nil {
-		return nil, messages.Refusal(messages.CodeMalformed, "public key is not a valid key for KEM 0x%04x", body.KEM)
+	pub, refusal := i.fresh(body.KEM, body.PublicKey, body.Time)
+	if refusal != nil {
+		return nil, refusal
 	}
 	now := i.cfg.Now()
-	if skew := now.Sub(time.Unix(0, body.Time)); skew > i.cfg.MaxClockSkew || skew < -i.cfg.MaxClockSkew {
-		return nil, messages.Refusal(messages.CodeStale, "request time is %v from the issuer's clock, more than %v", skew.Round(time.Millisecond), i.cfg.MaxClockSkew)
-	}
 	o.task = body.Task
 	claims, err := i.cfg.Platform.Verify(req.Evidence)
 	if err != nil {
@@ -840,6 +833,23 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the reply failed")
 	}
 	return out, nil
+}
+
+// fresh checks what every sealed-to request carries: a KEM the issuer
+// accepts, a valid public key for it, and a time within the clock skew.
+func (i *Issuer) fresh(kemID uint16, publicKey []byte, at int64) (hpke.PublicKey, *messages.Error) {
+	kem, err := acceptedKEM(kemID)
+	if err != nil {
+		return nil, messages.Refusal(messages.CodeUnsupportedKEM, "%v", err)
+	}
+	pub, err := kem.NewPublicKey(publicKey)
+	if err != nil {
+		return nil, messages.Refusal(messages.CodeMalformed, "public key is not a valid key for KEM 0x%04x", kemID)
+	}
+	if skew := i.cfg.Now().Sub(time.Unix(0, at)); skew > i.cfg.MaxClockSkew || skew < -i.cfg.MaxClockSkew {
+		return nil, messages.Refusal(messages.CodeStale, "request time is %v from the issuer's clock, more than %v", skew.Round(time.Millisecond), i.cfg.MaxClockSkew)
+	}
+	return pub, nil
 }
 
 // acceptedKEM returns the HPKE KEM for id if the issuer accepts it.

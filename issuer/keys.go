@@ -386,18 +386,11 @@ func (i *Issuer) decideGrant(data []byte, measurement *[]byte) ([]byte, *message
 	if err := messages.Decode(req.Body, messages.MaxStateKeyBody, &body); err != nil {
 		return nil, service.DecodeRefusal("state key request body", err)
 	}
-	kem, err := acceptedKEM(body.KEM)
-	if err != nil {
-		return nil, messages.Refusal(messages.CodeUnsupportedKEM, "%v", err)
-	}
-	pub, err := kem.NewPublicKey(body.PublicKey)
-	if err != nil {
-		return nil, messages.Refusal(messages.CodeMalformed, "public key is not a valid key for KEM 0x%04x", body.KEM)
+	pub, refusal := i.fresh(body.KEM, body.PublicKey, body.Time)
+	if refusal != nil {
+		return nil, refusal
 	}
 	now := i.cfg.Now()
-	if skew := now.Sub(time.Unix(0, body.Time)); skew > i.cfg.MaxClockSkew || skew < -i.cfg.MaxClockSkew {
-		return nil, messages.Refusal(messages.CodeStale, "request time is %v from the issuer's clock, more than %v", skew.Round(time.Millisecond), i.cfg.MaxClockSkew)
-	}
 	claims, err := i.cfg.Platform.Verify(req.Evidence)
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeEvidence, "%v", err)

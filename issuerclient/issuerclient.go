@@ -22,9 +22,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -164,6 +166,20 @@ func VerifyIssuer(ctx context.Context, cfg Config) (*Trust, error) {
 	pool.AddCert(root)
 	return &Trust{Root: root, PolicyHash: m.PolicyHash, PolicyVersion: m.PolicyVersion, Measurement: claims.UniqueID,
 		Backend: claims.Backend, Simulated: claims.Simulated, roots: pool}, nil
+}
+
+// LoadRoot reads a root certificate from a PEM file, as `cohort trust`
+// writes it (root.pem).
+func LoadRoot(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return x509.ParseCertificate(blk.Bytes)
 }
 
 // verifyReportSignature checks the root's signature over a report body.

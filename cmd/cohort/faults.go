@@ -14,6 +14,7 @@ import (
 
 	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/faults"
+	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/status"
 )
 
@@ -44,7 +45,7 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if (*stopAll == "") != (*startAll == "") {
 		return fmt.Errorf("%w: give both --stop-all and --start-all, or neither", errUsage)
 	}
-	root, err := readRoot(*trustFile)
+	root, err := issuerclient.LoadRoot(*trustFile)
 	if err != nil {
 		return err
 	}

@@ -505,7 +505,7 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer serve.Close()
 	var root *x509.Certificate
 	if *rootFile != "" {
-		if root, err = readRoot(*rootFile); err != nil {
+		if root, err = issuerclient.LoadRoot(*rootFile); err != nil {
 			return err
 		}
 	} else {
@@ -531,17 +531,6 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	return mgr.Run(ctx)
 }
 
-func readRoot(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s: no PEM certificate", path)
-	}
-	return x509.ParseCertificate(blk.Bytes)
-}
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("status", stderr)
@@ -686,7 +675,7 @@ func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	root, err := readRoot(*trustFile)
+	root, err := issuerclient.LoadRoot(*trustFile)
 	if err != nil {
 		return err
 	}

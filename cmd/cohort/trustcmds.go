@@ -251,7 +251,7 @@ func cmdRecover(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	root, err := readRoot(*rootPath)
+	root, err := issuerclient.LoadRoot(*rootPath)
 	if err != nil {
 		return err
 	}
