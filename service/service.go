@@ -172,7 +172,16 @@ func New(cfg Config) (*Service, error) {
 			for {
 				select {
 				case <-s.done:
-					return
+					// Stopping: the subscriptions are drained, so nothing
+					// more comes; answer what is queued, then go.
+					for {
+						select {
+						case j := <-s.jobs:
+							s.serve(j.ep, j.req, j.to)
+						default:
+							return
+						}
+					}
 				case j := <-s.jobs:
 					s.serve(j.ep, j.req, j.to)
 				}
@@ -311,15 +320,39 @@ func (s *Service) Stop() {
 		subs := s.subs
 		s.subs = nil
 		s.mu.Unlock()
+		// Drain, not unsubscribe: the requests the server already routed
+		// to this instance (of a queue group, none other gets them) are
+		// still answered.
+		var closed []<-chan nats.SubStatus
 		for _, sub := range subs {
-			if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
-				s.log.Debug("unsubscribe", "subject", sub.Subject, "err", err)
+			ch := sub.StatusChanged(nats.SubscriptionClosed)
+			if err := sub.Drain(); err != nil {
+				if !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+					s.log.Debug("drain", "subject", sub.Subject, "err", err)
+				}
+				continue
+			}
+			closed = append(closed, ch)
+		}
+		deadline := time.NewTimer(drainTimeout)
+		defer deadline.Stop()
+	wait:
+		for _, ch := range closed {
+			select {
+			case <-ch:
+			case <-deadline.C:
+				s.log.Warn("requests still arriving after the drain timeout; stopping anyway", "timeout", drainTimeout)
+				break wait
 			}
 		}
 		close(s.done)
 		s.workers.Wait()
 	})
 }
+
+// drainTimeout bounds how long Stop waits for the requests already routed
+// to this instance.
+const drainTimeout = 5 * time.Second
 
 // The discovery protocol: micro's subjects and replies.
 const srvPrefix = "$SRV."
