@@ -531,7 +531,6 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	return mgr.Run(ctx)
 }
 
-
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("status", stderr)
 	nf := addNATSFlags(fs, stderr)
