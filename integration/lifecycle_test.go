@@ -400,7 +400,7 @@ func TestNewRelease(t *testing.T) {
 	iss, _, _ := l.startIssuer(newMachine(t), "", l.doc(1, 3*time.Second, [][]byte{b1}, [][]byte{ib1}, ""))
 	rootPEM := iss.Root() // what the user's root.pem holds
 	mgr := l.startManager(iss.Root())
-	old, oldDone := runUnit(t, l.unitOf("u1", "", 3*time.Second))
+	_, oldDone := runUnit(t, l.unitOf("u1", "", 3*time.Second))
 
 	// Build 2 is not accepted yet.
 	early, err := unit.New(l.unitOf("u2", "2", 3*time.Second))
@@ -432,10 +432,20 @@ func TestNewRelease(t *testing.T) {
 	}
 	eventually(t, "both builds are members", func() bool { return mgr.Table().Counts(time.Now())[manager.Active] == 2 })
 
+	before, _ := iss.TaskCertificate("demo")
 	v3 := l.doc(3, 3*time.Second, [][]byte{b2}, [][]byte{ib1}, "")
 	if _, err := l.apply(v3, l.sign(v3, 1, 2)); err != nil {
 		t.Fatal(err)
 	}
+	// The task key build 1 held is replaced: the next certificates vouch
+	// for a key its units never had, and build 2's units renew onto it.
+	after, _ := iss.TaskCertificate("demo")
+	if after.PublicKey.(*ecdsa.PublicKey).Equal(before.PublicKey) {
+		t.Fatal("the task key survived the removal of a build that held it")
+	}
+	eventually(t, "build 2's unit renews onto the new task key", func() bool {
+		return nu.Pair().Key.PublicKey.Equal(after.PublicKey)
+	})
 	select {
 	case err := <-oldDone:
 		if !errors.Is(err, messages.ErrMeasurement) || !errors.Is(err, issuerclient.ErrAuthenticRefusal) {
@@ -444,7 +454,6 @@ func TestNewRelease(t *testing.T) {
 	case <-time.After(deadline):
 		t.Fatal("build 1's unit still runs")
 	}
-	_ = old
 	eventually(t, "build 1's unit is out of the cluster", func() bool {
 		return mgr.Table().Counts(time.Now())[manager.Active] == 1
 	})

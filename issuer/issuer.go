@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/hpke"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/events"
+	"github.com/cohort-dev/cohort/identity"
 	"github.com/cohort-dev/cohort/messages"
 	"github.com/cohort-dev/cohort/replay"
 	"github.com/cohort-dev/cohort/service"
@@ -193,6 +195,10 @@ type slot struct {
 	key   string // its key in the state bucket
 	spec  []byte
 	issue func(*ecdsa.PrivateKey) (*x509.Certificate, error)
+	// dropped, if set, reports whether a stored certificate was made for
+	// code (measurements, tasks) the policy no longer accepts: its key is
+	// then replaced, not reused.
+	dropped func(*x509.Certificate) bool
 	// clusterIDs are the clusters of a task, whose secrets set precomputes
 	// from clusters, the view's cluster keys.
 	clusterIDs []string
@@ -451,6 +457,12 @@ func (i *Issuer) build(ctx context.Context, rec *policyRecord, rev uint64) (*vie
 		t := &p.Tasks[k]
 		s := &slot{
 			kind: "task", name: t.Name, key: taskKeyPrefix + t.Name, clusterIDs: t.clusters, clusters: v.clusters,
+			dropped: func(c *x509.Certificate) bool {
+				id, err := identity.FromCertificate(c)
+				return err == nil && slices.ContainsFunc(id.Measurements, func(m []byte) bool {
+					return !slices.ContainsFunc(t.measurements, func(k []byte) bool { return bytes.Equal(k, m) })
+				})
+			},
 			spec: taskSpec(i.root.cert, t, p.Validity.Task, p.AcceptSimulated),
 			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
 				return issueTask(i.cfg.Rand, i.cfg.Now(), i.root, t, key, p.Validity.Task, p.AcceptSimulated)
@@ -470,6 +482,10 @@ func (i *Issuer) build(ctx context.Context, rec *policyRecord, rev uint64) (*vie
 		g := &p.Groups[k]
 		s := &slot{
 			kind: "group", name: g.ID, key: groupKeyPrefix + g.ID,
+			dropped: func(c *x509.Certificate) bool {
+				id, err := identity.FromCertificate(c)
+				return err == nil && slices.ContainsFunc(id.Tasks, func(task string) bool { return !g.Has(task) })
+			},
 			spec: groupSpec(i.root.cert, g, p.Validity.Group, p.AcceptSimulated),
 			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
 				return issueGroup(i.cfg.Rand, i.cfg.Now(), i.root, g, key, p.Validity.Group, p.AcceptSimulated)
@@ -542,8 +558,18 @@ func (i *Issuer) loadSlot(ctx context.Context, s *slot) (bool, error) {
 		case err != nil:
 			return false, err
 		case string(spec) != string(s.spec) || !i.cfg.Now().Before(reissueAt(c.cert)):
-			// The policy changed, or the certificate is due: same key, new certificate.
-			if c, err = s.make(c.key); err != nil {
+			// The policy changed, or the certificate is due: same key, new
+			// certificate; but a new key when the policy dropped code that
+			// held the old one, so that a removed build's units, which keep
+			// the old key, hold nothing the next certificates vouch for.
+			key := c.key
+			if s.dropped != nil && s.dropped(c.cert) {
+				if key, err = newKey(); err != nil {
+					return false, err
+				}
+				i.log.Info("new "+s.kind+" key: the policy no longer accepts code that held the old one", s.kind, s.name)
+			}
+			if c, err = s.make(key); err != nil {
 				return false, err
 			}
 			if rev, err = i.store.putCredential(ctx, s.key, c, s.spec, rev); errors.Is(err, errExists) {
