@@ -24,8 +24,9 @@ const (
 )
 
 // serveChannel answers the cluster's handshakes, calls and closes and
-// follows its session records until ctx is done.
-func (u *Unit) serveChannel(ctx context.Context, ck *issuerclient.ClusterKey) error {
+// follows its session records until ctx is done. It closes up once the
+// server knows its subscriptions.
+func (u *Unit) serveChannel(ctx context.Context, ck *issuerclient.ClusterKey, up chan<- struct{}) error {
 	claimKey, err := channel.ClaimKey(ck.Key, u.cfg.Cluster, ck.Epoch)
 	if err != nil {
 		return fmt.Errorf("unit: %w", err)
@@ -65,6 +66,7 @@ func (u *Unit) serveChannel(ctx context.Context, ck *issuerclient.ClusterKey) er
 	if err := svc.Flush(); err != nil {
 		u.log.Warn("flushing the channel's subscriptions", "err", err)
 	}
+	close(up)
 	<-ctx.Done()
 	return nil
 }

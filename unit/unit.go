@@ -228,7 +228,8 @@ func New(cfg Config) (*Unit, error) {
 	return u, nil
 }
 
-// Ready is closed once the unit holds a pair and serves HTTPS.
+// Ready is closed once the unit holds a pair and serves HTTPS and, with a
+// cluster key, its cluster's channel.
 func (u *Unit) Ready() <-chan struct{} { return u.ready }
 
 // Addr is the HTTPS listener's address. Valid after Ready.
@@ -287,18 +288,27 @@ func (u *Unit) Run(ctx context.Context) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var member sync.WaitGroup
-	if u.cfg.Cluster != "" {
-		member.Go(func() { u.membership(ctx) })
-	}
 	if ck := u.pair.Load().ClusterKey; ck != nil {
 		if u.js, err = jetstream.New(u.cfg.Conn); err != nil {
 			return fmt.Errorf("unit: %w", err)
 		}
+		// The channel first: once the unit is a member, and Ready, it
+		// answers its cluster's handshakes and calls.
+		up, exited := make(chan struct{}), make(chan struct{})
 		member.Go(func() {
-			if err := u.serveChannel(ctx, ck); err != nil {
+			defer close(exited)
+			if err := u.serveChannel(ctx, ck, up); err != nil {
 				u.log.Error("cluster channel", "err", err)
 			}
 		})
+		select {
+		case <-up:
+		case <-exited:
+		case <-ctx.Done():
+		}
+	}
+	if u.cfg.Cluster != "" {
+		member.Go(func() { u.membership(ctx) })
 	}
 	close(u.ready)
 
