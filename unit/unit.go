@@ -288,12 +288,16 @@ func (u *Unit) Run(ctx context.Context) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var member sync.WaitGroup
+	if u.cfg.Cluster != "" {
+		member.Go(func() { u.membership(ctx) })
+	}
 	if ck := u.pair.Load().ClusterKey; ck != nil {
 		if u.js, err = jetstream.New(u.cfg.Conn); err != nil {
 			return fmt.Errorf("unit: %w", err)
 		}
-		// The channel first: once the unit is a member, and Ready, it
-		// answers its cluster's handshakes and calls.
+		// Ready waits for the channel: once Ready, the unit answers its
+		// cluster's handshakes and calls. It joins meanwhile, so that a
+		// restarted unit is back as soon as it can be.
 		up, exited := make(chan struct{}), make(chan struct{})
 		member.Go(func() {
 			defer close(exited)
@@ -306,9 +310,6 @@ func (u *Unit) Run(ctx context.Context) error {
 		case <-exited:
 		case <-ctx.Done():
 		}
-	}
-	if u.cfg.Cluster != "" {
-		member.Go(func() { u.membership(ctx) })
 	}
 	close(u.ready)
 
