@@ -63,6 +63,8 @@ func TestRecoverCommand(t *testing.T) {
 	if err := os.WriteFile("policy.yaml", []byte(policy), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	trust := func(out string) string {
 		t.Helper()
 		end := time.Now().Add(30 * time.Second)
@@ -75,7 +77,7 @@ func TestRecoverCommand(t *testing.T) {
 			if time.Now().After(end) {
 				t.Fatalf("trust: %s", stderr)
 			}
-			time.Sleep(50 * time.Millisecond) // polling, with a deadline
+			<-tick.C
 		}
 	}
 	logs, stop := runBackground(t, "issuer", "--policy", "policy.yaml", "--data", "issuer-data")
@@ -93,7 +95,7 @@ func TestRecoverCommand(t *testing.T) {
 		t.Fatalf("an issuer with no way to the key: exit %d: %s", code, stderr)
 	}
 	logs, stop = runBackground(t, "issuer", "--data", "fresh-data", "--recover")
-	for end := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "waiting for recovery"); time.Sleep(20 * time.Millisecond) {
+	for end := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "waiting for recovery"); <-tick.C {
 		if time.Now().After(end) {
 			t.Fatalf("the issuer does not wait for recovery: %s", logs.String())
 		}
