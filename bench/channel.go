@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -41,6 +42,9 @@ type ChannelConfig struct {
 	NATS string
 	JSON bool
 	Out  io.Writer
+	// Logger takes the parts' warnings (a unit that cannot make its
+	// cluster's streams, say); default none.
+	Logger *slog.Logger
 }
 
 // waitMembers waits until the manager counts n active members.
@@ -55,6 +59,20 @@ func waitMembers(ctx context.Context, m *manager.Manager, n int) error {
 		}
 	}
 	return nil
+}
+
+// waitReady waits until u is ready, for at most d.
+func waitReady(ctx context.Context, u *unit.Unit, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-u.Ready():
+		return nil
+	case <-t.C:
+		return fmt.Errorf("not ready within %v (its warnings say why)", d)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // benchUser is the user the channel benchmark's load speaks as.
@@ -231,13 +249,16 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 			u, err := unit.New(unit.Config{
 				Conn: nc, Serve: sc, Platform: platform, Task: "bench", IssuerMeasurement: pin, AllowSimulatedIssuer: true,
 				HTTPSAddr: "127.0.0.1:0", Name: c.ID + "-" + id, ID: id, Cluster: c.ID, OnSession: seen.saw, Replicas: replicas,
-				Quota: unit.Unlimited, // one user is the whole load
+				Quota:  unit.Unlimited, // one user is the whole load
+				Logger: cfg.Logger,
 			})
 			if err != nil {
 				return nil, err
 			}
 			parts.Go(func() { _ = u.Run(ctx) })
-			<-u.Ready()
+			if err := waitReady(ctx, u, time.Minute); err != nil {
+				return nil, fmt.Errorf("bench: unit %s of cluster %s: %w", id, c.ID, err)
+			}
 			units = append(units, u)
 		}
 	}

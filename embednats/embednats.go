@@ -36,7 +36,11 @@ type Config struct {
 	StoreDir string // required: JetStream storage
 	// SyncAlways makes JetStream fsync every write before acknowledging it.
 	SyncAlways bool
-	Name       string // server name; default "cohort-embedded"
+	// MaxStore bounds JetStream's file storage, which streams reserve
+	// their MaxBytes from; default the server's (three quarters of the
+	// disk's free space).
+	MaxStore int64
+	Name     string // server name; default "cohort-embedded"
 	// Accounts, when set, is the "accounts" block of the server's
 	// configuration, as package access renders it: its users are the only
 	// clients admitted, each in its account and held to its permissions.
@@ -83,6 +87,9 @@ func (cfg *Config) options() (*server.Options, error) {
 	o.ServerName, o.Host, o.Port = name, cfg.Host, port
 	o.JetStream, o.StoreDir, o.SyncAlways = true, cfg.StoreDir, cfg.SyncAlways
 	o.NoJetStreamStrict = false // set, not left to the default
+	if cfg.MaxStore > 0 {
+		o.JetStreamMaxStore = cfg.MaxStore
+	}
 	o.NoSigs, o.NoLog = true, os.Getenv("EMBEDNATS_LOG") == ""
 	if cfg.TLS != nil {
 		o.TLS, o.TLSConfig, o.TLSTimeout = true, cfg.TLS, 2

@@ -16,8 +16,11 @@ import (
 
 	"github.com/cohort-dev/cohort/channel"
 	"github.com/cohort-dev/cohort/client"
+	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/manager"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/unit"
 )
 
 // requestCode sends raw bytes and returns the refusal code of the answer, or
@@ -177,3 +180,67 @@ type syncLog struct {
 
 func (l *syncLog) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
 func (l *syncLog) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// A cluster's streams reserve their bounds from JetStream's storage. Where
+// the server cannot reserve them, the unit is not ready and says why and
+// what to change; with bounds that fit, a unit of the same cluster makes
+// the streams with them and serves.
+func TestStreamsThatDoNotFitAreNamed(t *testing.T) {
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir(), MaxStore: 3 << 29}) // 1.5 GiB: the events stream reserves 1 GiB
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	nc := connect(t, srv)
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
+	mgr := startManager(t, connect(t, srv), iss.Root(), heartbeat)
+
+	var logs syncLog
+	cfg := unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo"))
+	cfg.Name, cfg.Cluster, cfg.Logger = "big", "c1", slog.New(slog.NewTextHandler(&logs, nil))
+	big, err := unit.New(cfg) // the default bounds, 2.25 GiB
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- big.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "the unit names the storage it lacks", func() bool {
+		return strings.Contains(logs.String(), "cannot reserve the cluster's streams") && strings.Contains(logs.String(), "--calls-max-bytes")
+	})
+	select {
+	case <-big.Ready():
+		t.Fatal("a unit without its cluster's streams is ready")
+	default:
+	}
+
+	cfg = unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo"))
+	cfg.Name, cfg.Cluster, cfg.SessionsMaxBytes, cfg.CallsMaxBytes = "small", "c1", 32<<20, 64<<20
+	startUnit(t, cfg)
+	js, _ := jetstream.New(nc)
+	// The first unit made the sessions stream, which fitted; the second the
+	// calls stream, with its bound.
+	for stream, want := range map[string]int64{messages.SessionsStream("c1"): unit.DefaultSessionsMaxBytes, messages.CallsStream("c1"): 64 << 20} {
+		st, err := js.Stream(context.Background(), stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.CachedInfo().Config.MaxBytes; got != want {
+			t.Errorf("stream %s bounded to %d bytes, want %d", stream, got, want)
+		}
+	}
+	// The first unit's next try takes the streams there are: both serve.
+	eventually(t, "the first unit ready", func() bool {
+		select {
+		case <-big.Ready():
+			return true
+		default:
+			return false
+		}
+	})
+	eventually(t, "both members active", func() bool { return mgr.Table().Counts(time.Now())[manager.Active] == 2 })
+	if _, err := unit.New(unit.Config{Conn: nc, Platform: unitPlatform(t, "x"), Task: "demo", IssuerMeasurement: make([]byte, 32), HTTPSAddr: ":0", CallsMaxBytes: 1 << 10}); err == nil || !strings.Contains(err.Error(), "at least") {
+		t.Errorf("a 1 KiB bound: %v, want refused", err)
+	}
+}

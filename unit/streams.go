@@ -15,13 +15,18 @@ import (
 
 // Limits of the cluster's streams, which its units make.
 const (
-	// SessionsMaxBytes bounds a cluster's session records: about 600,000
-	// sessions, 600 users at their quota.
-	SessionsMaxBytes = 256 << 20
-	// CallsMaxBytes bounds a cluster's claims: one user at its quota of
-	// call bytes on one unit stores at most 1 MiB a second for the claims'
-	// five minutes, 300 MiB; this is fifty times that.
-	CallsMaxBytes = 16 << 30
+	// DefaultSessionsMaxBytes bounds a cluster's session records by
+	// default: about 600,000 sessions, 600 users at their quota.
+	DefaultSessionsMaxBytes = 256 << 20
+	// DefaultCallsMaxBytes bounds a cluster's claims by default: one user at
+	// its quota of call bytes on one unit stores at most 1 MiB a second for
+	// the claims' five minutes, 300 MiB; this is about seven times that.
+	// JetStream reserves a stream's bound when it makes the stream, so every
+	// cluster takes this much of the server's storage (max_file_store) at
+	// once: Config.CallsMaxBytes raises it where the storage is there.
+	DefaultCallsMaxBytes = 2 << 30
+	// minStreamBytes is the least either bound may be set to.
+	minStreamBytes = 16 << 20
 	// callClaimTTL is how long a claim is kept after its last write: longer
 	// than the span in which a call's time is accepted (twice the clock skew
 	// allowed), so that a call sent again is refused by its claim or by its
@@ -98,7 +103,7 @@ func (u *Unit) ensureStreams(ctx context.Context) (*streams, error) {
 		Retention:         jetstream.LimitsPolicy,
 		Discard:           jetstream.DiscardNew,
 		MaxAge:            maxSessionTTL,
-		MaxBytes:          SessionsMaxBytes,
+		MaxBytes:          u.cfg.SessionsMaxBytes,
 		MaxMsgSize:        messages.MaxSessionRecord,
 		MaxMsgsPerSubject: 1,
 		Duplicates:        duplicatesWindow,
@@ -117,7 +122,7 @@ func (u *Unit) ensureStreams(ctx context.Context) (*streams, error) {
 		Discard:           jetstream.DiscardNew,
 		MaxAge:            maxSessionTTL + 2*time.Minute, // each message has its own TTL, within it
 		AllowMsgTTL:       true,
-		MaxBytes:          CallsMaxBytes,
+		MaxBytes:          u.cfg.CallsMaxBytes,
 		MaxMsgSize:        messages.MaxCallClaim,
 		MaxMsgsPerSubject: 1,
 		Duplicates:        duplicatesWindow,
@@ -139,8 +144,12 @@ func (u *Unit) ensureStreams(ctx context.Context) (*streams, error) {
 		if errors.Is(err, errUntrusted) {
 			return nil, err
 		}
-		// A stream of another build over the same subjects, or JetStream not
-		// ready yet: say why, then retry.
+		// A stream of another build over the same subjects, JetStream not
+		// ready yet, or not the storage to reserve: say why, then retry.
+		if isInsufficientStorage(err) {
+			err = fmt.Errorf("%w: the NATS server cannot reserve the cluster's streams (%d bytes of session records, %d of call claims, each times %d replicas): give its JetStream more storage (max_file_store) or make the bounds smaller (cohort unit --sessions-max-bytes, --calls-max-bytes)",
+				err, u.cfg.SessionsMaxBytes, u.cfg.CallsMaxBytes, u.cfg.Replicas)
+		}
 		u.log.Warn("making the cluster's streams failed; retrying", "err", err)
 		if !sleep(ctx, Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)) {
 			return nil, ctx.Err()
@@ -150,12 +159,33 @@ func (u *Unit) ensureStreams(ctx context.Context) (*streams, error) {
 
 var errUntrusted = errors.New("the stream's configuration could lose what it keeps")
 
+// JetStream's codes for a stream whose bytes it cannot reserve, which
+// nats.go names no sentinel for (nats-server's JSInsufficientResourcesErr
+// and JSStorageResourcesExceededErr).
+const (
+	jsInsufficientResources    jetstream.ErrorCode = 10023
+	jsStorageResourcesExceeded jetstream.ErrorCode = 10047
+)
+
+// isInsufficientStorage tells JetStream's refusal to reserve a stream's
+// bytes.
+func isInsufficientStorage(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && (api.ErrorCode == jsInsufficientResources || api.ErrorCode == jsStorageResourcesExceeded)
+}
+
+// ensureStream takes the stream there is, if it can be trusted, or makes
+// it. It looks first: JetStream would judge a stream's making against its
+// storage before it saw that the stream is there already.
 func (u *Unit) ensureStream(ctx context.Context, want jetstream.StreamConfig) (jetstream.Stream, error) {
-	st, err := u.js.CreateStream(ctx, want)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		if st, err = u.js.Stream(ctx, want.Name); err != nil {
-			return nil, err
+	st, err := u.js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		st, err = u.js.CreateStream(ctx, want)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // another unit made it meanwhile
+			st, err = u.js.Stream(ctx, want.Name)
 		}
+	}
+	if err == nil {
 		if err := trusted(st.CachedInfo().Config, want); err != nil {
 			return nil, fmt.Errorf("unit: stream %s: %w: %v; an administrator must make it again", want.Name, errUntrusted, err)
 		}

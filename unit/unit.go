@@ -105,15 +105,21 @@ type Config struct {
 	// be taken over by another unit and run again. By default a claimed
 	// call is never run twice: one whose unit died before answering fails.
 	SideEffectFree bool
-	Quota          Quota         // what one user may ask of the cluster
-	Replicas       int           // JetStream replicas of the cluster's streams, when this unit makes them; default 1
-	StoreTimeout   time.Duration // how long a handshake waits for the manager to store its record; default 3s, less than a client's 5s
-	Workers        int           // channel workers; default 2 × GOMAXPROCS
-	RetryMin       time.Duration // first retry after a failure; default 500ms
-	RetryMax       time.Duration // longest wait between retries; default 5s
-	Timeout        time.Duration // per issuer request; default 5s
-	Logger         *slog.Logger
-	Now            func() time.Time
+	Quota          Quota // what one user may ask of the cluster
+	Replicas       int   // JetStream replicas of the cluster's streams, when this unit makes them; default 1
+	// SessionsMaxBytes and CallsMaxBytes bound the cluster's two streams,
+	// when this unit makes them; default DefaultSessionsMaxBytes and
+	// DefaultCallsMaxBytes, at least 16 MiB. A stream keeps the bounds it
+	// was made with.
+	SessionsMaxBytes int64
+	CallsMaxBytes    int64
+	StoreTimeout     time.Duration // how long a handshake waits for the manager to store its record; default 3s, less than a client's 5s
+	Workers          int           // channel workers; default 2 × GOMAXPROCS
+	RetryMin         time.Duration // first retry after a failure; default 500ms
+	RetryMax         time.Duration // longest wait between retries; default 5s
+	Timeout          time.Duration // per issuer request; default 5s
+	Logger           *slog.Logger
+	Now              func() time.Time
 }
 
 func (c *Config) fill() error {
@@ -168,6 +174,15 @@ func (c *Config) fill() error {
 	}
 	if c.Replicas == 0 {
 		c.Replicas = 1
+	}
+	if c.SessionsMaxBytes == 0 {
+		c.SessionsMaxBytes = DefaultSessionsMaxBytes
+	}
+	if c.CallsMaxBytes == 0 {
+		c.CallsMaxBytes = DefaultCallsMaxBytes
+	}
+	if c.SessionsMaxBytes < minStreamBytes || c.CallsMaxBytes < minStreamBytes {
+		return fmt.Errorf("unit: the cluster's streams are bounded to %d and %d bytes; each bound must be at least %d", c.SessionsMaxBytes, c.CallsMaxBytes, minStreamBytes)
 	}
 	c.Quota.fill()
 	if c.SessionTTL <= 0 {

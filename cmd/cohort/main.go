@@ -346,6 +346,9 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	groups := fs.String("groups", "", "comma-separated groups of the task whose pairs to obtain with the task's")
 	id := fs.String("id", "", "this unit's id in its cluster; default the credential's, or derived from --name")
 	replicas := fs.Int("replicas", 1, "JetStream replicas of the cluster's streams, if this unit makes them")
+	sessionsMax, callsMax := byteSize(unit.DefaultSessionsMaxBytes), byteSize(unit.DefaultCallsMaxBytes)
+	fs.Var(&sessionsMax, "sessions-max-bytes", "the bound of the cluster's session records, if this unit makes their stream; JetStream reserves it (e.g. 256MiB)")
+	fs.Var(&callsMax, "calls-max-bytes", "the bound of the cluster's call claims, if this unit makes their stream; JetStream reserves it (e.g. 2GiB)")
 	sideEffectFree := fs.Bool("side-effect-free", false, "the task's calls change nothing but their answers: a call whose unit died may run again elsewhere")
 	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
 	allowSim := fs.Bool("allow-simulated-issuer", true, "accept an issuer on simulated attestation")
@@ -391,7 +394,7 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	u, err := unit.New(unit.Config{
 		Conn: nc, Serve: serve, Platform: platform, Task: *task, IssuerMeasurement: m, AllowSimulatedIssuer: *allowSim, PolicyHash: ph,
 		HTTPSAddr: *https, Name: *name, Cluster: *cluster, Groups: splitList(*groups), ID: *id, Replicas: *replicas,
-		SideEffectFree: *sideEffectFree, Logger: newLogger(stderr, lv),
+		SessionsMaxBytes: int64(sessionsMax), CallsMaxBytes: int64(callsMax), SideEffectFree: *sideEffectFree, Logger: newLogger(stderr, lv),
 	})
 	if err != nil {
 		return err
@@ -730,7 +733,8 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	var results []*bench.ChannelResult
 	for _, where := range splitList(*on) {
-		cfg := bench.ChannelConfig{Units: *units, Clusters: *clusters, Duration: *d, Concurrency: *conc, KEM: kemID, NATS: where, Out: stdout}
+		cfg := bench.ChannelConfig{Units: *units, Clusters: *clusters, Duration: *d, Concurrency: *conc, KEM: kemID, NATS: where, Out: stdout,
+			Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 		if *asJSON {
 			cfg.Out = io.Discard
 		}
