@@ -226,7 +226,7 @@ func (verifier) Verify(ev []byte) (enclave.Claims, error) {
 		ProductID:       b.ProductID,
 		SecurityVersion: b.SecurityVersion,
 		Debug:           b.Debug,
-		TCBStatus:       "Simulated",
+		TCBStatus:       enclave.TCBSimulated,
 	}
 	copy(c.ReportData[:], b.ReportData)
 	return c, nil
