@@ -196,6 +196,19 @@ type Platform interface {
 	Measurement() []byte
 }
 
+// Measurement sizes: SGX's MRENCLAVE and the simulated platform's are 32
+// bytes, SEV-SNP's MEASUREMENT and TDX's MRTD 48 (SHA-384).
+const (
+	MeasurementSize    = 32
+	MeasurementSize384 = 48
+)
+
+// ValidMeasurement reports whether m has the size of some platform's
+// measurement.
+func ValidMeasurement(m []byte) bool {
+	return len(m) == MeasurementSize || len(m) == MeasurementSize384
+}
+
 // Bind derives report data from a purpose label and the parts of a request.
 // Each part is length-prefixed, so that no two different lists of parts bind
 // the same bytes, and the label separates the purposes.

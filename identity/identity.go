@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"slices"
 
+	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/messages"
 )
 
@@ -45,7 +46,6 @@ const (
 	maxMeasurements  = 64
 	maxTasks         = 64 // member tasks of a group
 	maxExtension     = 8 << 10
-	measurementSize  = 32
 	maxClusters      = 64
 )
 
@@ -171,8 +171,8 @@ func check(kind, name string, measurements [][]byte, clusters, tasks []string) e
 		return fmt.Errorf("identity: %d measurements, at most %d", len(measurements), maxMeasurements)
 	}
 	for _, m := range measurements {
-		if len(m) != measurementSize {
-			return fmt.Errorf("identity: a measurement is %d bytes, want %d", len(m), measurementSize)
+		if !enclave.ValidMeasurement(m) {
+			return fmt.Errorf("identity: a measurement is %d bytes, want %d or %d", len(m), enclave.MeasurementSize, enclave.MeasurementSize384)
 		}
 	}
 	if len(clusters) > maxClusters {

@@ -71,6 +71,8 @@ func TestExtensionParseRoundTrip(t *testing.T) {
 		{Kind: KindTask, Name: "a", Measurements: measurements(maxMeasurements)},
 		{Kind: KindTask, Name: strings.Repeat("n", 63), Measurements: measurements(1)},
 		{Kind: KindTask, Name: "empty", Measurements: nil},
+		// SEV-SNP and TDX measure in 48 bytes, beside SGX's 32.
+		{Kind: KindTask, Name: "vm", Measurements: [][]byte{bytes.Repeat([]byte{7}, 48), bytes.Repeat([]byte{8}, 32)}},
 	} {
 		ext := mustExtension(t, id)
 		if !ext.Id.Equal(OID) || ext.Critical {
@@ -89,6 +91,11 @@ func TestExtensionParseRoundTrip(t *testing.T) {
 	}
 	if _, err := (Identity{Kind: KindTask, Name: "x", Measurements: measurements(maxMeasurements + 1)}).Extension(); err == nil {
 		t.Fatal("Extension accepted too many measurements")
+	}
+	for _, n := range []int{31, 33, 47, 64} {
+		if _, err := (Identity{Kind: KindTask, Name: "x", Measurements: [][]byte{make([]byte, n)}}).Extension(); err == nil {
+			t.Errorf("Extension accepted a measurement of %d bytes", n)
+		}
 	}
 }
 

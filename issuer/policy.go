@@ -221,8 +221,8 @@ func (p *Policy) check() error {
 	}
 	for i, m := range p.Issuers {
 		b, err := hex.DecodeString(m)
-		if err != nil || len(b) != measurementSize {
-			return fmt.Errorf("issuers[%d]: %q is not %d bytes of hex", i, m, measurementSize)
+		if err != nil || !enclave.ValidMeasurement(b) {
+			return fmt.Errorf("issuers[%d]: %q is not 32 or 48 bytes of hex", i, m)
 		}
 		if slices.ContainsFunc(p.issuers, func(x []byte) bool { return bytes.Equal(x, b) }) {
 			return fmt.Errorf("issuers[%d]: %s named twice", i, m)
@@ -341,8 +341,8 @@ func (t *TaskPolicy) check() error {
 	}
 	for _, m := range t.Measurements {
 		b, err := hex.DecodeString(m)
-		if err != nil || len(b) != measurementSize {
-			return fmt.Errorf("task %q: measurement %q is not %d bytes of hex", t.Name, m, measurementSize)
+		if err != nil || !enclave.ValidMeasurement(b) {
+			return fmt.Errorf("task %q: measurement %q is not 32 or 48 bytes of hex", t.Name, m)
 		}
 		t.measurements = append(t.measurements, b)
 	}

@@ -51,10 +51,7 @@ var (
 	ErrUnauthentic = errors.New("issuer reply is not authentic")
 )
 
-const (
-	defaultTimeout  = 5 * time.Second
-	measurementSize = 32
-)
+const defaultTimeout = 5 * time.Second
 
 // Config says how to reach and recognise the issuer.
 type Config struct {
@@ -81,8 +78,8 @@ func (c *Config) fill() error {
 		return errors.New("issuerclient: Config.Conn is required")
 	case c.Verifier == nil:
 		return errors.New("issuerclient: Config.Verifier is required")
-	case len(c.IssuerMeasurement) != measurementSize:
-		return fmt.Errorf("issuerclient: the pinned issuer measurement is %d bytes, want %d", len(c.IssuerMeasurement), measurementSize)
+	case !enclave.ValidMeasurement(c.IssuerMeasurement):
+		return fmt.Errorf("issuerclient: the pinned issuer measurement is %d bytes, want 32 or 48", len(c.IssuerMeasurement))
 	case c.PolicyHash != nil && len(c.PolicyHash) != messages.HashSize:
 		return fmt.Errorf("issuerclient: the pinned policy hash is %d bytes, want %d", len(c.PolicyHash), messages.HashSize)
 	}

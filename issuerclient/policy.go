@@ -95,8 +95,8 @@ func Recover(ctx context.Context, cfg RecoverConfig) (*messages.RecoverAck, erro
 	if !ok {
 		return nil, errors.New("issuerclient: the root's key is not ECDSA")
 	}
-	if len(cfg.IssuerMeasurement) != measurementSize {
-		return nil, fmt.Errorf("issuerclient: the issuer measurement to recover into is %d bytes, want %d", len(cfg.IssuerMeasurement), measurementSize)
+	if !enclave.ValidMeasurement(cfg.IssuerMeasurement) {
+		return nil, fmt.Errorf("issuerclient: the issuer measurement to recover into is %d bytes, want 32 or 48", len(cfg.IssuerMeasurement))
 	}
 	c := Config{Conn: cfg.Conn, Verifier: cfg.Verifier, IssuerMeasurement: cfg.IssuerMeasurement, Timeout: cfg.Timeout, Rand: cfg.Rand}
 	if err := c.fill(); err != nil {

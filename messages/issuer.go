@@ -3,6 +3,8 @@ package messages
 import (
 	"fmt"
 	"regexp"
+
+	"github.com/cohort-dev/cohort/enclave"
 )
 
 // Subjects of the issuer's service. The issuer serves them as a service named
@@ -293,6 +295,15 @@ func checkVersion(v uint16) error {
 func exactly(name string, b []byte, n int) error {
 	if len(b) != n {
 		return fmt.Errorf("%w: %s is %d bytes, want %d", ErrField, name, len(b), n)
+	}
+	return nil
+}
+
+// measurement checks a measurement's size: 32 bytes (SGX, simulated) or 48
+// (SEV-SNP, TDX).
+func measurement(name string, b []byte) error {
+	if !enclave.ValidMeasurement(b) {
+		return fmt.Errorf("%w: %s is %d bytes, want %d or %d", ErrField, name, len(b), enclave.MeasurementSize, enclave.MeasurementSize384)
 	}
 	return nil
 }

@@ -161,7 +161,7 @@ func (m *JoinBody) Validate() error {
 		return fmt.Errorf("%w: addr: a host and port, at most %d bytes of letters, digits and .:[]_-", ErrField, MaxAddr)
 	}
 	return firstError(
-		exactly("measurement", m.Measurement, HashSize),
+		measurement("measurement", m.Measurement),
 		exactly("nonce", m.Nonce, NonceSize),
 	)
 }

@@ -130,8 +130,8 @@ func (c *Config) fill() error {
 		return errors.New("unit: Config.Platform is required")
 	case !messages.ValidTaskName(c.Task):
 		return fmt.Errorf("unit: task name %q is not valid", c.Task)
-	case len(c.IssuerMeasurement) != 32:
-		return fmt.Errorf("unit: the pinned issuer measurement is %d bytes, want 32", len(c.IssuerMeasurement))
+	case !enclave.ValidMeasurement(c.IssuerMeasurement):
+		return fmt.Errorf("unit: the pinned issuer measurement is %d bytes, want 32 or 48", len(c.IssuerMeasurement))
 	case c.HTTPSAddr == "":
 		return errors.New("unit: Config.HTTPSAddr is required")
 	}

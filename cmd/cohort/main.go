@@ -454,8 +454,8 @@ func optionalHash(name, s string) ([]byte, error) {
 
 func measurement(s string) ([]byte, error) {
 	m, err := hex.DecodeString(strings.TrimSpace(s))
-	if err != nil || len(m) != 32 {
-		return nil, fmt.Errorf("%w: --issuer-measurement must be 32 bytes of hex (see 'cohort measure issuer')", errUsage)
+	if err != nil || !enclave.ValidMeasurement(m) {
+		return nil, fmt.Errorf("%w: --issuer-measurement must be 32 or 48 bytes of hex (see 'cohort measure issuer', or 'cohort evidence inspect' for an SEV-SNP or TDX guest)", errUsage)
 	}
 	return m, nil
 }
