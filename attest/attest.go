@@ -27,7 +27,7 @@ const envelopeVersion = 1
 
 // MaxEvidence bounds the evidence an envelope carries: a TDX or SGX quote
 // with its PCK chain is about 5 KiB, an SEV-SNP report with its VCEK 3 KiB.
-const MaxEvidence = 32 << 10
+const MaxEvidence = messages.MaxEvidence - 64
 
 // envelope is how evidence of a hardware platform travels.
 type envelope struct {

@@ -13,7 +13,9 @@ import (
 // show what the Verifier makes of what a platform's verifier says.
 type claimsAs string
 
-func (p claimsAs) Verify([]byte) (enclave.Claims, error) { return enclave.Claims{Backend: string(p)}, nil }
+func (p claimsAs) Verify([]byte) (enclave.Claims, error) {
+	return enclave.Claims{Backend: string(p)}, nil
+}
 
 func simEvidence(t *testing.T) []byte {
 	t.Helper()

@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -134,12 +136,65 @@ type TaskPolicy struct {
 	AllowDebug         bool     `yaml:"allow_debug"`
 	DNSNames           []string `yaml:"dns_names"`
 	IPAddresses        []string `yaml:"ip_addresses"`
+	// Platform is where the task's code runs: sim, sgx, snp or tdx.
+	// Empty: SGX, or simulated where the policy accepts simulated
+	// attestation (as every policy meant before there were others).
+	// Measurements are 32 bytes on sgx and sim, 48 on snp and tdx.
+	Platform string `yaml:"platform"`
+	// TCBStatuses are the TCB statuses accepted besides UpToDate, each
+	// named: SWHardeningNeeded, ConfigurationNeeded,
+	// ConfigurationAndSWHardeningNeeded, OutOfDate,
+	// OutOfDateConfigurationNeeded (SGX, TDX), Provisional (SEV-SNP).
+	// Default none: only an up-to-date TCB.
+	TCBStatuses []string `yaml:"tcb_statuses"`
+	// SNP and TDX are the settings of those platforms.
+	SNP SNPSettings `yaml:"snp"`
+	TDX TDXSettings `yaml:"tdx"`
 
 	measurements [][]byte
 	signer       []byte
 	ips          []net.IP
 	clusters     []string
 	groups       []string
+	hostData     []byte
+	minTEETCBSVN []byte
+}
+
+// SNPSettings are a task's requirements of an SEV-SNP guest beyond its
+// measurement.
+type SNPSettings struct {
+	// MinTCB is the least TCB version, by component, that the report's
+	// reported TCB must hold.
+	MinTCB struct {
+		BootLoader uint8 `yaml:"boot_loader"`
+		TEE        uint8 `yaml:"tee"`
+		SNP        uint8 `yaml:"snp"`
+		Microcode  uint8 `yaml:"microcode"`
+		FMC        uint8 `yaml:"fmc"`
+	} `yaml:"min_tcb"`
+	// AllowSMT accepts a host with simultaneous multithreading enabled;
+	// default refused.
+	AllowSMT bool `yaml:"allow_smt"`
+	// MaxVMPL is the least privileged VM privilege level a report may come
+	// from (0 is the most privileged); default 0.
+	MaxVMPL uint32 `yaml:"max_vmpl"`
+	// HostData, when set, is the 32 bytes of hex the host must have given
+	// the guest at launch.
+	HostData string `yaml:"host_data"`
+}
+
+// TDXSettings are a task's requirements of a TDX guest beyond its
+// measurement.
+type TDXSettings struct {
+	// MinTEETCBSVN is the least TEE_TCB_SVN, 16 bytes of hex, compared
+	// byte by byte (each byte is a component's security version).
+	MinTEETCBSVN string `yaml:"min_tee_tcb_svn"`
+}
+
+// TCB statuses that a task may accept besides UpToDate.
+var knownTCBStatuses = []string{
+	"SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
+	"OutOfDate", "OutOfDateConfigurationNeeded", "Provisional",
 }
 
 // ParsePolicy parses and checks a YAML policy. Unknown fields are errors.
@@ -339,12 +394,54 @@ func (t *TaskPolicy) check() error {
 	if len(t.Measurements) > maxTaskMeasurements {
 		return fmt.Errorf("task %q: %d measurements, at most %d", t.Name, len(t.Measurements), maxTaskMeasurements)
 	}
+	size := enclave.MeasurementSize
+	switch t.Platform {
+	case "", enclave.PlatformSim, enclave.PlatformSGX:
+	case enclave.PlatformSNP, enclave.PlatformTDX:
+		size = enclave.MeasurementSize384
+		if t.Signer != "" {
+			return fmt.Errorf("task %q: a signer is SGX's; on %s give measurements", t.Name, t.Platform)
+		}
+	default:
+		return fmt.Errorf("task %q: platform %q, want sim, sgx, snp or tdx", t.Name, t.Platform)
+	}
 	for _, m := range t.Measurements {
 		b, err := hex.DecodeString(m)
-		if err != nil || !enclave.ValidMeasurement(b) {
-			return fmt.Errorf("task %q: measurement %q is not 32 or 48 bytes of hex", t.Name, m)
+		if err != nil || len(b) != size {
+			return fmt.Errorf("task %q: measurement %q is not %d bytes of hex (platform %s)", t.Name, m, size, cmp.Or(t.Platform, "sgx or sim"))
 		}
 		t.measurements = append(t.measurements, b)
+	}
+	if len(t.TCBStatuses) > len(knownTCBStatuses) {
+		return fmt.Errorf("task %q: %d TCB statuses, at most %d", t.Name, len(t.TCBStatuses), len(knownTCBStatuses))
+	}
+	for i, s := range t.TCBStatuses {
+		if !slices.Contains(knownTCBStatuses, s) || slices.Contains(t.TCBStatuses[:i], s) {
+			return fmt.Errorf("task %q: TCB status %q is not one of %v, or is named twice (UpToDate is always accepted)", t.Name, s, knownTCBStatuses)
+		}
+	}
+	if t.SNP != (SNPSettings{}) && t.Platform != enclave.PlatformSNP {
+		return fmt.Errorf("task %q: snp settings on platform %q", t.Name, cmp.Or(t.Platform, "sgx"))
+	}
+	if t.TDX != (TDXSettings{}) && t.Platform != enclave.PlatformTDX {
+		return fmt.Errorf("task %q: tdx settings on platform %q", t.Name, cmp.Or(t.Platform, "sgx"))
+	}
+	if h := t.SNP.HostData; h != "" {
+		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 {
+			return fmt.Errorf("task %q: snp.host_data is not 32 bytes of hex", t.Name)
+		} else {
+			t.hostData = b
+		}
+	}
+	if t.SNP.MaxVMPL > 3 {
+		return fmt.Errorf("task %q: snp.max_vmpl %d, want 0 to 3", t.Name, t.SNP.MaxVMPL)
+	}
+	if s := t.TDX.MinTEETCBSVN; s != "" {
+		if b, err := hex.DecodeString(s); err != nil || len(b) != 16 {
+			return fmt.Errorf("task %q: tdx.min_tee_tcb_svn is not 16 bytes of hex", t.Name)
+		} else {
+			t.minTEETCBSVN = b
+		}
 	}
 	if t.Signer != "" {
 		b, err := hex.DecodeString(t.Signer)
@@ -392,6 +489,61 @@ func (p *Policy) Task(name string) (*TaskPolicy, bool) {
 	return t, ok
 }
 
+// acceptPlatform refuses evidence of a platform the task does not run on.
+func (t *TaskPolicy) acceptPlatform(c enclave.Claims) *messages.Error {
+	want := []string{t.Platform}
+	if t.Platform == "" {
+		want = []string{enclave.PlatformSGX, enclave.PlatformSim}
+	}
+	if !slices.Contains(want, c.Backend) {
+		return messages.Refusal(messages.CodePlatform, "the evidence is of platform %s and task %q runs on %s", c.Backend, t.Name, strings.Join(want, " or "))
+	}
+	return nil
+}
+
+// acceptSettings checks a platform's settings: SEV-SNP's TCB, SMT, VMPL and
+// host data, TDX's TEE TCB.
+func (t *TaskPolicy) acceptSettings(c enclave.Claims) *messages.Error {
+	switch {
+	case c.Backend == enclave.PlatformSNP && c.SNP != nil:
+		s, r := t.SNP, c.SNP.ReportedTCB
+		for _, f := range []struct {
+			name      string
+			got, want uint8
+		}{{"boot loader", r.BootLoader, s.MinTCB.BootLoader}, {"TEE", r.TEE, s.MinTCB.TEE}, {"SNP firmware", r.SNP, s.MinTCB.SNP}, {"microcode", r.Microcode, s.MinTCB.Microcode}, {"FMC", r.FMC, s.MinTCB.FMC}} {
+			if f.got < f.want {
+				return messages.Refusal(messages.CodeTCB, "the reported TCB's %s is %d, below task %q's minimum %d", f.name, f.got, t.Name, f.want)
+			}
+		}
+		if c.SNP.SMT && !s.AllowSMT {
+			return messages.Refusal(messages.CodeTCB, "the host runs with SMT enabled and task %q does not allow it (snp.allow_smt)", t.Name)
+		}
+		if c.SNP.VMPL > s.MaxVMPL {
+			return messages.Refusal(messages.CodeTCB, "the report comes from VMPL %d and task %q accepts at most VMPL %d (snp.max_vmpl)", c.SNP.VMPL, t.Name, s.MaxVMPL)
+		}
+		if t.hostData != nil && !bytes.Equal(t.hostData, c.SNP.HostData) {
+			return messages.Refusal(messages.CodeTCB, "the guest's HOST_DATA %x is not task %q's %x", c.SNP.HostData, t.Name, t.hostData)
+		}
+	case c.Backend == enclave.PlatformTDX && c.TDX != nil && t.minTEETCBSVN != nil:
+		got := c.TDX.TEETCBSVN
+		for i, want := range t.minTEETCBSVN {
+			if i >= len(got) || got[i] < want {
+				return messages.Refusal(messages.CodeTCB, "TEE_TCB_SVN %x is below task %q's minimum %x (component %d)", got, t.Name, t.minTEETCBSVN, i)
+			}
+		}
+	case (c.Backend == enclave.PlatformSNP && c.SNP == nil) || (c.Backend == enclave.PlatformTDX && c.TDX == nil):
+		return messages.Refusal(messages.CodeEvidence, "evidence of %s without its platform's claims", c.Backend)
+	}
+	return nil
+}
+
+func orList(extra []string) string {
+	if len(extra) == 0 {
+		return ""
+	}
+	return " or " + strings.Join(extra, ", ")
+}
+
 // accept decides whether evidence claims may hold the task's certificate. It
 // returns a refusal naming the reason, or nil.
 func (p *Policy) accept(task string, c enclave.Claims) *messages.Error {
@@ -402,8 +554,18 @@ func (p *Policy) accept(task string, c enclave.Claims) *messages.Error {
 	if c.Simulated && !p.AcceptSimulated {
 		return messages.Refusal(messages.CodeSimulated, "evidence is simulated and the policy does not accept simulated attestation")
 	}
+	if refusal := t.acceptPlatform(c); refusal != nil {
+		return refusal
+	}
 	if c.Debug && !t.AllowDebug {
 		return messages.Refusal(messages.CodeDebug, "the enclave runs in debug mode and task %q does not allow it", task)
+	}
+	if !c.Simulated && c.TCBStatus != enclave.TCBUpToDate && !slices.Contains(t.TCBStatuses, c.TCBStatus) {
+		return messages.Refusal(messages.CodeTCBStatus, "TCB status %s (advisories %s) and task %q accepts only UpToDate%s",
+			cmp.Or(c.TCBStatus, "unknown"), cmp.Or(strings.Join(c.Advisories, ","), "none"), task, orList(t.TCBStatuses))
+	}
+	if refusal := t.acceptSettings(c); refusal != nil {
+		return refusal
 	}
 	if slices.ContainsFunc(t.measurements, func(m []byte) bool { return bytes.Equal(m, c.UniqueID) }) {
 		return nil

@@ -302,3 +302,102 @@ func TestPolicyGroups(t *testing.T) {
 		t.Errorf("group validity %v, want the task's %v by default", p.Validity.Group, p.Validity.Task)
 	}
 }
+
+// A task names its platform: evidence of another is refused, the TCB
+// statuses it accepts besides UpToDate are each named, and SEV-SNP's and
+// TDX's settings are checked on their claims.
+func TestAcceptPlatforms(t *testing.T) {
+	m48 := strings.Repeat("ab", 48)
+	p := mustParsePolicy(t, []byte(`version: 1
+tasks:
+  - name: vm
+    platform: snp
+    measurements: [`+m48+`]
+    tcb_statuses: [Provisional]
+    snp:
+      min_tcb: {boot_loader: 3, tee: 0, snp: 8, microcode: 115}
+      max_vmpl: 1
+      host_data: "`+strings.Repeat("11", 32)+`"
+  - name: td
+    platform: tdx
+    measurements: [`+m48+`]
+    tdx:
+      min_tee_tcb_svn: "`+"0301"+strings.Repeat("00", 14)+`"
+  - name: enclave
+    measurements: [`+strings.Repeat("cd", 32)+`]
+    tcb_statuses: [SWHardeningNeeded]
+`))
+	meas := bytes.Repeat([]byte{0xab}, 48)
+	snp := func(f func(*enclave.SNPClaims)) enclave.Claims {
+		c := enclave.Claims{Backend: enclave.PlatformSNP, UniqueID: meas, TCBStatus: enclave.TCBUpToDate, SNP: &enclave.SNPClaims{
+			ReportedTCB: enclave.SNPTCB{BootLoader: 3, SNP: 8, Microcode: 115}, VMPL: 1, HostData: bytes.Repeat([]byte{0x11}, 32)}}
+		if f != nil {
+			f(c.SNP)
+		}
+		return c
+	}
+	tdx := func(svn []byte) enclave.Claims {
+		return enclave.Claims{Backend: enclave.PlatformTDX, UniqueID: meas, TCBStatus: enclave.TCBUpToDate, TDX: &enclave.TDXClaims{TEETCBSVN: svn}}
+	}
+	sgx := func(status string) enclave.Claims {
+		return enclave.Claims{Backend: enclave.PlatformSGX, UniqueID: bytes.Repeat([]byte{0xcd}, 32), TCBStatus: status}
+	}
+	svn := func(b ...byte) []byte { return append(b, make([]byte, 16-len(b))...) }
+	for _, tc := range []struct {
+		name   string
+		task   string
+		claims enclave.Claims
+		want   messages.Code
+	}{
+		{"snp accepted", "vm", snp(nil), ""},
+		{"snp provisional, named", "vm", func() enclave.Claims { c := snp(nil); c.TCBStatus = "Provisional"; return c }(), ""},
+		{"snp of another measurement", "vm", func() enclave.Claims { c := snp(nil); c.UniqueID = bytes.Repeat([]byte{1}, 48); return c }(), messages.CodeMeasurement},
+		{"snp microcode below the minimum", "vm", snp(func(s *enclave.SNPClaims) { s.ReportedTCB.Microcode = 114 }), messages.CodeTCB},
+		{"snp boot loader below the minimum", "vm", snp(func(s *enclave.SNPClaims) { s.ReportedTCB.BootLoader = 2 }), messages.CodeTCB},
+		{"snp with SMT", "vm", snp(func(s *enclave.SNPClaims) { s.SMT = true }), messages.CodeTCB},
+		{"snp from VMPL 2", "vm", snp(func(s *enclave.SNPClaims) { s.VMPL = 2 }), messages.CodeTCB},
+		{"snp of other host data", "vm", snp(func(s *enclave.SNPClaims) { s.HostData = make([]byte, 32) }), messages.CodeTCB},
+		{"snp debug", "vm", func() enclave.Claims { c := snp(nil); c.Debug = true; return c }(), messages.CodeDebug},
+		{"snp without its claims", "vm", func() enclave.Claims { c := snp(nil); c.SNP = nil; return c }(), messages.CodeEvidence},
+		{"tdx evidence for an snp task", "vm", tdx(svn(3, 1)), messages.CodePlatform},
+		{"tdx accepted", "td", tdx(svn(3, 1)), ""},
+		{"tdx one component above, one below", "td", tdx(svn(4, 0, 9)), messages.CodeTCB}, // each component is compared
+		{"tdx below the minimum", "td", tdx(svn(3, 0)), messages.CodeTCB},
+		{"tdx not evaluated", "td", func() enclave.Claims { c := tdx(svn(3, 1)); c.TCBStatus = ""; return c }(), messages.CodeTCBStatus},
+		{"tdx out of date", "td", func() enclave.Claims { c := tdx(svn(3, 1)); c.TCBStatus = "OutOfDate"; return c }(), messages.CodeTCBStatus},
+		{"snp evidence for an sgx task", "enclave", snp(nil), messages.CodePlatform},
+		{"sgx up to date", "enclave", sgx(enclave.TCBUpToDate), ""},
+		{"sgx SWHardeningNeeded, named", "enclave", sgx("SWHardeningNeeded"), ""},
+		{"sgx ConfigurationAndSWHardeningNeeded, not named", "enclave", sgx("ConfigurationAndSWHardeningNeeded"), messages.CodeTCBStatus},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := p.accept(tc.task, tc.claims)
+			if tc.want == "" {
+				if got != nil {
+					t.Fatalf("refused: %v", got)
+				}
+				return
+			}
+			if got == nil || got.Code != tc.want || got.Validate() != nil {
+				t.Fatalf("got %v, want %s", got, tc.want)
+			}
+		})
+	}
+	for _, bad := range []string{
+		"platform: sev\n    measurements: [" + m48 + "]",
+		"platform: snp\n    measurements: [" + strings.Repeat("ab", 32) + "]",
+		"measurements: [" + m48 + "]",
+		"platform: tdx\n    measurements: [" + m48 + "]\n    signer: " + strings.Repeat("ab", 32),
+		"measurements: [" + strings.Repeat("ab", 32) + "]\n    tcb_statuses: [Fine]",
+		"measurements: [" + strings.Repeat("ab", 32) + "]\n    tcb_statuses: [OutOfDate, OutOfDate]",
+		"measurements: [" + strings.Repeat("ab", 32) + "]\n    snp: {allow_smt: true}",
+		"platform: snp\n    measurements: [" + m48 + "]\n    tdx: {min_tee_tcb_svn: \"00\"}",
+		"platform: snp\n    measurements: [" + m48 + "]\n    snp: {max_vmpl: 4}",
+		"platform: snp\n    measurements: [" + m48 + "]\n    snp: {host_data: \"11\"}",
+		"platform: tdx\n    measurements: [" + m48 + "]\n    tdx: {min_tee_tcb_svn: \"0011\"}",
+	} {
+		if _, err := ParsePolicy([]byte("version: 1\ntasks:\n  - name: x\n    " + bad + "\n")); !errors.Is(err, ErrPolicy) {
+			t.Errorf("%q: %v, want ErrPolicy", bad, err)
+		}
+	}
+}

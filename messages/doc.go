@@ -53,4 +53,9 @@
 //     RecoverReply, RecoverOffer, RecoverShare, RecoverAck); the issuer's
 //     refusal of a certify request carries its root's signature
 //     (Error.Proof, RefusalDigest).
+//   - 6: hardware platforms: evidence of Intel SGX, AMD SEV-SNP and Intel TDX
+//     travels in an envelope that names its platform (package attest);
+//     measurements are 32 or 48 bytes (JoinRequest.Measurement, and the
+//     identity extension of certificates); refusals platform_not_accepted,
+//     tcb_status_not_accepted, tcb_too_low and collateral_unavailable.
 package messages

@@ -40,6 +40,11 @@ const (
 	CodeStateKey          Code = "state_key_mismatch"        // the request names another state than this issuer's
 	CodeRecoveryShare     Code = "recovery_share_invalid"    // a recovery share that does not open, or is given twice
 	CodeNotWaiting        Code = "not_waiting"               // this issuer is not waiting for recovery
+	// Hardware platforms' (version 6).
+	CodePlatform   Code = "platform_not_accepted"   // the evidence is of a platform the task's policy does not name
+	CodeTCBStatus  Code = "tcb_status_not_accepted" // the platform's TCB status is not one the task's policy accepts
+	CodeTCB        Code = "tcb_too_low"             // a TCB component or security version below the task's minimum, or a platform setting it refuses
+	CodeCollateral Code = "collateral_unavailable"  // the collateral the evidence needs is missing or expired at the issuer
 )
 
 const (
@@ -88,6 +93,11 @@ var (
 	ErrStateKey          = &Error{Code: CodeStateKey}
 	ErrRecoveryShare     = &Error{Code: CodeRecoveryShare}
 	ErrNotWaiting        = &Error{Code: CodeNotWaiting}
+
+	ErrPlatform   = &Error{Code: CodePlatform}
+	ErrTCBStatus  = &Error{Code: CodeTCBStatus}
+	ErrTCB        = &Error{Code: CodeTCB}
+	ErrCollateral = &Error{Code: CodeCollateral}
 )
 
 // Refusal returns an Error with the given code and a formatted reason.

@@ -446,6 +446,7 @@ func Terminal(err error) bool {
 		issuerclient.ErrMeasurement, issuerclient.ErrSimulated, issuerclient.ErrDebug, issuerclient.ErrPolicy,
 		messages.ErrMeasurement, messages.ErrSimulated, messages.ErrUnknownTask, messages.ErrUnknownGroup, messages.ErrNotInGroup,
 		&messages.Error{Code: messages.CodeDebug}, &messages.Error{Code: messages.CodeSecurityVersion},
+		messages.ErrPlatform, messages.ErrTCBStatus, messages.ErrTCB,
 	} {
 		if errors.Is(err, target) {
 			return true
