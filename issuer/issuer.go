@@ -45,7 +45,10 @@ type Config struct {
 	// Conn. With NATS credentials it is the credential's Serve key, which
 	// may publish nothing but replies (package access).
 	Serve    *nats.Conn
-	Platform enclave.Platform // required: attests the issuer, verifies units and peers, seals the key cache
+	Platform enclave.Platform // required: attests the issuer, seals the key cache
+	// Verifier checks the evidence of units and of peer issuers, of every
+	// platform the deployment runs on (package attest); default Platform.
+	Verifier enclave.Verifier
 	// Policy is the genesis policy: the one a new state starts with (on an
 	// empty bucket, or with Init). Once a state exists the policy in force
 	// is the state's, changed only by signed updates (Apply); a Policy
@@ -108,6 +111,9 @@ func (c *Config) fill() error {
 		return errors.New("issuer: Config.Platform is required")
 	case c.Instance != "" && !messages.ValidInstance(c.Instance):
 		return fmt.Errorf("issuer: instance %q: want 1 to %d lower-case letters and digits", c.Instance, messages.MaxInstance)
+	}
+	if c.Verifier == nil {
+		c.Verifier = c.Platform
 	}
 	if c.Serve == nil {
 		c.Serve = c.Conn
@@ -713,6 +719,9 @@ type outcome struct {
 	measurement []byte
 	simulated   bool
 	requestHash []byte // SHA-256 of the whole request, once its body decoded: refusals are then signed
+	verified    string // "", or what verifying the evidence came to: verified, invalid, collateral
+	platform    string // the platform and TCB status the evidence verified as
+	tcbStatus   string
 }
 
 // certify decides a certify request and reports the outcome. It returns the
@@ -753,6 +762,9 @@ func (i *Issuer) report(o *outcome, refusal *messages.Error, took time.Duration)
 		i.log.Debug("certified", "task", o.task, "measurement", ev.Measurement, "simulated", o.simulated)
 	}
 	i.metrics.observe(code, took)
+	if o.verified != "" {
+		i.metrics.verification(o.platform, o.tcbStatus, o.verified)
+	}
 	if i.events != nil {
 		i.events.Publish(ev)
 	}
@@ -779,10 +791,18 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	}
 	now := i.cfg.Now()
 	o.task = body.Task
-	claims, err := i.cfg.Platform.Verify(req.Evidence)
+	claims, err := i.cfg.Verifier.Verify(req.Evidence)
 	if err != nil {
+		o.verified = "invalid"
+		if errors.Is(err, enclave.ErrCollateral) {
+			// Not the evidence's fault: the issuer's cache lacks what it
+			// needs, or holds it expired. The unit retries.
+			o.verified = "collateral"
+			return nil, messages.Refusal(messages.CodeCollateral, "%v", err)
+		}
 		return nil, messages.Refusal(messages.CodeEvidence, "%v", err)
 	}
+	o.verified, o.platform, o.tcbStatus = "verified", claims.Backend, claims.TCBStatus
 	o.measurement, o.simulated = claims.UniqueID, claims.Simulated
 	if claims.ReportData != messages.CertifyBinding(req.Body) {
 		return nil, messages.Refusal(messages.CodeBinding, "the evidence's report data does not bind this request")

@@ -317,7 +317,7 @@ func (i *Issuer) askPeer(ctx context.Context, keyID []byte, timeout time.Duratio
 	if err := messages.Decode(data, messages.MaxStateKeyReply, &rep); err != nil {
 		return nil, nil, 0, fmt.Errorf("the answer does not decode: %w", err)
 	}
-	claims, err := i.cfg.Platform.Verify(rep.Evidence)
+	claims, err := i.cfg.Verifier.Verify(rep.Evidence)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("the answering issuer's evidence: %w", err)
 	}
@@ -391,7 +391,7 @@ func (i *Issuer) decideGrant(data []byte, measurement *[]byte) ([]byte, *message
 		return nil, refusal
 	}
 	now := i.cfg.Now()
-	claims, err := i.cfg.Platform.Verify(req.Evidence)
+	claims, err := i.cfg.Verifier.Verify(req.Evidence)
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeEvidence, "%v", err)
 	}

@@ -1,17 +1,21 @@
 package issuer
 
 import (
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cohort-dev/cohort/enclave"
 )
 
 // metrics are the issuer's Prometheus metrics. A nil *metrics records
 // nothing. Labels are bounded: the outcome is "issued" or one of the refusal
 // codes; nothing is labelled per unit.
 type metrics struct {
-	certify *prometheus.CounterVec
-	latency prometheus.Histogram
+	certify  *prometheus.CounterVec
+	latency  prometheus.Histogram
+	verified *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -28,8 +32,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to decide a certify request, from decoding to the signed reply.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14),
 		}),
+		verified: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "cohort", Subsystem: "issuer", Name: "verifications_total",
+			Help: "Evidence verified in certify requests, by platform, TCB status and result (verified, invalid, collateral: missing or expired at the issuer).",
+		}, []string{"platform", "tcb_status", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.certify, m.latency} {
+	for _, c := range []prometheus.Collector{m.certify, m.latency, m.verified} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -43,4 +51,23 @@ func (m *metrics) observe(outcome string, took time.Duration) {
 	}
 	m.certify.WithLabelValues(outcome).Inc()
 	m.latency.Observe(took.Seconds())
+}
+
+// Bounded label values: what a verifier may say beyond these is "other".
+var (
+	platformLabels  = []string{enclave.PlatformSim, enclave.PlatformSGX, enclave.PlatformSNP, enclave.PlatformTDX}
+	tcbStatusLabels = append([]string{enclave.TCBUpToDate, enclave.TCBSimulated}, knownTCBStatuses...)
+)
+
+func (m *metrics) verification(platform, tcbStatus, result string) {
+	if m == nil {
+		return
+	}
+	if !slices.Contains(platformLabels, platform) {
+		platform = "other"
+	}
+	if !slices.Contains(tcbStatusLabels, tcbStatus) {
+		tcbStatus = "other"
+	}
+	m.verified.WithLabelValues(platform, tcbStatus, result).Inc()
 }
