@@ -62,6 +62,7 @@ Usage:
   cohort issuer --nats URL --data DIR [--policy GENESIS-FILE] [--recover] [--init]
   cohort policy keygen --out FILE | sign --key FILE --policy FILE | apply --policy FILE SIG... | show
   cohort recover --nats URL --creds FILE --key FILE... --root root.pem --issuer-measurement HEX
+  cohort collateral import --dir DIR FILE... | list --dir DIR [--at TIME]
   cohort unit --nats URL --creds FILE --task NAME --https ADDR --issuer-measurement HEX [--groups ID,...]
   cohort manager --nats URL (--issuer-measurement HEX | --root FILE)
   cohort status --nats URL [--json]
@@ -94,7 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"dev": cmdDev, "demo": cmdDemo, "measure": cmdMeasure, "trust": cmdTrust,
 		"issuer": cmdIssuer, "unit": cmdUnit, "bench": cmdBench,
 		"manager": cmdManager, "deploy": cmdDeploy, "faults": cmdFaults, "status": cmdStatus, "events": cmdEvents, "call": cmdCall,
-		"user": cmdUser, "policy": cmdPolicy, "recover": cmdRecover,
+		"user": cmdUser, "policy": cmdPolicy, "recover": cmdRecover, "collateral": cmdCollateral,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

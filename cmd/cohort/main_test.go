@@ -204,3 +204,34 @@ func waitFor(t *testing.T, b *syncBuffer, re *regexp.Regexp) string {
 	t.Fatalf("no %v in output: %q", re, b.String())
 	return ""
 }
+
+// cohort collateral imports the samples' collateral into a cache, lists it
+// with its expiry, and refuses what is not collateral.
+func TestCollateralCommands(t *testing.T) {
+	dir := t.TempDir()
+	s := "../../enclave/testdata/tee-samples/"
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"collateral", "import", "--dir", dir, s + "dcap-qvl/sgx_quote_collateral.json", s + "trustee/snp_test-vcek.der"}, &out, &errOut); code != 0 {
+		t.Fatalf("import: exit %d: %s", code, errOut.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"collateral", "list", "--dir", dir, "--at", "2025-06-20T00:00:00Z"}, &out, &errOut); code != 0 {
+		t.Fatalf("list: exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"intel  sgx", "FMSPC 00a067110000", "until 2025-07-19", "vcek   snp", "Milan chip"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("list does not say %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	run(context.Background(), []string{"collateral", "list", "--dir", dir}, &out, &errOut)
+	if !strings.Contains(out.String(), "EXPIRED 2025-07-19") {
+		t.Errorf("list now does not say the PCS collateral expired:\n%s", out.String())
+	}
+	if code := run(context.Background(), []string{"collateral", "import", "--dir", dir, "main.go"}, &out, &errOut); code != 1 {
+		t.Errorf("importing main.go: exit %d", code)
+	}
+	if code := run(context.Background(), []string{"collateral", "import", "--dir", dir}, &out, &errOut); code != 2 {
+		t.Errorf("importing nothing: exit %d", code)
+	}
+}
