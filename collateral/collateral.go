@@ -125,7 +125,9 @@ func (d *Dir) SGX(fmspc []byte, ca string) (*pcs.Collateral, error) {
 }
 
 // TDX is Intel for TDX, in the form enclave/tdx's Config takes.
-func (d *Dir) TDX(fmspc []byte) (*pcs.Collateral, error) { return d.Intel(enclave.PlatformTDX, fmspc, "") }
+func (d *Dir) TDX(fmspc []byte) (*pcs.Collateral, error) {
+	return d.Intel(enclave.PlatformTDX, fmspc, "")
+}
 
 // Endorsement returns the DER of the VCEK (signer "VCEK") of chipID at the
 // reported TCB, or of the VLEK (signer "VLEK") at that TCB, for a product
