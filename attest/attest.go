@@ -159,3 +159,56 @@ func (w Wrapping) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error
 	}
 	return Wrap(w.Platform, ev)
 }
+
+// Platform is a hardware platform as the issuer and units use one: its
+// attester, whose evidence travels in its envelope, a verifier of every
+// platform the deployment accepts, the measurement of the running code, and
+// a sealer where the platform has a seal key.
+type Platform struct {
+	Kind string // the platform: PlatformSGX, PlatformSNP or PlatformTDX
+	// Attester produces the platform's own evidence; Attest wraps it.
+	Attester enclave.Attester
+	Verifier enclave.Verifier
+	// Self is the running code's measurement, as the platform's evidence
+	// states it.
+	Self []byte
+	// Sealer seals to this machine and build; nil: the platform has none
+	// here, and Seal refuses (an issuer then obtains its state key from a
+	// peer or by recovery at each start).
+	Sealer enclave.Sealer
+}
+
+var _ enclave.Platform = (*Platform)(nil)
+
+// Name implements enclave.Platform.
+func (p *Platform) Name() string { return p.Kind }
+
+// Simulated implements enclave.Platform: hardware is not.
+func (p *Platform) Simulated() bool { return false }
+
+// Measurement implements enclave.Platform.
+func (p *Platform) Measurement() []byte { return append([]byte(nil), p.Self...) }
+
+// Attest implements enclave.Attester.
+func (p *Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	return Wrapping{Platform: p.Kind, Attester: p.Attester}.Attest(reportData)
+}
+
+// Verify implements enclave.Verifier.
+func (p *Platform) Verify(evidence []byte) (enclave.Claims, error) { return p.Verifier.Verify(evidence) }
+
+// Seal implements enclave.Sealer.
+func (p *Platform) Seal(plaintext, additionalData []byte) ([]byte, error) {
+	if p.Sealer == nil {
+		return nil, fmt.Errorf("%w: the %s platform offers cohort no seal key", enclave.ErrNoSealKey, p.Kind)
+	}
+	return p.Sealer.Seal(plaintext, additionalData)
+}
+
+// Unseal implements enclave.Sealer.
+func (p *Platform) Unseal(sealed, additionalData []byte) ([]byte, error) {
+	if p.Sealer == nil {
+		return nil, fmt.Errorf("%w: the %s platform offers cohort no seal key", enclave.ErrNoSealKey, p.Kind)
+	}
+	return p.Sealer.Unseal(sealed, additionalData)
+}
