@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/enclave/snp"
 	"github.com/cohort-dev/cohort/messages"
 )
 
@@ -194,7 +195,7 @@ type TDXSettings struct {
 // TCB statuses that a task may accept besides UpToDate.
 var knownTCBStatuses = []string{
 	"SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
-	"OutOfDate", "OutOfDateConfigurationNeeded", "Provisional",
+	"OutOfDate", "OutOfDateConfigurationNeeded", snp.TCBProvisional, snp.TCBReportedBelowCurrent,
 }
 
 // ParsePolicy parses and checks a YAML policy. Unknown fields are errors.
@@ -506,23 +507,16 @@ func (t *TaskPolicy) acceptPlatform(c enclave.Claims) *messages.Error {
 func (t *TaskPolicy) acceptSettings(c enclave.Claims) *messages.Error {
 	switch {
 	case c.Backend == enclave.PlatformSNP && c.SNP != nil:
-		s, r := t.SNP, c.SNP.ReportedTCB
-		for _, f := range []struct {
-			name      string
-			got, want uint8
-		}{{"boot loader", r.BootLoader, s.MinTCB.BootLoader}, {"TEE", r.TEE, s.MinTCB.TEE}, {"SNP firmware", r.SNP, s.MinTCB.SNP}, {"microcode", r.Microcode, s.MinTCB.Microcode}, {"FMC", r.FMC, s.MinTCB.FMC}} {
-			if f.got < f.want {
-				return messages.Refusal(messages.CodeTCB, "the reported TCB's %s is %d, below task %q's minimum %d", f.name, f.got, t.Name, f.want)
-			}
+		// The measurement and debug were judged already; the guest's
+		// settings are judged as package snp defines them.
+		s := t.SNP
+		req := snp.Requirements{
+			Measurements: [][]byte{c.UniqueID}, AllowDebug: true, AllowSMT: s.AllowSMT, MaxVMPL: s.MaxVMPL, HostData: t.hostData,
+			AllowProvisional: slices.Contains(t.TCBStatuses, snp.TCBProvisional),
+			MinTCB:           enclave.SNPTCB{BootLoader: s.MinTCB.BootLoader, TEE: s.MinTCB.TEE, SNP: s.MinTCB.SNP, Microcode: s.MinTCB.Microcode, FMC: s.MinTCB.FMC},
 		}
-		if c.SNP.SMT && !s.AllowSMT {
-			return messages.Refusal(messages.CodeTCB, "the host runs with SMT enabled and task %q does not allow it (snp.allow_smt)", t.Name)
-		}
-		if c.SNP.VMPL > s.MaxVMPL {
-			return messages.Refusal(messages.CodeTCB, "the report comes from VMPL %d and task %q accepts at most VMPL %d (snp.max_vmpl)", c.SNP.VMPL, t.Name, s.MaxVMPL)
-		}
-		if t.hostData != nil && !bytes.Equal(t.hostData, c.SNP.HostData) {
-			return messages.Refusal(messages.CodeTCB, "the guest's HOST_DATA %x is not task %q's %x", c.SNP.HostData, t.Name, t.hostData)
+		if err := req.Check(c); err != nil {
+			return messages.Refusal(messages.CodeTCB, "task %q: %v (policy keys snp.min_tcb, allow_smt, max_vmpl, host_data; tcb_statuses: [Provisional])", t.Name, err)
 		}
 	case c.Backend == enclave.PlatformTDX && c.TDX != nil && t.minTEETCBSVN != nil:
 		got := c.TDX.TEETCBSVN
