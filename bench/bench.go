@@ -20,8 +20,12 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/attest"
 	"github.com/cohort-dev/cohort/embednats"
+	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/enclave/snp"
+	"github.com/cohort-dev/cohort/enclave/snp/snptest"
 	"github.com/cohort-dev/cohort/issuer"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/messages"
@@ -65,6 +69,14 @@ type CertifyResult struct {
 	TwoReplicasP99Ms float64    `json:"two_replicas_p99_ms"`
 	TwoReplicasRatio float64    `json:"two_replicas_ratio"`
 	OneReplicaPhases [2]float64 `json:"one_replica_phases_per_s"`
+	// The same round trips over NATS with one issuer, the units' evidence
+	// from a fake SEV-SNP signer (go-sev-guest's test signer, under roots
+	// only this benchmark trusts): the issuer verifies a real report format,
+	// its VCEK chain (cached) and its signature.
+	SNPPerS  float64 `json:"snp_rate_per_s"`
+	SNPP50Ms float64 `json:"snp_p50_ms"`
+	SNPP99Ms float64 `json:"snp_p99_ms"`
+	SNPRatio float64 `json:"snp_ratio"`
 }
 
 // Certify runs full certify round trips against an embedded issuer: the
@@ -100,7 +112,18 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 		return nil, err
 	}
 	defer srv.Close()
-	iss, stopIssuer, err := startIssuer(ctx, srv, groups)
+	// Fake SEV-SNP hardware beside the simulated platform: a test signer
+	// whose AMD roots only this benchmark's issuer trusts.
+	fake, err := snptest.New(snptest.Options{})
+	if err != nil {
+		return nil, err
+	}
+	snpV, err := snp.New(fake.Config())
+	if err != nil {
+		return nil, err
+	}
+	verifier := attest.New(attest.Config{Simulated: sim.Verifier(), SNP: snpV})
+	iss, stopIssuer, err := startIssuer(ctx, srv, groups, verifier, snptest.DefaultMeasurement)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +137,7 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	var certifiers []*issuerclient.Certifier
+	var certifiers, snpCertifiers []*issuerclient.Certifier
 	for range cfg.Conns {
 		nc, err := srv.Connect()
 		if err != nil {
@@ -131,11 +154,20 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 			return nil, err
 		}
 		certifiers = append(certifiers, c)
+		s, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: client, Trust: trust, KEM: cfg.KEM, Groups: groups,
+			Attester: &attest.Platform{Kind: enclave.PlatformSNP, Attester: fake.Attester(), Verifier: verifier, Self: snptest.DefaultMeasurement}})
+		if err != nil {
+			return nil, err
+		}
+		snpCertifiers = append(snpCertifiers, s)
 	}
 	// Warm up: one round trip per connection, outside the measurement.
-	for _, c := range certifiers {
+	for i, c := range certifiers {
 		if _, err := c.Certify(ctx, "bench"); err != nil {
 			return nil, fmt.Errorf("bench: warm-up round trip: %w", err)
+		}
+		if _, err := snpCertifiers[i].Certify(ctx, "bench-snp"); err != nil {
+			return nil, fmt.Errorf("bench: warm-up round trip with SEV-SNP evidence: %w", err)
 		}
 	}
 
@@ -159,6 +191,10 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 	two := overNATS()
 	stopSecond()
 	after := overNATS()
+	withSNP := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
+		_, err := snpCertifiers[w%len(snpCertifiers)].Certify(ctx, "bench-snp")
+		return err
+	})
 	inProcess := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
 		p, req, err := certifiers[w%len(certifiers)].Prepare("bench")
 		if err != nil {
@@ -182,7 +218,10 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 		CryptoCeilingPerS:  inProcess.rate(),
 		CeilingP50Ms:       inProcess.percentile(0.50),
 		RoundTrips:         len(one.latencies),
-		Errors:             one.errors + two.errors + inProcess.errors,
+		Errors:             one.errors + two.errors + inProcess.errors + withSNP.errors,
+		SNPPerS:            withSNP.rate(),
+		SNPP50Ms:           withSNP.percentile(0.50),
+		SNPP99Ms:           withSNP.percentile(0.99),
 		DurationS:          one.elapsed.Seconds(),
 		TwoReplicasPerS:    two.rate(),
 		TwoReplicasP50Ms:   two.percentile(0.50),
@@ -199,7 +238,10 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 	if res.RatePerS > 0 {
 		res.TwoReplicasRatio = res.TwoReplicasPerS / res.RatePerS
 	}
-	for _, p := range []*phase{one, two, inProcess} {
+	if res.RatePerS > 0 {
+		res.SNPRatio = res.SNPPerS / res.RatePerS
+	}
+	for _, p := range []*phase{one, two, inProcess, withSNP} {
 		if p.firstErr != nil {
 			res.FirstError = p.firstErr.Error()
 			break
@@ -224,9 +266,10 @@ func (r *CertifyResult) print(w io.Writer, asJSON bool) error {
   over NATS (TCP loopback)   %8.0f round trips/s   p50 %.2f ms   p99 %.2f ms   (%d in %.1fs, %d errors; one issuer: phases %.0f and %.0f/s)
   two issuer replicas        %8.0f round trips/s   p50 %.2f ms   p99 %.2f ms   (%.2f× one; the second obtained the state key from the first)
   ceiling without NATS       %8.0f round trips/s   p50 %.2f ms   (same work, issuer called in process)
+  SEV-SNP evidence (fake)    %8.0f round trips/s   p50 %.2f ms   p99 %.2f ms   (%.2f× simulated; a test signer signs each report here, the issuer verifies it as a real one)
 `, r.Groups, r.Concurrency, r.GOMAXPROCS, r.KEM, "simulated", r.RatePerS, r.P50Ms, r.P99Ms, r.RoundTrips, r.DurationS, r.Errors,
 		r.OneReplicaPhases[0], r.OneReplicaPhases[1], r.TwoReplicasPerS, r.TwoReplicasP50Ms, r.TwoReplicasP99Ms, r.TwoReplicasRatio,
-		r.CryptoCeilingPerS, r.CeilingP50Ms)
+		r.CryptoCeilingPerS, r.CeilingP50Ms, r.SNPPerS, r.SNPP50Ms, r.SNPP99Ms, r.SNPRatio)
 	return err
 }
 
@@ -242,7 +285,9 @@ func kemName(id uint16) string {
 
 // startIssuer runs an issuer for the bench task on its own connection. Each
 // of groups joins the bench task and a second task, bench-peer.
-func startIssuer(ctx context.Context, srv *embednats.Server, groups []string) (*issuer.Issuer, func(), error) {
+// A task bench-snp accepts units of the SEV-SNP measurement snpMeasurement,
+// whose evidence verifier checks.
+func startIssuer(ctx context.Context, srv *embednats.Server, groups []string, verifier enclave.Verifier, snpMeasurement []byte) (*issuer.Issuer, func(), error) {
 	m, err := sim.MeasurementHex(sim.UnitIdentity("bench"))
 	if err != nil {
 		return nil, nil, err
@@ -252,14 +297,14 @@ func startIssuer(ctx context.Context, srv *embednats.Server, groups []string) (*
 		return nil, nil, err
 	}
 	y := fmt.Appendf(nil, "version: 1\naccept_simulated: true\ntasks:\n  - name: bench\n    measurements: [%s]\n    dns_names: [localhost]\n"+
-		"  - name: bench-peer\n    measurements: [%s]\n", m, peer)
+		"  - name: bench-peer\n    measurements: [%s]\n  - name: bench-snp\n    platform: snp\n    measurements: [%x]\n    dns_names: [localhost]\n", m, peer, snpMeasurement)
 	if len(groups) > 0 {
 		y = append(y, "groups:\n"...)
 		for _, g := range groups {
-			y = fmt.Appendf(y, "  - id: %s\n    tasks: [bench, bench-peer]\n", g)
+			y = fmt.Appendf(y, "  - id: %s\n    tasks: [bench, bench-peer, bench-snp]\n", g)
 		}
 	}
-	return startIssuerWith(ctx, srv, y)
+	return startIssuerVerified(ctx, func(access.Key) (*nats.Conn, error) { return srv.Connect() }, y, 1, 0, verifier)
 }
 
 // startIssuerWith runs an issuer with the given policy on its own connection.
@@ -282,6 +327,12 @@ func startIssuerReplicated(ctx context.Context, connect func(access.Key) (*nats.
 // startIssuerOn runs an issuer on simulated machine number machine; without
 // a policy it joins the state another issuer made.
 func startIssuerOn(ctx context.Context, connect func(access.Key) (*nats.Conn, error), policyYAML []byte, replicas int, machine byte) (*issuer.Issuer, func(), error) {
+	return startIssuerVerified(ctx, connect, policyYAML, replicas, machine, nil)
+}
+
+// startIssuerVerified is startIssuerOn with the verifier of units' evidence;
+// nil: the simulated platform's.
+func startIssuerVerified(ctx context.Context, connect func(access.Key) (*nats.Conn, error), policyYAML []byte, replicas int, machine byte, verifier enclave.Verifier) (*issuer.Issuer, func(), error) {
 	var policy *issuer.Policy
 	if policyYAML != nil {
 		var err error
@@ -304,7 +355,7 @@ func startIssuerOn(ctx context.Context, connect func(access.Key) (*nats.Conn, er
 		nc.Close()
 		return nil, nil, err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Policy: policy, Queue: 4096, Replicas: replicas})
+	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Verifier: verifier, Policy: policy, Queue: 4096, Replicas: replicas})
 	if err != nil {
 		nc.Close()
 		serve.Close()

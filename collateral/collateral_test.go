@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cohort-dev/cohort/enclave"
 )
 
@@ -129,4 +131,36 @@ func FuzzInspect(f *testing.F) {
 			t.Fatalf("entry %+v", e)
 		}
 	})
+}
+
+func TestCollector(t *testing.T) {
+	d, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Import(sample(t, "dcap-qvl/sgx_quote_collateral.json")); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 7, 19, 0, 0, 0, 0, time.UTC)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(d.Collector(func() time.Time { return at }))
+	got, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string]float64{}
+	for _, f := range got {
+		for _, m := range f.GetMetric() {
+			values[f.GetName()] = m.GetGauge().GetValue()
+		}
+	}
+	if v := values["cohort_collateral_expires_in_seconds"]; v <= 0 || v > 24*3600 {
+		t.Errorf("expires in %v s at %v, want within the day", v, at)
+	}
+	if v := values["cohort_collateral_age_seconds"]; v < 29*24*3600 {
+		t.Errorf("age %v s", v)
+	}
+	if v, ok := values["cohort_collateral_unreadable_files"]; !ok || v != 0 {
+		t.Errorf("unreadable %v %v", v, ok)
+	}
 }

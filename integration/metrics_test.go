@@ -92,4 +92,8 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	if got := metric(t, issuerReg, "cohort_issuer_certify_seconds", nil); got != 3 {
 		t.Errorf("certify latency samples: %v, want 3", got)
 	}
+	// All three verified, as simulated evidence, before the policy judged them.
+	if got := metric(t, issuerReg, "cohort_issuer_verifications_total", map[string]string{"platform": "sim", "tcb_status": "Simulated", "result": "verified"}); got != 3 {
+		t.Errorf("verifications of simulated evidence: %v, want 3", got)
+	}
 }

@@ -1,0 +1,115 @@
+package integration
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cohort-dev/cohort/attest"
+	"github.com/cohort-dev/cohort/client"
+	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/enclave/sim"
+	"github.com/cohort-dev/cohort/enclave/snp"
+	"github.com/cohort-dev/cohort/enclave/snp/snptest"
+	"github.com/cohort-dev/cohort/issuer"
+	"github.com/cohort-dev/cohort/issuerclient"
+	"github.com/cohort-dev/cohort/manager"
+	"github.com/cohort-dev/cohort/messages"
+)
+
+// Units in (fake) SEV-SNP guests: an issuer whose verifier trusts the fake's
+// AMD roots certifies them for an snp task, they join and serve a cluster
+// channel; the same evidence is refused for a task on another platform, and
+// by a verifier with AMD's real roots.
+func TestSNPUnitsServeACluster(t *testing.T) {
+	fake, err := snptest.New(snptest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snpV, err := snp.New(fake.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := attest.New(attest.Config{Simulated: sim.Verifier(), SNP: snpV})
+	policy := parsePolicy(t, fmt.Appendf(nil, `version: 1
+accept_simulated: true
+tasks:
+  - name: vm
+    platform: snp
+    measurements: [%x]
+    dns_names: [localhost]
+    ip_addresses: [127.0.0.1]
+  - name: demo
+    measurements: [%x]
+clusters:
+  - id: c1
+    task: vm
+`, snptest.DefaultMeasurement, measure(t, sim.UnitIdentity("demo"))))
+
+	srv := startNATS(t, t.TempDir())
+	nc := connect(t, srv)
+	m := newMachine(t)
+	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: m.platform(t), Verifier: v, Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilReady(t, iss.Run, iss.Ready())
+	mgr := startManager(t, connect(t, srv), iss.Root(), heartbeat)
+
+	platform := func() *attest.Platform {
+		return &attest.Platform{Kind: enclave.PlatformSNP, Attester: fake.Attester(), Verifier: v, Self: snptest.DefaultMeasurement}
+	}
+	for i := range 2 {
+		cfg := unitConfig(t, connect(t, srv), "vm", sim.UnitIdentity("vm")) // its Platform is replaced below
+		cfg.Platform, cfg.Name, cfg.Cluster = platform(), fmt.Sprintf("vm%d", i), "c1"
+		startUnit(t, cfg)
+	}
+	eventually(t, "two snp members active", func() bool { return mgr.Table().Counts(time.Now())[manager.Active] == 2 })
+	for _, mem := range mgr.Table().Snapshot(time.Now()) {
+		if hex.EncodeToString(mem.Member.Measurement) != hex.EncodeToString(snptest.DefaultMeasurement) {
+			t.Errorf("member %s joined with measurement %x", mem.Member.Unit, mem.Member.Measurement)
+		}
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(iss.Root())
+	s, err := client.Dial(context.Background(), client.Config{Conn: connect(t, srv), User: "alice", Cluster: "c1", Task: "vm", Roots: roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if _, err := s.Call(context.Background(), []byte("hello from a confidential VM")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The same evidence for a task that runs on SGX (or simulated): refused.
+	ic := issuerclient.Config{Conn: nc, Verifier: v, IssuerMeasurement: measure(t, sim.IssuerIdentity), AllowSimulated: true}
+	trust, err := issuerclient.VerifyIssuer(context.Background(), ic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: ic, Trust: trust, Attester: platform()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Certify(context.Background(), "demo"); !errors.Is(err, messages.ErrPlatform) {
+		t.Fatalf("snp evidence for an sgx task: %v, want %s", err, messages.CodePlatform)
+	}
+
+	// AMD's real roots do not take the fake's evidence.
+	ev, err := fake.Attester().Attest(enclave.Bind("test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	amd, err := snp.New(snp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := amd.Verify(ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
+		t.Fatalf("the fake's evidence under AMD's roots: %v", err)
+	}
+}
