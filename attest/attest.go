@@ -195,7 +195,9 @@ func (p *Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, erro
 }
 
 // Verify implements enclave.Verifier.
-func (p *Platform) Verify(evidence []byte) (enclave.Claims, error) { return p.Verifier.Verify(evidence) }
+func (p *Platform) Verify(evidence []byte) (enclave.Claims, error) {
+	return p.Verifier.Verify(evidence)
+}
 
 // Seal implements enclave.Sealer.
 func (p *Platform) Seal(plaintext, additionalData []byte) ([]byte, error) {

@@ -36,6 +36,7 @@ import (
 	"github.com/cohort-dev/cohort/adminkey"
 	"github.com/cohort-dev/cohort/bench"
 	"github.com/cohort-dev/cohort/client"
+	"github.com/cohort-dev/cohort/collateral"
 	"github.com/cohort-dev/cohort/deploy"
 	"github.com/cohort-dev/cohort/dev"
 	"github.com/cohort-dev/cohort/enclave"
@@ -62,6 +63,7 @@ Usage:
   cohort issuer --nats URL --data DIR [--policy GENESIS-FILE] [--recover] [--init]
   cohort policy keygen --out FILE | sign --key FILE --policy FILE | apply --policy FILE SIG... | show
   cohort recover --nats URL --creds FILE --key FILE... --root root.pem --issuer-measurement HEX
+  cohort evidence inspect [--collateral DIR] [--at TIME] [--json] FILE
   cohort collateral import --dir DIR FILE... | list --dir DIR [--at TIME]
   cohort unit --nats URL --creds FILE --task NAME --https ADDR --issuer-measurement HEX [--groups ID,...]
   cohort manager --nats URL (--issuer-measurement HEX | --root FILE)
@@ -96,6 +98,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"issuer": cmdIssuer, "unit": cmdUnit, "bench": cmdBench,
 		"manager": cmdManager, "deploy": cmdDeploy, "faults": cmdFaults, "status": cmdStatus, "events": cmdEvents, "call": cmdCall,
 		"user": cmdUser, "policy": cmdPolicy, "recover": cmdRecover, "collateral": cmdCollateral,
+		"evidence": cmdEvidence,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -268,7 +271,7 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer nc.Close()
 	trust, err := issuerclient.VerifyIssuer(ctx, issuerclient.Config{
-		Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, PolicyHash: ph, Timeout: *timeout,
+		Conn: nc, Verifier: clientVerifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, PolicyHash: ph, Timeout: *timeout,
 	})
 	if err != nil {
 		return err
@@ -290,7 +293,8 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	nf := addNATSFlags(fs, stderr)
 	policyPath := fs.String("policy", "", "the genesis policy, YAML: required for a new state; afterwards the state keeps the policy in force, changed only by 'cohort policy apply'")
 	data := fs.String("data", "", "data folder: this machine's sealed key cache (and, simulated, its CPU's seal secret)")
-	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
+	backend := fs.String("backend", "sim", "enclave backend: "+backends)
+	collateralDir := fs.String("collateral", os.Getenv("COHORT_COLLATERAL"), "the collateral cache (VCEK/VLEK certificates, Intel PCS collateral) for verifying units on hardware; see 'cohort collateral' (env COHORT_COLLATERAL)")
 	replicas := fs.Int("replicas", 1, "JetStream replicas of the issuer's state")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9101")
 	initState := fs.Bool("init", false, "make a new state key and a NEW ROOT even where a state exists: every user must trust again")
@@ -313,7 +317,13 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		}
 	}
-	platform, err := issuerPlatform(*backend, *data)
+	// Simulated units are verified, and accepted only where the policy
+	// says so.
+	v, err := verifier(*collateralDir)
+	if err != nil {
+		return err
+	}
+	platform, err := issuerPlatform(*backend, *data, v)
 	if err != nil {
 		return err
 	}
@@ -328,7 +338,16 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: platform, Policy: policy, Replicas: *replicas, Metrics: reg, Logger: log,
+	if reg != nil && *collateralDir != "" {
+		d, err := collateral.Open(*collateralDir)
+		if err != nil {
+			return err
+		}
+		if err := reg.Register(d.Collector(nil)); err != nil {
+			return err
+		}
+	}
+	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: platform, Verifier: v, Policy: policy, Replicas: *replicas, Metrics: reg, Logger: log,
 		Init: *initState, AwaitRecovery: *awaitRecovery, Instance: *instance, KeyCache: issuer.FileKeyCache(filepath.Join(*data, issuer.KeyCacheFile))})
 	if err != nil {
 		return err
@@ -351,7 +370,7 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.Var(&sessionsMax, "sessions-max-bytes", "the bound of the cluster's session records, if this unit makes their stream; JetStream reserves it (e.g. 256MiB)")
 	fs.Var(&callsMax, "calls-max-bytes", "the bound of the cluster's call claims, if this unit makes their stream; JetStream reserves it (e.g. 2GiB)")
 	sideEffectFree := fs.Bool("side-effect-free", false, "the task's calls change nothing but their answers: a call whose unit died may run again elsewhere")
-	backend := fs.String("backend", "sim", "enclave backend: sim, or sgx in a build with -tags ego")
+	backend := fs.String("backend", "sim", "enclave backend: "+backends)
 	allowSim := fs.Bool("allow-simulated-issuer", true, "accept an issuer on simulated attestation")
 	policyHash := fs.String("policy-hash", "", "optional: the SHA-256 of the policy the issuer must serve, hex")
 	lv := logLevel(fs)
@@ -369,7 +388,11 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	platform, err := unitPlatform(*backend, *task)
+	v, err := verifier(os.Getenv("COHORT_COLLATERAL"))
+	if err != nil {
+		return err
+	}
+	platform, err := unitPlatform(*backend, *task, v)
 	if err != nil {
 		return err
 	}
@@ -461,30 +484,6 @@ func measurement(s string) ([]byte, error) {
 	return m, nil
 }
 
-func issuerPlatform(backend, dataDir string) (enclave.Platform, error) {
-	switch backend {
-	case "sim":
-		secret, err := sim.LoadOrCreateSealSecret(filepath.Join(dataDir, sim.SealSecretFile))
-		if err != nil {
-			return nil, err
-		}
-		return sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
-	case "sgx":
-		return sgxPlatform()
-	}
-	return nil, fmt.Errorf("%w: --backend %q: want sim or sgx", errUsage, backend)
-}
-
-func unitPlatform(backend, task string) (unit.Platform, error) {
-	switch backend {
-	case "sim":
-		return sim.New(sim.Config{Identity: sim.UnitIdentity(task)})
-	case "sgx":
-		return sgxPlatform()
-	}
-	return nil, fmt.Errorf("%w: --backend %q: want sim or sgx", errUsage, backend)
-}
-
 func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flags("manager", stderr)
 	nf := addNATSFlags(fs, stderr)
@@ -517,7 +516,7 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if root, err = awaitIssuer(ctx, issuerclient.Config{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: true}, newLogger(stderr, lv)); err != nil {
+		if root, err = awaitIssuer(ctx, issuerclient.Config{Conn: nc, Verifier: clientVerifier(), IssuerMeasurement: m, AllowSimulated: true}, newLogger(stderr, lv)); err != nil {
 			return err
 		}
 	}

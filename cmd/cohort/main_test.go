@@ -235,3 +235,78 @@ func TestCollateralCommands(t *testing.T) {
 		t.Errorf("importing nothing: exit %d", code)
 	}
 }
+
+// cohort evidence inspect verifies real evidence offline and prints its
+// claims and the policy lines that accept it; evidence that does not verify
+// (collateral expired, a changed byte) fails with the reason.
+func TestEvidenceInspect(t *testing.T) {
+	s := "../../enclave/testdata/tee-samples/"
+	dir := t.TempDir()
+	inspect := func(args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), append([]string{"evidence", "inspect"}, args...), &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	if code, out := inspect("--endorsement", s+"trustee/snp_test-vcek.der", s+"trustee/snp_test-report.bin"); code != 0 ||
+		!strings.Contains(out, "platform: snp") || !strings.Contains(out, "a1f3930413247bb38cfc171579ea3c12d5fe4901f0c792f63fd75d98f1ef827c23500644e0e692e6be917f9050d3d38c") ||
+		!strings.Contains(out, "tcb_statuses: [Provisional]") {
+		t.Fatalf("snp: exit %d:\n%s", code, out)
+	}
+	if code, out := inspect(s + "trustee/snp_test-report.bin"); code != 1 || !strings.Contains(out, "VCEK") {
+		t.Fatalf("snp without its VCEK: exit %d:\n%s", code, out)
+	}
+	if code, out := inspect(s + "trustee/tdx_quote_4.dat"); code != 0 || !strings.Contains(out, "platform: tdx") || !strings.Contains(out, "NotEvaluated") {
+		t.Fatalf("tdx v4: exit %d:\n%s", code, out)
+	}
+	if code, out := inspect("--json", s+"trustee/tdx_quote_5.dat"); code != 0 || !strings.Contains(out, `"QuoteVersion": 5`) {
+		t.Fatalf("tdx v5 as JSON: exit %d:\n%s", code, out)
+	}
+	if code, out := run2(t, "collateral", "import", "--dir", dir, s+"dcap-qvl/sgx_quote_collateral.json"); code != 0 {
+		t.Fatal(out)
+	}
+	if code, out := inspect("--collateral", dir, "--at", "2025-06-20T00:00:00Z", s+"dcap-qvl/sgx_quote"); code != 0 || !strings.Contains(out, "ConfigurationAndSWHardeningNeeded") || !strings.Contains(out, "platform: sgx") {
+		t.Fatalf("sgx at 2025-06-20: exit %d:\n%s", code, out)
+	}
+	if code, out := inspect("--collateral", dir, s+"dcap-qvl/sgx_quote"); code != 1 || !strings.Contains(out, "expired") {
+		t.Fatalf("sgx now: exit %d:\n%s", code, out)
+	}
+	bad := filepath.Join(t.TempDir(), "changed.dat")
+	q, _ := os.ReadFile(s + "trustee/tdx_quote_4.dat")
+	q[600] ^= 1
+	os.WriteFile(bad, q, 0o644)
+	if code, out := inspect(bad); code != 1 || !strings.Contains(out, "does not verify") {
+		t.Fatalf("a changed byte: exit %d:\n%s", code, out)
+	}
+	if code, _ := inspect(); code != 2 {
+		t.Fatalf("no file: exit %d", code)
+	}
+}
+
+func run2(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	var out bytes.Buffer
+	code := run(context.Background(), args, &out, &out)
+	return code, out.String()
+}
+
+// The README's inspection command, as written, from the repository's root.
+func TestReadmeEvidenceInspect(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for l := range strings.Lines(string(readme)) {
+		if strings.HasPrefix(l, "cohort evidence inspect ") {
+			line = strings.TrimSpace(l)
+		}
+	}
+	if line == "" {
+		t.Fatal("the README shows no cohort evidence inspect command")
+	}
+	t.Chdir("../..")
+	code, out := run2(t, strings.Fields(line)[1:]...)
+	if code != 0 || !strings.Contains(out, "platform: snp") {
+		t.Fatalf("%s: exit %d:\n%s", line, code, out)
+	}
+}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/adminkey"
-	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/issuer"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/messages"
@@ -177,7 +176,7 @@ func cmdPolicyShow(ctx context.Context, args []string, stdout, stderr io.Writer)
 		if err != nil {
 			return err
 		}
-		trust, err := issuerclient.VerifyIssuer(ctx, issuerclient.Config{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, Timeout: *timeout})
+		trust, err := issuerclient.VerifyIssuer(ctx, issuerclient.Config{Conn: nc, Verifier: clientVerifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, Timeout: *timeout})
 		if err != nil {
 			return err
 		}
@@ -265,7 +264,7 @@ func cmdRecover(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		ack, err := issuerclient.Recover(ctx, issuerclient.RecoverConfig{Conn: nc, Verifier: sim.Verifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, Key: k, Root: root, Timeout: *timeout})
+		ack, err := issuerclient.Recover(ctx, issuerclient.RecoverConfig{Conn: nc, Verifier: clientVerifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, Key: k, Root: root, Timeout: *timeout})
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
