@@ -12,9 +12,12 @@ import (
 	"github.com/cohort-dev/cohort/attest"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/enclave"
+	"github.com/cohort-dev/cohort/enclave/pcs"
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/enclave/snp"
 	"github.com/cohort-dev/cohort/enclave/snp/snptest"
+	"github.com/cohort-dev/cohort/enclave/tdx"
+	"github.com/cohort-dev/cohort/enclave/tdx/tdxtest"
 	"github.com/cohort-dev/cohort/issuer"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/manager"
@@ -112,4 +115,90 @@ clusters:
 	if _, err := amd.Verify(ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
 		t.Fatalf("the fake's evidence under AMD's roots: %v", err)
 	}
+}
+
+// Units in (fake) TDX guests, beside units on simulated platforms, behind
+// one issuer: certified for a tdx task with the fake's collateral (TCB up to
+// date), joined and serving; without collateral their TCB is not evaluated
+// and the policy refuses them; the fake is refused under Intel's real root.
+func TestTDXUnitsServeACluster(t *testing.T) {
+	signer, err := tdxtest.New(tdxtest.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := signer.Collateral(tdxtest.CollateralConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tdxV, err := tdx.New(tdx.Config{Root: signer.Root(), Collateral: func([]byte) (*pcs.Collateral, error) { return coll, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := attest.New(attest.Config{Simulated: sim.Verifier(), TDX: tdxV})
+	policy := parsePolicy(t, fmt.Appendf(nil, `version: 1
+accept_simulated: true
+tasks:
+  - name: td
+    platform: tdx
+    measurements: [%x]
+    dns_names: [localhost]
+    ip_addresses: [127.0.0.1]
+clusters:
+  - id: t1
+    task: td
+`, tdxtest.DefaultMRTD))
+	srv := startNATS(t, t.TempDir())
+	nc := connect(t, srv)
+	m := newMachine(t)
+	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: m.platform(t), Verifier: v, Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilReady(t, iss.Run, iss.Ready())
+	mgr := startManager(t, connect(t, srv), iss.Root(), heartbeat)
+	attester, err := tdx.NewAttester(tdx.AttesterConfig{Client: signer.ConfigFS(tdxtest.DefaultTD())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	platform := &attest.Platform{Kind: enclave.PlatformTDX, Attester: attester, Verifier: v, Self: tdxtest.DefaultMRTD[:]}
+	for i := range 2 {
+		cfg := unitConfig(t, connect(t, srv), "td", sim.UnitIdentity("td")) // its Platform is replaced below
+		cfg.Platform, cfg.Name, cfg.Cluster = platform, fmt.Sprintf("td%d", i), "t1"
+		startUnit(t, cfg)
+	}
+	eventually(t, "two tdx members active", func() bool { return mgr.Table().Counts(time.Now())[manager.Active] == 2 })
+	roots := x509.NewCertPool()
+	roots.AddCert(iss.Root())
+	s, err := client.Dial(context.Background(), client.Config{Conn: connect(t, srv), User: "alice", Cluster: "t1", Task: "td", Roots: roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Call(context.Background(), []byte("hello from a trust domain")); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without collateral the same evidence verifies, its TCB unevaluated:
+	// an issuer refuses it.
+	bare, err := tdx.New(tdx.Config{Root: signer.Root()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := platform.Attest(enclave.Bind("test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := attest.New(attest.Config{TDX: bare}).Verify(ev)
+	if err != nil || c.TCBStatus != tdx.TCBNotEvaluated {
+		t.Fatalf("without collateral: %q, %v", c.TCBStatus, err)
+	}
+	if _, err := attest.New(attest.Config{TDX: must(tdx.New(tdx.Config{}))}).Verify(ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
+		t.Fatalf("the fake under Intel's root: %v", err)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
