@@ -103,6 +103,35 @@ clusters:
 		t.Fatalf("snp evidence for an sgx task: %v, want %s", err, messages.CodePlatform)
 	}
 
+	// Real SNP evidence bound to another request: refused for its binding.
+	snpC, err := issuerclient.NewCertifier(issuerclient.CertifierConfig{Client: ic, Trust: trust, Attester: platform()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, first, err := snpC.Prepare("vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, second, err := snpC.Prepare("vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b messages.CertifyRequest
+	if err := messages.Decode(first, messages.MaxCertifyRequest, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := messages.Decode(second, messages.MaxCertifyRequest, &b); err != nil {
+		t.Fatal(err)
+	}
+	a.Evidence = b.Evidence
+	swapped, err := messages.Marshal(&a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := iss.Certify(context.Background(), swapped); !errors.Is(err, messages.ErrBinding) {
+		t.Fatalf("snp evidence of another request: %v, want %s", err, messages.CodeBinding)
+	}
+
 	// AMD's real roots do not take the fake's evidence.
 	ev, err := fake.Attester().Attest(enclave.Bind("test"))
 	if err != nil {
