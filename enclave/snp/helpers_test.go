@@ -21,6 +21,11 @@ const samples = "../testdata/tee-samples/trustee"
 // (2024-12-10 to 2025-12-10).
 var vlekTime = time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
 
+// sampleTime is when the samples' README says the VCEK samples verify
+// ("now" when they were taken in): a fixed time, so that the tests do not
+// begin to fail when the VCEKs expire (2029-09-24 and 2030-01-24).
+var sampleTime = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+
 type sample struct {
 	name          string
 	report, cert  []byte
@@ -45,6 +50,7 @@ func trusteeVCEK(t testing.TB) sample {
 		name:          "trustee VCEK",
 		report:        readSample(t, "snp_test-report.bin"),
 		cert:          readSample(t, "snp_test-vcek.der"),
+		now:           sampleTime,
 		measurement:   "a1f3930413247bb38cfc171579ea3c12d5fe4901f0c792f63fd75d98f1ef827c23500644e0e692e6be917f9050d3d38c",
 		reportVersion: 2,
 	}
@@ -68,6 +74,7 @@ func goSevGuest() sample {
 		name:          "go-sev-guest",
 		report:        testdata.AttestationBytes,
 		cert:          testdata.VcekBytes,
+		now:           sampleTime,
 		measurement:   "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01",
 		reportVersion: 2,
 	}
