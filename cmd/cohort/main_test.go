@@ -247,18 +247,19 @@ func TestEvidenceInspect(t *testing.T) {
 		code := run(context.Background(), append([]string{"evidence", "inspect"}, args...), &out, &errOut)
 		return code, out.String() + errOut.String()
 	}
-	if code, out := inspect("--endorsement", s+"trustee/snp_test-vcek.der", s+"trustee/snp_test-report.bin"); code != 0 ||
+	at := "2026-12-01T00:00:00Z" // the samples' certificates expire from 2029
+	if code, out := inspect("--at", at, "--endorsement", s+"trustee/snp_test-vcek.der", s+"trustee/snp_test-report.bin"); code != 0 ||
 		!strings.Contains(out, "platform: snp") || !strings.Contains(out, "a1f3930413247bb38cfc171579ea3c12d5fe4901f0c792f63fd75d98f1ef827c23500644e0e692e6be917f9050d3d38c") ||
 		!strings.Contains(out, "tcb_statuses: [Provisional]") {
 		t.Fatalf("snp: exit %d:\n%s", code, out)
 	}
-	if code, out := inspect(s + "trustee/snp_test-report.bin"); code != 1 || !strings.Contains(out, "VCEK") {
+	if code, out := inspect("--at", at, s+"trustee/snp_test-report.bin"); code != 1 || !strings.Contains(out, "VCEK") {
 		t.Fatalf("snp without its VCEK: exit %d:\n%s", code, out)
 	}
-	if code, out := inspect(s + "trustee/tdx_quote_4.dat"); code != 0 || !strings.Contains(out, "platform: tdx") || !strings.Contains(out, "NotEvaluated") {
+	if code, out := inspect("--at", at, s+"trustee/tdx_quote_4.dat"); code != 0 || !strings.Contains(out, "platform: tdx") || !strings.Contains(out, "NotEvaluated") {
 		t.Fatalf("tdx v4: exit %d:\n%s", code, out)
 	}
-	if code, out := inspect("--json", s+"trustee/tdx_quote_5.dat"); code != 0 || !strings.Contains(out, `"QuoteVersion": 5`) {
+	if code, out := inspect("--at", at, "--json", s+"trustee/tdx_quote_5.dat"); code != 0 || !strings.Contains(out, `"QuoteVersion": 5`) {
 		t.Fatalf("tdx v5 as JSON: exit %d:\n%s", code, out)
 	}
 	if code, out := run2(t, "collateral", "import", "--dir", dir, s+"dcap-qvl/sgx_quote_collateral.json"); code != 0 {
@@ -274,7 +275,7 @@ func TestEvidenceInspect(t *testing.T) {
 	q, _ := os.ReadFile(s + "trustee/tdx_quote_4.dat")
 	q[600] ^= 1
 	os.WriteFile(bad, q, 0o644)
-	if code, out := inspect(bad); code != 1 || !strings.Contains(out, "does not verify") {
+	if code, out := inspect("--at", at, bad); code != 1 || !strings.Contains(out, "does not verify") {
 		t.Fatalf("a changed byte: exit %d:\n%s", code, out)
 	}
 	if code, _ := inspect(); code != 2 {
