@@ -80,13 +80,6 @@ func Open(path string) (*Dir, error) {
 // Path is the cache's folder.
 func (d *Dir) Path() string { return d.path }
 
-// CA names of Intel's PCK certificate authorities, as the PCK CRL's issuer
-// says them.
-const (
-	CAProcessor = "processor"
-	CAPlatform  = "platform"
-)
-
 func intelName(platform string, fmspc []byte, ca string) string {
 	return filepath.Join("intel", fmt.Sprintf("%s-%x-%s.json", platform, fmspc, ca))
 }
@@ -104,7 +97,7 @@ func vlekName(productLine string, tcb uint64) string {
 func (d *Dir) Intel(platform string, fmspc []byte, ca string) (*pcs.Collateral, error) {
 	cas := []string{ca}
 	if ca == "" {
-		cas = []string{CAProcessor, CAPlatform}
+		cas = []string{pcs.CAProcessor, pcs.CAPlatform}
 	}
 	for _, ca := range cas {
 		b, err := d.read(intelName(platform, fmspc, ca))
@@ -304,10 +297,10 @@ func inspectIntel(b []byte) (Entry, []byte, error) {
 	}
 	var ca string
 	switch crl.Issuer.CommonName {
-	case "Intel SGX PCK Processor CA":
-		ca = CAProcessor
-	case "Intel SGX PCK Platform CA":
-		ca = CAPlatform
+	case pcs.CNPCKProcessorCA:
+		ca = pcs.CAProcessor
+	case pcs.CNPCKPlatformCA:
+		ca = pcs.CAPlatform
 	default:
 		return Entry{}, nil, fmt.Errorf("collateral: the PCK CRL's issuer is %q, not one of Intel's PCK CAs", crl.Issuer.CommonName)
 	}

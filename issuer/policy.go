@@ -17,6 +17,7 @@ import (
 
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/enclave/snp"
+	"github.com/cohort-dev/cohort/enclave/tdx"
 	"github.com/cohort-dev/cohort/messages"
 )
 
@@ -518,12 +519,11 @@ func (t *TaskPolicy) acceptSettings(c enclave.Claims) *messages.Error {
 		if err := req.Check(c); err != nil {
 			return messages.Refusal(messages.CodeTCB, "task %q: %v (policy keys snp.min_tcb, allow_smt, max_vmpl, host_data; tcb_statuses: [Provisional])", t.Name, err)
 		}
-	case c.Backend == enclave.PlatformTDX && c.TDX != nil && t.minTEETCBSVN != nil:
-		got := c.TDX.TEETCBSVN
-		for i, want := range t.minTEETCBSVN {
-			if i >= len(got) || got[i] < want {
-				return messages.Refusal(messages.CodeTCB, "TEE_TCB_SVN %x is below task %q's minimum %x (component %d)", got, t.Name, t.minTEETCBSVN, i)
-			}
+	case c.Backend == enclave.PlatformTDX && c.TDX != nil:
+		// The measurement, debug and TCB status were judged already.
+		req := tdx.Requirements{Measurements: [][]byte{c.UniqueID}, AllowDebug: true, TCBStatuses: []string{c.TCBStatus}, MinTEETCBSVN: t.minTEETCBSVN}
+		if err := req.Check(c); err != nil {
+			return messages.Refusal(messages.CodeTCB, "task %q: %v (policy key tdx.min_tee_tcb_svn)", t.Name, err)
 		}
 	case (c.Backend == enclave.PlatformSNP && c.SNP == nil) || (c.Backend == enclave.PlatformTDX && c.TDX == nil):
 		return messages.Refusal(messages.CodeEvidence, "evidence of %s without its platform's claims", c.Backend)
