@@ -102,14 +102,15 @@ echo "ok: the three units present one certificate, sha256 $(cat "$work/leaves.be
 # attempt (every 500 ms) and their reconnection. That sum passes 10 s on a
 # loaded machine (10.19 s seen once in CI, 2026-12-02): NATS servers are held
 # to a bar of 12 s, the other parts to 5 s. Two are killed, one after the
-# other: first one that does not lead the call claims, then the one that does.
-nats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$COHORT_NATS" --tlsca "$COHORT_TLS_CA" --nkey "$creds/operator.creds" --inbox-prefix _INBOX.operator)
-for s in cluster-dev/cohort_calls_dev cluster-dev/cohort_sessions_dev manager/KV_cohort_members issuer/KV_cohort_issuer_state manager/cohort_events; do
+# other: first one that does not lead the first shard of the call claims,
+# then the one that does.
+nats=(go run github.com/nats-io/natscli/nats@v0.5.0 -s "$COHORT_NATS" --tlsca "$COHORT_TLS_CA" --nkey "$creds/operator.creds" --inbox-prefix _INBOX.operator)
+for s in cluster-dev/cohort_calls_dev_0 cluster-dev/cohort_calls_dev_1 cluster-dev/cohort_calls_dev_2 cluster-dev/cohort_calls_dev_3 cluster-dev/cohort_sessions_dev manager/KV_cohort_members issuer/KV_cohort_issuer_state manager/cohort_events; do
 	printf '%s ' "${s#*/}"
 	"${nats[@]}" req --raw "\$JS.${s%%/*}.API.STREAM.INFO.${s#*/}" '' | python3 -c 'import json,sys; print("led by", json.load(sys.stdin)["cluster"]["leader"])'
 done | tee "$work/leaders.txt"
-leader=$(awk '/^cohort_calls_dev/ {print $4}' "$work/leaders.txt")
-case "$leader" in nats-[123]) ;; *) echo "FAIL: no leader for cohort_calls_dev"; exit 1 ;; esac
+leader=$(awk '/^cohort_calls_dev_0/ {print $4}' "$work/leaders.txt")
+case "$leader" in nats-[123]) ;; *) echo "FAIL: no leader for cohort_calls_dev_0"; exit 1 ;; esac
 other=nats-1
 [ "$leader" = nats-1 ] && other=nats-2
 kill_cmd='kill -9 $(docker inspect -f "{{.State.Pid}}" $('"${compose[*]}"' ps -q {}))'

@@ -19,19 +19,33 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { python3 .ci/ports.py any; }
 # Three consecutive free ports for the units' HTTPS.
 https_ports() {
 	for _ in $(seq 50); do
 		local base=$((20000 + RANDOM % 30000)) ok=1
-		for p in $base $((base + 1)) $((base + 2)); do
-			python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', $p))" 2>/dev/null || ok=0
-		done
+		python3 .ci/ports.py free $base $((base + 1)) $((base + 2)) 2>/dev/null || ok=0
 		[ "$ok" = 1 ] && { echo "$base"; return; }
 	done
 	echo "no three free ports" >&2
 	return 1
 }
+
+# natscli, for the commands dev prints (v0.5.0: the version the module proxy serves that builds).
+export GOBIN="$work/bin" PATH="$work/bin:$PATH"
+go install github.com/nats-io/natscli/nats@v0.5.0
+
+# The README's walkthrough, from a fresh clone, exactly as written and in
+# order (on the default ports it names), with dev's natscli context in a
+# folder of its own.
+python3 .ci/ports.py free 4222 8443 8444 8445 ||
+	{ echo "FAIL: the README's walkthrough uses ports 4222 and 8443-8445"; exit 1; }
+git clone -q . "$work/clone"
+XDG_CONFIG_HOME="$work/config" python3 .ci/readme.py walkthrough "$work/clone" | tee "$work/walkthrough.out"
+grep -q 'heard: hello' "$work/walkthrough.out" || { echo "FAIL: the walkthrough's call was not answered"; exit 1; }
+grep -q 'cohort-manager' "$work/walkthrough.out" || { echo "FAIL: nats micro ls did not list cohort-manager"; exit 1; }
+grep -q 'Subject: cohort.v1.events.unit.joined' "$work/walkthrough.out" || { echo "FAIL: nats stream view showed no join"; exit 1; }
+rm -rf "$work/clone"
 
 go build -o "$work/cohort" ./cmd/cohort
 cohort="$work/cohort"
@@ -56,9 +70,13 @@ operator=(--creds "$creds/operator.creds")
 # The NATS server admits only cohort's credentials, each to its role's subjects.
 if "$cohort" status --nats "$nats_url" 2>"$work/nocreds.err"; then echo "FAIL: a client without credentials was served"; exit 1; fi
 grep -q 'Authorization Violation' "$work/nocreds.err" || { cat "$work/nocreds.err"; exit 1; }
-"$cohort" status --nats "$nats_url" "${user[@]}" --timeout 1s >"$work/userstatus.out" 2>"$work/userstatus.err"
-grep -q 'manager  did not answer' "$work/userstatus.out" && grep -q 'Permissions Violation' "$work/userstatus.err" ||
+if "$cohort" status --nats "$nats_url" "${user[@]}" >"$work/userstatus.out" 2>"$work/userstatus.err"; then echo "FAIL: status with a user's credential exited 0"; exit 1; fi
+grep -q "may not publish: it is the operator's" "$work/userstatus.err" ||
 	{ cat "$work/userstatus.out" "$work/userstatus.err"; echo "FAIL: a user read the manager's status"; exit 1; }
+# The user's credential on the raw subject: the server refuses it.
+nats --server "$nats_url" --nkey "$creds/user-alice.creds" --inbox-prefix _INBOX.user.alice req cohort.v1.manager.status '' --timeout 1s >"$work/userreq.out" 2>&1 || true
+grep -q 'Permissions Violation for Publish to "cohort.v1.manager.status"' "$work/userreq.out" && ! grep -q '"clusters"' "$work/userreq.out" ||
+	{ cat "$work/userreq.out"; echo "FAIL: the server did not refuse the user the status subject"; exit 1; }
 echo "ok: refused without credentials ($(cat "$work/nocreds.err")); a user may not ask for status ($(cat "$work/userstatus.err"))"
 
 measurement=$("$cohort" measure issuer)
@@ -145,14 +163,14 @@ COHORT_CREDS="$creds/operator.creds" "$cohort" status --nats "$nats_url"
 echo "ok: cohort events shows the joins"
 
 # The standard nats CLI, as the operator, sees the services and the streams.
-nats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$nats_url" --nkey "$creds/operator.creds" --inbox-prefix _INBOX.operator)
+nats=(go run github.com/nats-io/natscli/nats@v0.5.0 -s "$nats_url" --nkey "$creds/operator.creds" --inbox-prefix _INBOX.operator)
 "${nats[@]}" micro ls >"$work/micro.txt"
 "${nats[@]}" micro info cohort-issuer >"$work/issuer-info.txt"
 # The operator may ask each stream's information (it may not list the
 # accounts' streams, which 'nats stream info' does first): one request each.
 # The operator's account reaches each account's stream information under
 # that account's API prefix, $JS.<account>.API.
-for s in manager/cohort_events manager/KV_cohort_members issuer/KV_cohort_issuer_state cluster-dev/cohort_sessions_dev cluster-dev/cohort_calls_dev; do
+for s in manager/cohort_events manager/KV_cohort_members issuer/KV_cohort_issuer_state cluster-dev/cohort_sessions_dev cluster-dev/cohort_calls_dev_0; do
 	"${nats[@]}" req --raw "\$JS.${s%%/*}.API.STREAM.INFO.${s#*/}" '' >"$work/stream.json" 2>&1 &&
 		python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["config"]["name"]==sys.argv[2] else 1)' "$work/stream.json" "${s#*/}" ||
 		{ cat "$work/stream.json"; echo "FAIL: natscli cannot show stream $s"; exit 1; }
@@ -160,6 +178,42 @@ done
 grep -q cohort-manager "$work/micro.txt" || { cat "$work/micro.txt"; echo "FAIL: nats micro ls does not list cohort-manager"; exit 1; }
 grep -q cohort-issuer "$work/issuer-info.txt" || { cat "$work/issuer-info.txt"; echo "FAIL: nats micro info cohort-issuer"; exit 1; }
 echo "ok: nats micro ls lists cohort-manager, micro info shows cohort-issuer, nats req shows the five streams' information"
+
+# A refused certify, as natscli's micro stats counts it: a copy of the binary
+# one byte longer measures differently, so the issuer refuses its unit.
+cp "$cohort" "$work/rogue" && printf x >>"$work/rogue"
+"$work/rogue" unit --nats "$nats_url" --creds "$creds/unit-dev-demo-1.creds" --task demo --https 127.0.0.1:0 \
+	--issuer-measurement "$measurement" >"$work/rogue.out" 2>&1 && { cat "$work/rogue.out"; echo "FAIL: a rogue unit was certified"; exit 1; }
+grep -q measurement_not_accepted "$work/rogue.out" || { cat "$work/rogue.out"; echo "FAIL: the rogue unit's refusal"; exit 1; }
+"${nats[@]}" micro stats cohort-issuer --json >"$work/stats.json"
+python3 - "$work/stats.json" <<'PY'
+import json, sys
+st = json.load(open(sys.argv[1]))
+st = st if isinstance(st, list) else [st]
+eps = [e for s in st for e in s["endpoints"] if e["name"] == "certify"]
+errors = sum(e["num_errors"] for e in eps)
+reqs = sum(e["num_requests"] for e in eps)
+nanos = sum(e["processing_time"] for e in eps)
+assert errors >= 1, f"micro stats counts {errors} certify errors"
+avg = nanos / reqs / 1e3
+assert avg >= 50, f"certify's average processing time is {avg:.1f} µs: not where the work is done"
+print(f"ok: nats micro stats cohort-issuer: certify {reqs} requests, {errors} errors, average {avg:.0f} µs, last error {[e['last_error'] for e in eps if e['last_error']][:1]}")
+PY
+
+# natscli's stream view, as the operator: it pages the audit stream (on a
+# terminal) through a consumer the manager vets, and deletes it after; a
+# consumer that pushes, as an attacker would make it, is refused.
+opnats=(nats -s "$nats_url" --nkey "$creds/operator.creds" --inbox-prefix _INBOX.operator --js-api-prefix '$JS.manager.API')
+python3 .ci/terminal.py "$(printf '%q ' "${opnats[@]}") stream view cohort_events" >"$work/view.out" 2>&1 ||
+	{ cat "$work/view.out"; echo "FAIL: nats stream view cohort_events"; exit 1; }
+grep -q 'Subject: cohort.v1.events.unit.joined' "$work/view.out" || { cat "$work/view.out"; echo "FAIL: stream view shows no join"; exit 1; }
+"${opnats[@]}" stream info cohort_events --json >"$work/events-info.json"
+python3 -c 'import json,sys; n=json.load(open(sys.argv[1]))["state"].get("consumer_count", 0); sys.exit(0 if n == 0 else f"the stream keeps {n} consumers after stream view")' "$work/events-info.json"
+if "${opnats[@]}" consumer add cohort_events evil --target '$KV.cohort_members.x' --defaults >"$work/push.out" 2>&1; then
+	cat "$work/push.out"; echo "FAIL: the operator made a consumer that pushes"; exit 1
+fi
+grep -q 'deliver_subject is set' "$work/push.out" || { cat "$work/push.out"; echo "FAIL: the pushed consumer's refusal"; exit 1; }
+echo "ok: nats stream view cohort_events pages the joins ($(grep -c '^\[' "$work/view.out") events on its first page) and leaves no consumer; nats consumer add --target is refused: $(grep -o 'deliver_subject is set' "$work/push.out")"
 
 # Another user, as the README shows it: the running dev admits dave; users
 # are apart (bob may not read alice's inbox).
@@ -169,7 +223,7 @@ for _ in $(seq 50); do
 	sleep 0.2
 done
 grep -q 'heard: hello' "$work/dave.out" || { cat "$work/dave.txt" "$work/dave.err"; echo "FAIL: dave was not served"; exit 1; }
-bobnats=(go run github.com/nats-io/natscli/nats@v0.5.1 -s "$nats_url" --nkey "$creds/user-bob.creds" --inbox-prefix _INBOX.user.bob)
+bobnats=(go run github.com/nats-io/natscli/nats@v0.5.0 -s "$nats_url" --nkey "$creds/user-bob.creds" --inbox-prefix _INBOX.user.bob)
 if "${bobnats[@]}" sub '_INBOX.user.alice.>' --count 1 --timeout 2s >"$work/bobsub.txt" 2>&1; then
 	echo "FAIL: bob subscribed to alice's inbox"; cat "$work/bobsub.txt"; exit 1
 fi
@@ -195,6 +249,9 @@ scrape "$mport" 'cohort_manager_members{state="active"} 3' ||
 for _ in $(seq 300); do scrape "$iport" '^cohort_issuer_certify_seconds_count' && break; sleep 0.1; done
 scrape "$iport" '^cohort_issuer_certify_seconds_count' ||
 	{ cat "$work/issuer.err"; echo "FAIL: the second issuer serves no metrics"; exit 1; }
+for port in "$mport" "$iport"; do
+	curl -sf "http://127.0.0.1:$port/healthz" >"$work/healthz.txt" || { cat "$work/healthz.txt"; echo "FAIL: /healthz on :$port"; exit 1; }
+done
 echo "ok: a second manager process sees the three members (metrics on :$mport); a second issuer process, on another machine, obtained the state key (metrics on :$iport)"
 "$cohort" trust --nats "$nats_url" "${user[@]}" --issuer-measurement "$measurement" --out "$work/root2.pem" 2>/dev/null >/dev/null
 cmp "$work/root.pem" "$work/root2.pem" || { echo "FAIL: the two issuers serve different roots"; exit 1; }
@@ -247,4 +304,4 @@ echo "ok: one line changed, rebuilt (issuer ${measurement:0:12}… → ${measure
 kill -INT "$dev_pid"
 wait "$dev_pid"
 dev_pid=
-echo "e2e: 15 passed, 0 failed"
+echo "e2e: 16 passed, 0 failed"

@@ -262,6 +262,10 @@ const (
 	eventsStream  = messages.EventsStream
 )
 
+// readerCreate is the consumer create of the audit stream as the operator
+// asks it: imported from the manager's vetting endpoint, not the API's.
+var readerCreate = APIPrefix(ManagerAccount) + ".CONSUMER.CREATE." + eventsStream
+
 // ownStream is what the creator and writer of a stream may do with it
 // through the JetStream API: create it (never update, purge or delete it),
 // inspect it, read it directly and run its own consumers on it.
@@ -307,7 +311,7 @@ func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
 			// inbox, the only one besides the mapped replies.
 			pub = append(pub, Grant{Role: Issuer}.InboxPrefix()+".>")
 		case Manager:
-			sub = []string{messages.SubjectManagerPrefix + ">", "$SRV.>"}
+			sub = []string{messages.SubjectManagerPrefix + ">", messages.SubjectReaderCreate + ".>", "$SRV.>"}
 		case Unit:
 			for _, verb := range []string{messages.VerbHandshake, messages.VerbCall, messages.VerbClose} {
 				sub = append(sub, messages.ClusterFilter(g.Cluster, verb))
@@ -328,7 +332,9 @@ func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
 		c := g.Cluster
 		pub = []string{messages.SubjectCertify, messages.SubjectEvidence, messages.SubjectManagerPrefix + "*." + c + "." + g.Name}
 		pub = append(pub, ownStream(messages.SessionsStream(c))...)
-		pub = append(pub, ownStream(messages.CallsStream(c))...)
+		for _, name := range messages.CallsStreams(c) {
+			pub = append(pub, ownStream(name)...)
+		}
 		pub = append(pub, messages.ClaimsOfCluster(c))
 	case User:
 		for _, verb := range []string{messages.VerbHandshake, messages.VerbCall, messages.VerbClose} {
@@ -338,7 +344,49 @@ func (g Grant) Subjects(k Key) (pub, sub []string, err error) {
 	case Operator:
 		pub = []string{messages.SubjectStatus, messages.SubjectEvidence, messages.SubjectPolicyApply, messages.SubjectPolicyShow,
 			messages.SubjectRecoverPrefix + ">", "$SRV.>", "$JS.*.API.STREAM.INFO.*",
-			APIPrefix(ManagerAccount) + ".DIRECT.GET." + eventsStream, APIPrefix(ManagerAccount) + ".DIRECT.GET." + eventsStream + ".>"}
+			APIPrefix(ManagerAccount) + ".STREAM.LIST", APIPrefix(ManagerAccount) + ".STREAM.NAMES",
+			APIPrefix(ManagerAccount) + ".DIRECT.GET." + eventsStream, APIPrefix(ManagerAccount) + ".DIRECT.GET." + eventsStream + ".>",
+			// natscli's stream view of the audit stream: a pull consumer
+			// the manager vets (events.VetReader), read, acknowledged and
+			// deleted.
+			readerCreate + ".>",
+			APIPrefix(ManagerAccount) + ".CONSUMER.MSG.NEXT." + eventsStream + ".*",
+			APIPrefix(ManagerAccount) + ".CONSUMER.INFO." + eventsStream + ".*",
+			APIPrefix(ManagerAccount) + ".CONSUMER.DELETE." + eventsStream + ".*",
+			"$JS.ACK." + eventsStream + ".>"}
 	}
 	return pub, sub, nil
+}
+
+// MayPublish reports whether key k of the grant may publish to subject, as
+// the server's permissions decide it: a client checks before it asks, and
+// refuses at once what the server would only drop.
+func (g Grant) MayPublish(k Key, subject string) bool {
+	pub, _, err := g.Subjects(k)
+	if err != nil {
+		return false
+	}
+	for _, p := range pub {
+		if Matches(p, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+// Matches reports whether subject, a literal subject, matches the NATS
+// pattern (tokens, '*' for one, '>' for one or more at the end).
+func Matches(pattern, subject string) bool {
+	p, s := strings.Split(pattern, "."), strings.Split(subject, ".")
+	for i, tok := range p {
+		switch {
+		case tok == ">":
+			return len(s) > i
+		case i >= len(s):
+			return false
+		case tok != "*" && tok != s[i]:
+			return false
+		}
+	}
+	return len(p) == len(s)
 }

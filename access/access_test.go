@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/cohort-dev/cohort/messages"
 )
 
 var (
@@ -259,5 +261,23 @@ func TestAccountsParse(t *testing.T) {
 	delete(creds, gAlice)
 	if _, err := Accounts(testDeployment, creds); err == nil {
 		t.Error("an accounts block without alice's credential")
+	}
+}
+
+func TestMatches(t *testing.T) {
+	for _, c := range []struct {
+		pattern, subject string
+		want             bool
+	}{
+		{"a.b", "a.b", true}, {"a.b", "a.c", false}, {"a.*", "a.b", true}, {"a.*", "a.b.c", false},
+		{"a.>", "a.b.c", true}, {"a.>", "a", false}, {"*.b.>", "x.b.y", true}, {"a.b.c", "a.b", false},
+	} {
+		if got := Matches(c.pattern, c.subject); got != c.want {
+			t.Errorf("Matches(%q, %q) = %v, want %v", c.pattern, c.subject, got, c.want)
+		}
+	}
+	op := Grant{Role: Operator}
+	if !op.MayPublish(State, messages.SubjectStatus) || (Grant{Role: User, Name: "alice"}).MayPublish(State, messages.SubjectStatus) {
+		t.Error("only the operator may ask for the status")
 	}
 }

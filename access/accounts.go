@@ -96,8 +96,18 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 			{subject: "$SRV.>", accounts: op, stream: true},
 			{subject: "$JS.API.STREAM.INFO." + eventsStream, accounts: op},
 			{subject: "$JS.API.STREAM.INFO." + membersStream, accounts: op},
+			{subject: "$JS.API.STREAM.LIST", accounts: op}, // read-only: natscli's stream ls and kv ls
+			{subject: "$JS.API.STREAM.NAMES", accounts: op},
 			{subject: "$JS.API.DIRECT.GET." + eventsStream, accounts: op, stream: true},
 			{subject: "$JS.API.DIRECT.GET." + eventsStream + ".>", accounts: op, stream: true},
+			// natscli's stream view: a pull consumer the manager vets and
+			// creates (messages.SubjectReaderCreate), its pulls, acks,
+			// information and deletion.
+			{subject: messages.SubjectReaderCreate + ".>", accounts: op},
+			{subject: "$JS.API.CONSUMER.MSG.NEXT." + eventsStream + ".*", accounts: op, stream: true},
+			{subject: "$JS.API.CONSUMER.INFO." + eventsStream + ".*", accounts: op},
+			{subject: "$JS.API.CONSUMER.DELETE." + eventsStream + ".*", accounts: op},
+			{subject: "$JS.ACK." + eventsStream + ".>", accounts: op},
 		},
 		imports: []any{importOf(IssuerAccount, messages.SubjectEvidence)},
 	}
@@ -113,7 +123,16 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 		importOf(ManagerAccount, "$SRV.*."+messages.ManagerService), importOf(ManagerAccount, "$SRV.*."+messages.ManagerService+".*"),
 		importOf(IssuerAccount, "$SRV.*."+messages.IssuerService), importOf(IssuerAccount, "$SRV.*."+messages.IssuerService+".*"),
 		importAPI(ManagerAccount, "$JS.API.STREAM.INFO."+eventsStream), importAPI(ManagerAccount, "$JS.API.STREAM.INFO."+membersStream),
+		importAPI(ManagerAccount, "$JS.API.STREAM.LIST"), importAPI(ManagerAccount, "$JS.API.STREAM.NAMES"),
 		importAPI(ManagerAccount, "$JS.API.DIRECT.GET."+eventsStream), importAPI(ManagerAccount, "$JS.API.DIRECT.GET."+eventsStream+".>"),
+		map[string]any{ // the consumer create natscli asks is the manager's vetting endpoint
+			"service": map[string]any{"account": ManagerAccount, "subject": messages.SubjectReaderCreate + ".>"},
+			"to":      readerCreate + ".>",
+		},
+		importAPI(ManagerAccount, "$JS.API.CONSUMER.MSG.NEXT."+eventsStream+".*"),
+		importAPI(ManagerAccount, "$JS.API.CONSUMER.INFO."+eventsStream+".*"),
+		importAPI(ManagerAccount, "$JS.API.CONSUMER.DELETE."+eventsStream+".*"),
+		importOf(ManagerAccount, "$JS.ACK."+eventsStream+".>"),
 		importAPI(IssuerAccount, "$JS.API.STREAM.INFO."+issuerStream),
 	}}
 	accounts := []*account{iss, mgr, operator}
@@ -124,7 +143,6 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 				{subject: messages.SubjectClusterPrefix + c + ".>", accounts: userAccounts},
 				{subject: messages.SessionsOfCluster(c), accounts: []string{ManagerAccount}},
 				{subject: "$JS.API.STREAM.INFO." + messages.SessionsStream(c), accounts: op},
-				{subject: "$JS.API.STREAM.INFO." + messages.CallsStream(c), accounts: op},
 			},
 			imports: []any{
 				importOf(IssuerAccount, messages.SubjectCertify),
@@ -134,9 +152,11 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 			},
 		}
 		mgr.imports = append(mgr.imports, importOf(a.name, messages.SessionsOfCluster(c)))
-		operator.imports = append(operator.imports,
-			importAPI(a.name, "$JS.API.STREAM.INFO."+messages.SessionsStream(c)),
-			importAPI(a.name, "$JS.API.STREAM.INFO."+messages.CallsStream(c)))
+		operator.imports = append(operator.imports, importAPI(a.name, "$JS.API.STREAM.INFO."+messages.SessionsStream(c)))
+		for _, name := range messages.CallsStreams(c) {
+			a.exports = append(a.exports, service{subject: "$JS.API.STREAM.INFO." + name, accounts: op})
+			operator.imports = append(operator.imports, importAPI(a.name, "$JS.API.STREAM.INFO."+name))
+		}
 		accounts = append(accounts, a)
 		byName[a.name] = a
 	}

@@ -35,13 +35,21 @@ type ChannelConfig struct {
 	Duration    time.Duration // each phase; default 5s
 	Concurrency int           // handshakes or calls in flight; default 8 × GOMAXPROCS
 	KEM         uint16        // default ML-KEM-768+X25519
-	// NATS is where it runs: Single, one embedded server that fsyncs every
-	// JetStream write before acknowledging it (as cohort dev runs); or
+	// NATS is where it runs: NoSync, one embedded server that leaves fsync
+	// to its interval (what a process crash does not lose, an operating
+	// system's crash may); Single, one embedded server that fsyncs every
+	// JetStream write before acknowledging it (as cohort dev runs);
 	// Cluster, three embedded servers whose JetStream keeps every stream on
-	// all three. Default Single.
+	// all three, fsync left to the interval; or ClusterFsync, the same
+	// fsyncing every write (as cohort deploy configures by default).
+	// Default Single.
 	NATS string
-	JSON bool
-	Out  io.Writer
+	// SideEffectFree declares the task free of side effects: a call is
+	// then one durable write (its answer) rather than two (a claim before
+	// it runs, the answer after).
+	SideEffectFree bool
+	JSON           bool
+	Out            io.Writer
 	// Logger takes the parts' warnings (a unit that cannot make its
 	// cluster's streams, say); default none.
 	Logger *slog.Logger
@@ -80,8 +88,10 @@ const benchUser = "bench"
 
 // Where the channel benchmark runs.
 const (
-	Single  = "single"
-	Cluster = "cluster"
+	NoSync       = "nosync"
+	Single       = "single"
+	Cluster      = "cluster"
+	ClusterFsync = "cluster-fsync"
 )
 
 // ChannelResult is what the channel benchmark measured.
@@ -102,10 +112,40 @@ type ChannelResult struct {
 	CallP50Ms         float64 `json:"call_p50_ms"`
 	CallP99Ms         float64 `json:"call_p99_ms"`
 	CallBytes         int     `json:"call_bytes"`
+	SideEffectFree    bool    `json:"side_effect_free"`
+	WritesPerCall     int     `json:"durable_writes_per_call"`
 	TLSHandshakeP50Ms float64 `json:"tls13_full_handshake_p50_ms"`
 	TLSToAllUnitsMs   float64 `json:"tls13_to_all_units_p50_ms"`
 	Errors            int     `json:"errors"`
 	FirstError        string  `json:"first_error,omitempty"`
+	// The figures as a share of the first run's of the same command (the
+	// cost of durability when that one is NoSync); set by Compare.
+	HandshakesRatio float64 `json:"handshakes_ratio_to_first,omitempty"`
+	CallsRatio      float64 `json:"calls_ratio_to_first,omitempty"`
+}
+
+// Compare sets each result's ratios to the first's figures and prints them
+// as one table.
+func Compare(w io.Writer, results []*ChannelResult) error {
+	if len(results) < 2 {
+		return nil
+	}
+	first := results[0]
+	if _, err := fmt.Fprintf(w, "cohort bench channel: each run beside the first (%s)\n  %-14s %14s %8s %12s %8s %18s\n", first.NATS, "where", "handshakes/s", "ratio", "calls/s", "ratio", "usable on all p99"); err != nil {
+		return err
+	}
+	for _, r := range results {
+		if first.HandshakesPerS > 0 {
+			r.HandshakesRatio = r.HandshakesPerS / first.HandshakesPerS
+		}
+		if first.CallsPerS > 0 {
+			r.CallsRatio = r.CallsPerS / first.CallsPerS
+		}
+		if _, err := fmt.Fprintf(w, "  %-14s %14.0f %7.2f× %12.0f %7.2f× %15.2f ms\n", r.NATS, r.HandshakesPerS, r.HandshakesRatio, r.CallsPerS, r.CallsRatio, r.UsableP99Ms); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Channel measures the cluster channel with Units units on one embedded
@@ -158,23 +198,25 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 	var srv bus
 	replicas := 1
 	switch cfg.NATS {
-	case "", Single:
-		cfg.NATS = Single
-		one, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(dir, "js"), SyncAlways: true, Accounts: accounts})
+	case "", Single, NoSync:
+		if cfg.NATS == "" {
+			cfg.NATS = Single
+		}
+		one, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(dir, "js"), SyncAlways: cfg.NATS == Single, Accounts: accounts})
 		if err != nil {
 			return nil, err
 		}
 		defer one.Close()
 		srv = one
-	case Cluster:
-		three, err := embednats.StartCluster(embednats.ClusterConfig{Dir: dir, Accounts: accounts})
+	case Cluster, ClusterFsync:
+		three, err := embednats.StartCluster(embednats.ClusterConfig{Dir: dir, Accounts: accounts, SyncAlways: cfg.NATS == ClusterFsync})
 		if err != nil {
 			return nil, err
 		}
 		defer three.Close()
 		srv, replicas = three, 3
 	default:
-		return nil, fmt.Errorf("bench: NATS %q: want %s or %s", cfg.NATS, Single, Cluster)
+		return nil, fmt.Errorf("bench: NATS %q: want %s, %s, %s or %s", cfg.NATS, NoSync, Single, Cluster, ClusterFsync)
 	}
 	var conns []*nats.Conn
 	defer func() {
@@ -249,8 +291,9 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 			u, err := unit.New(unit.Config{
 				Conn: nc, Serve: sc, Platform: platform, Task: "bench", IssuerMeasurement: pin, AllowSimulatedIssuer: true,
 				HTTPSAddr: "127.0.0.1:0", Name: c.ID + "-" + id, ID: id, Cluster: c.ID, OnSession: seen.saw, Replicas: replicas,
-				Quota:  unit.Unlimited, // one user is the whole load
-				Logger: cfg.Logger,
+				Quota:          unit.Unlimited, // one user is the whole load
+				SideEffectFree: cfg.SideEffectFree,
+				Logger:         cfg.Logger,
 			})
 			if err != nil {
 				return nil, err
@@ -275,7 +318,11 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 	ccfg := func(w int) client.Config {
 		return client.Config{Conn: cnc, User: benchUser, Cluster: d.Clusters[w%len(d.Clusters)].ID, Task: "bench", Roots: roots, KEM: cfg.KEM}
 	}
-	res := &ChannelResult{NATS: cfg.NATS, Clusters: cfg.Clusters, Units: cfg.Units, KEM: kemName(cfg.KEM), Concurrency: cfg.Concurrency, CallBytes: 1024}
+	res := &ChannelResult{NATS: cfg.NATS, Clusters: cfg.Clusters, Units: cfg.Units, KEM: kemName(cfg.KEM), Concurrency: cfg.Concurrency, CallBytes: 1024,
+		SideEffectFree: cfg.SideEffectFree, WritesPerCall: 2}
+	if cfg.SideEffectFree {
+		res.WritesPerCall = 1
+	}
 
 	// Handshakes.
 	var startsMu sync.Mutex
@@ -366,18 +413,31 @@ func (r *ChannelResult) print(w io.Writer, asJSON bool) error {
 		return e.Encode(r)
 	}
 	where := "one embedded NATS server, fsync on every JetStream write"
-	if r.NATS == Cluster {
-		where = "a cluster of three embedded NATS servers, every stream on all three"
+	switch r.NATS {
+	case NoSync:
+		where = "one embedded NATS server, fsync left to its interval (a process crash loses nothing acknowledged; an OS crash may)"
+	case Cluster:
+		where = "a cluster of three embedded NATS servers, every stream on all three, fsync left to the interval"
+	case ClusterFsync:
+		where = "a cluster of three embedded NATS servers, every stream on all three, fsync on every write (as cohort deploy)"
 	}
 	_, err := fmt.Fprintf(w, `cohort bench channel: %d cluster(s) of %d units, %s, cohort's accounts and credentials, KEM %s, %d in flight
   handshakes       %8.0f /s   p50 %.2f ms   p99 %.2f ms   (each stored durably before it is answered)
   usable on all    p50 %.2f ms   p99 %.2f ms   (%d sessions measured, %d not on every unit)
-  calls, 1 KiB     %8.0f /s   p50 %.2f ms   p99 %.2f ms
+  calls, 1 KiB     %8.0f /s   p50 %.2f ms   p99 %.2f ms   (%s)
   baseline         a full TLS 1.3 handshake %.2f ms (p50); one with each of the %d units %.2f ms
   errors           %d
 `, r.Clusters, r.Units, where, r.KEM, r.Concurrency, r.HandshakesPerS, r.HandshakeP50Ms, r.HandshakeP99Ms, r.UsableP50Ms, r.UsableP99Ms,
-		r.SessionsMeasured, r.SessionsNotOnAll, r.CallsPerS, r.CallP50Ms, r.CallP99Ms, r.TLSHandshakeP50Ms, r.Units, r.TLSToAllUnitsMs, r.Errors)
+		r.SessionsMeasured, r.SessionsNotOnAll, r.CallsPerS, r.CallP50Ms, r.CallP99Ms, callKind(r), r.TLSHandshakeP50Ms, r.Units, r.TLSToAllUnitsMs, r.Errors)
 	return err
+}
+
+// callKind says what each call of the run stored.
+func callKind(r *ChannelResult) string {
+	if r.SideEffectFree {
+		return "a task free of side effects: one durable write a call, its answer"
+	}
+	return "claimed before it runs: two durable writes a call, the claim and the answer"
 }
 
 // sightings records when each unit first held each session.

@@ -49,8 +49,8 @@ type stack struct {
 
 // newStack starts n units of cluster c1; app, if not nil, is their task;
 // tap, if not nil, sees every message on the server from before the issuer
-// starts.
-func newStack(t *testing.T, n int, app unit.App, tap nats.MsgHandler) *stack {
+// starts; opts adjust each unit's configuration.
+func newStack(t *testing.T, n int, app unit.App, tap nats.MsgHandler, opts ...func(*unit.Config)) *stack {
 	t.Helper()
 	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
 	if err != nil {
@@ -99,10 +99,14 @@ func newStack(t *testing.T, n int, app unit.App, tap nats.MsgHandler) *stack {
 	pin, _ := sim.Measure(sim.IssuerIdentity)
 	up, _ := sim.New(sim.Config{Identity: sim.UnitIdentity("demo")})
 	for i := range n {
-		u, err := unit.New(unit.Config{
+		cfg := unit.Config{
 			Conn: st.conn(), Platform: up, Task: "demo", IssuerMeasurement: pin, AllowSimulatedIssuer: true,
 			HTTPSAddr: "127.0.0.1:0", Name: fmt.Sprintf("cap%d", i), Cluster: "c1", RetryMin: 20 * time.Millisecond, App: app,
-		})
+		}
+		for _, o := range opts {
+			o(&cfg)
+		}
+		u, err := unit.New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -38,8 +38,9 @@ var ErrUnauthentic = errors.New("client: the unit's answer is not authentic")
 type Config struct {
 	Conn *nats.Conn // required
 	// User is the user's name, the one its NATS credential is for
-	// (access.Grant.Name); required. Units hold a session for this user
-	// only, and count it against this user's quota.
+	// (access.Grant.Name). Units hold a session for this user only, and
+	// count it against this user's quota. Default: the user whose inbox
+	// prefix Conn has (a connection made by Connect).
 	User    string
 	Cluster string         // required
 	Roots   *x509.CertPool // required: the issuer's root
@@ -75,6 +76,11 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Conn == nil || cfg.Roots == nil || !messages.ValidTaskName(cfg.Cluster) {
 		return nil, errors.New("client: Config.Conn, Roots and a valid Cluster are required")
 	}
+	if cfg.User == "" {
+		if cfg.User = inboxUser(cfg.Conn); cfg.User == "" {
+			return nil, errors.New("client: Config.User is required, unless Conn is a user's connection (Connect)")
+		}
+	}
 	if !messages.ValidUserName(cfg.User) {
 		return nil, fmt.Errorf("client: Config.User %q is not a valid user name: the name the user's NATS credential is for", cfg.User)
 	}
@@ -105,6 +111,11 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 			continue
 		}
 		if err != nil {
+			if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+				if hint := inboxHint(cfg.Conn, cfg.User); hint != "" {
+					return nil, fmt.Errorf("client: handshake with cluster %s: %w: %s", cfg.Cluster, err, hint)
+				}
+			}
 			return nil, fmt.Errorf("client: handshake with cluster %s: %w", cfg.Cluster, err)
 		}
 		return finish(cfg, c, hello, reply)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cohort-dev/cohort/channel"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/unit"
 )
 
 // rawSend seals a message of the given kind under the session's keys and
@@ -36,13 +37,13 @@ func rawSend(t *testing.T, s *Session, kind channel.Kind, subject string, data [
 func TestSlowCallRunsOnce(t *testing.T) {
 	var runs atomic.Int64
 	release := make(chan struct{})
-	app := func(ctx context.Context, _ string, req []byte) ([]byte, error) {
+	app := func(ctx context.Context, c unit.Call) ([]byte, error) {
 		runs.Add(1)
 		select {
 		case <-release:
 		case <-ctx.Done():
 		}
-		return append([]byte("done: "), req...), nil
+		return append([]byte("done: "), c.Data...), nil
 	}
 	st := newStack(t, 3, app, nil)
 	s, err := Dial(context.Background(), Config{Conn: st.conn(), User: "alice", Cluster: "c1", Roots: st.roots, CallTimeout: 100 * time.Millisecond, Retries: 50})

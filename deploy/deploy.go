@@ -57,9 +57,13 @@ type Config struct {
 	Validity   time.Duration    // of the CA and the certificates; default 1 year
 	Now        func() time.Time // default time.Now
 	Rand       io.Reader        // default crypto/rand
-	// Sync is JetStream's fsync interval; empty leaves the server's default
-	// (replication across the cluster is what makes a write durable).
-	// "always" fsyncs every write before acknowledging it.
+	// Sync is JetStream's fsync interval (sync_interval). The default,
+	// "always", fsyncs every write before it is acknowledged: what was
+	// acknowledged survives any crash, a power loss of every server at
+	// once included. An interval ("2m" is the server's own default) leaves
+	// it to replication: an acknowledged write is on a majority of the
+	// servers, and survives any process crash and the operating-system crash
+	// or power loss of fewer than a majority at once, not of all.
 	Sync string
 }
 
@@ -89,6 +93,9 @@ func (c *Config) fill() error {
 	}
 	if c.Validity == 0 {
 		c.Validity = 365 * 24 * time.Hour
+	}
+	if c.Sync == "" {
+		c.Sync = "always"
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -270,3 +270,20 @@ func TestGenerateRefuses(t *testing.T) {
 		}
 	}
 }
+
+// A deployment fsyncs every write unless told an interval.
+func TestSyncDefaultsToAlways(t *testing.T) {
+	for sync, want := range map[string]bool{"": true, "always": true, "2m": false} {
+		dir := t.TempDir()
+		if err := Generate(Config{Dir: dir, Root: dir, Servers: []string{"nats-1"}, Deployment: twoClusters, Sync: sync}); err != nil {
+			t.Fatal(err)
+		}
+		o, err := server.ProcessConfigFile(filepath.Join(dir, ServerConfigFile("nats-1")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.SyncAlways != want {
+			t.Errorf("Sync %q: sync always %v, want %v", sync, o.SyncAlways, want)
+		}
+	}
+}

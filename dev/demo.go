@@ -57,11 +57,25 @@ Another user: cohort user add NAME --data %s (admitted at once), then --creds %s
 Watch it, as an operator (or export COHORT_NATS and COHORT_CREDS once):
   cohort status --nats %s --creds %s
   cohort events --nats %s --creds %s --follow
-  nats micro ls    (with natscli: -s %s --nkey %s --inbox-prefix _INBOX.operator)
-(cohort is 'go run ./cmd/cohort' from the repository, or a binary built from it.)
-Ctrl-C stops.
+(cohort is 'go run ./cmd/cohort' from the repository, or a binary built from it: use the same
+one throughout, since each build measures differently.)
 `, DemoCluster, len(s.Units), s.Manager.Status().Interval, s.CredsDir, strings.Join(s.Deployment.Users, ", "), DemoUser,
-		url, user, m, first, first, url, user, DemoCluster, dir, filepath.Join(s.CredsDir, "user-NAME.creds"), url, op, url, op, url, op)
+		url, user, m, first, first, url, user, DemoCluster, dir, filepath.Join(s.CredsDir, "user-NAME.creds"), url, op, url, op)
+	if s.NatsContext != "" {
+		fmt.Fprintf(w, "With natscli (go install github.com/nats-io/natscli/nats@v0.5.0), as the operator: context %s in %s\n", s.NatsContext, s.NatsContextPath)
+		for _, c := range []string{"micro ls", "micro stats cohort-issuer", "stream ls", "kv ls", "stream view cohort_events"} {
+			fmt.Fprintf(w, "  nats --context %s %s\n", s.NatsContext, c)
+		}
+	} else {
+		fmt.Fprintf(w, "With natscli, as the operator: nats -s %s --nkey %s --inbox-prefix _INBOX.operator micro ls\n", url, op)
+	}
+	if len(s.Tasks) > 0 {
+		fmt.Fprintln(w, "Your own tasks:")
+		printTasks(w, s, s.Tasks)
+		fmt.Fprintf(w, "  Call it: cohort call --nats %s --creds %s --cluster NAME --trust %s TEXT\n", url, user, filepath.Join(dir, "root.pem"))
+		fmt.Fprintf(w, "  After a rebuild: cohort dev accept --data %s   (dev signs the policy update; same root)\n", dir)
+	}
+	fmt.Fprintln(w, "Ctrl-C stops.")
 }
 
 // Demo is `cohort demo`: it starts a stack on free ports in a fresh folder and

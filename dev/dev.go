@@ -33,9 +33,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cohort-dev/cohort/access"
@@ -46,6 +48,7 @@ import (
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/manager"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/metricshttp"
 	"github.com/cohort-dev/cohort/unit"
 )
 
@@ -72,8 +75,18 @@ type Config struct {
 	Units     int    // default 3
 	NATSPort  int    // default 4222; -1 picks a free port
 	HTTPSBase int    // the first unit's HTTPS port, the next one up for the next; default 8443; -1 picks free ports
-	Out       io.Writer
-	Logger    *slog.Logger
+	// Tasks are tasks of the developer's own to host (see Task), besides
+	// those the data folder hosts already; a task of the same name replaces
+	// the folder's.
+	Tasks []Task
+	// MetricsAddr, when set, serves every role's metrics (issuer, manager,
+	// each unit) and /healthz there.
+	MetricsAddr string
+	// NatsContext, when set, is the name of the natscli context dev writes
+	// for the operator (nats --context NAME …); empty writes none.
+	NatsContext string
+	Out         io.Writer
+	Logger      *slog.Logger
 }
 
 func (c *Config) fill() error {
@@ -126,7 +139,19 @@ type Stack struct {
 	PolicyPath        string         // where dev writes it, for people to read
 	PolicyHash        string         // hex SHA-256 of the policy in force
 	Admin             *adminkey.Key  // the development administrator and recovery key
+	Tasks             []Task         // the developer's own tasks dev hosts
+	Metrics           *prometheus.Registry
+	NatsContext       string // the natscli context dev wrote for the operator, if any
+	NatsContextPath   string // its file
 }
+
+// PolicyFile is where, in its data folder, dev writes the policy in force,
+// for people to read.
+const PolicyFile = "policy.yaml"
+
+// acceptErrorFile holds, while it exists, why the running dev could not
+// apply the update that accepts the hosted tasks.
+const acceptErrorFile = "accept-error.txt"
 
 // RootFile is where dev keeps its root certificate, PEM: the development
 // recovery holder checks a waiting issuer's state against it.
@@ -182,12 +207,12 @@ func (s *Stack) recover(ctx context.Context, cfg Config) error {
 // development administrator key and applies it.
 func (s *Stack) acceptThisBuild(ctx context.Context, cfg Config) error {
 	cur := s.Issuer.Policy()
-	want, err := DemoPolicy(cur.Version, s.Admin)
+	want, err := Policy(cur.Version, s.Admin, s.Tasks)
 	if err != nil {
 		return err
 	}
 	if !bytes.Equal(want, cur.Document()) {
-		if want, err = DemoPolicy(cur.Version+1, s.Admin); err != nil {
+		if want, err = Policy(cur.Version+1, s.Admin, s.Tasks); err != nil {
 			return err
 		}
 		nc, err := s.Connect(access.Grant{Role: access.Operator}, access.State)
@@ -199,8 +224,8 @@ func (s *Stack) acceptThisBuild(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("dev: accepting this build: %w (the data folder's policy is not dev's: remove %s to start afresh)", err, cfg.DataDir)
 		}
-		fmt.Fprintf(cfg.Out, "cohort dev: policy version %d accepts this build's measurements (signed by the development administrator, %s)\n",
-			a.Version, filepath.Join(cfg.DataDir, AdminKeyFile))
+		fmt.Fprintf(cfg.Out, "cohort dev: policy version %d accepts this build's measurements%s (signed by the development administrator, %s)\n",
+			a.Version, tasksNote(s.Tasks), filepath.Join(cfg.DataDir, AdminKeyFile))
 	}
 	root := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Issuer.Root().Raw})
 	if err := os.WriteFile(filepath.Join(cfg.DataDir, RootFile), root, 0o644); err != nil {
@@ -223,7 +248,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return start(ctx, cfg, func(ctx context.Context, s *Stack) error {
 		printStack(cfg.Out, cfg.DataDir, s)
-		s.admitNewUsers(ctx, cfg)
+		s.watch(ctx, cfg)
 		fmt.Fprintln(cfg.Out, "cohort dev: stopping")
 		return nil
 	})
@@ -235,18 +260,33 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("dev: data folder: %w", err)
 	}
-	secret, err := sim.LoadOrCreateSealSecret(filepath.Join(cfg.DataDir, sim.SealSecretFile))
+	unlock, err := lock(cfg.DataDir)
 	if err != nil {
 		return err
 	}
-	s := &Stack{PolicyPath: filepath.Join(cfg.DataDir, "policy.yaml")}
+	defer unlock()
+	secret, err := sim.LoadOrCreateSealSecret(filepath.Join(cfg.DataDir, sim.SealSecretFile))
+	if err != nil {
+		return unopenable(cfg.DataDir, err)
+	}
+	s := &Stack{PolicyPath: filepath.Join(cfg.DataDir, PolicyFile)}
 	if s.IssuerMeasurement, err = sim.Measure(sim.IssuerIdentity); err != nil {
 		return err
 	}
 	if s.Admin, err = loadOrCreateAdmin(filepath.Join(cfg.DataDir, AdminKeyFile)); err != nil {
+		return unopenable(cfg.DataDir, err)
+	}
+	held, err := loadTasks(cfg.DataDir)
+	if err != nil {
 		return err
 	}
-	genesisYAML, err := DemoPolicy(1, s.Admin)
+	s.Tasks = merge(held, cfg.Tasks)
+	if len(cfg.Tasks) > 0 {
+		if err := saveTasks(cfg.DataDir, s.Tasks); err != nil {
+			return err
+		}
+	}
+	genesisYAML, err := Policy(1, s.Admin, s.Tasks)
 	if err != nil {
 		return err
 	}
@@ -255,17 +295,13 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 		return err
 	}
 	s.CredsDir = filepath.Join(cfg.DataDir, "creds")
-	units := make([]string, cfg.Units)
-	for i := range units {
-		units[i] = UnitID(i)
-	}
 	users, err := usersIn(s.CredsDir)
 	if err != nil {
 		return err
 	}
-	s.Deployment = access.Deployment{Clusters: []access.Cluster{{ID: DemoCluster, Units: units}}, Users: users}
+	s.Deployment = deployment(cfg.Units, s.Tasks, users)
 	if s.Creds, err = access.LoadOrCreateAll(s.CredsDir, s.Deployment); err != nil {
-		return err
+		return unopenable(cfg.DataDir, err)
 	}
 	accounts, err := access.Accounts(s.Deployment, s.Creds)
 	if err != nil {
@@ -275,9 +311,15 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 		Port: cfg.NATSPort, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Accounts: accounts, SyncAlways: true,
 	})
 	if err != nil {
-		return fmt.Errorf("dev: NATS on port %d: %w", cfg.NATSPort, err)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("dev: NATS port %d on 127.0.0.1: address in use: another cohort dev or NATS server runs there; stop it, or give --nats-port", cfg.NATSPort)
+		}
+		return unopenable(cfg.DataDir, fmt.Errorf("dev: NATS on port %d: %w", cfg.NATSPort, err))
 	}
 	defer s.NATS.Close()
+	if cfg.MetricsAddr != "" {
+		s.Metrics = metricshttp.NewRegistry()
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -298,7 +340,7 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	// root stays.
 	recovered := make(chan error, 1)
 	if s.Issuer, err = issuer.New(issuer.Config{Conn: inc, Serve: isc, Platform: platform, Policy: genesis, Logger: cfg.Logger,
-		KeyCache: issuer.FileKeyCache(filepath.Join(cfg.DataDir, issuer.KeyCacheFile)), AwaitRecovery: true, PeerTimeout: 200 * time.Millisecond,
+		KeyCache: issuer.FileKeyCache(filepath.Join(cfg.DataDir, issuer.KeyCacheFile)), AwaitRecovery: true, PeerTimeout: 200 * time.Millisecond, Metrics: s.registerer(),
 		Waiting: func(string) { go func() { recovered <- s.recover(ctx, cfg) }() },
 	}); err != nil {
 		return err
@@ -307,7 +349,7 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	select {
 	case err := <-recovered:
 		if err != nil {
-			return errors.Join(fmt.Errorf("dev: restoring the state key of %s: %w", cfg.DataDir, err), stop(cancel, g))
+			return errors.Join(unopenable(cfg.DataDir, fmt.Errorf("dev: restoring the state key of %s: %w", cfg.DataDir, err)), stop(cancel, g))
 		}
 		fmt.Fprintln(cfg.Out, "cohort dev: this build of cohort is new to the data folder: the development recovery key restored the state key, same root")
 	case <-s.Issuer.Ready():
@@ -325,7 +367,7 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	}
 	defer mnc.Close()
 	defer msc.Close()
-	if s.Manager, err = manager.New(manager.Config{Conn: mnc, Serve: msc, Root: s.Issuer.Root(), Logger: cfg.Logger}); err != nil {
+	if s.Manager, err = manager.New(manager.Config{Conn: mnc, Serve: msc, Root: s.Issuer.Root(), Logger: cfg.Logger, Metrics: s.registerer()}); err != nil {
 		return errors.Join(err, stop(cancel, g))
 	}
 	g.Go(func() error { return s.Manager.Run(ctx) })
@@ -354,6 +396,7 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 			HTTPSAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 			Name:      UnitID(i), ID: UnitID(i), Cluster: DemoCluster, Logger: cfg.Logger,
 			SideEffectFree: true, // the demo task echoes: running a call twice changes nothing
+			Metrics:        s.registerer(),
 		})
 		if err != nil {
 			return errors.Join(err, stop(cancel, g))
@@ -370,6 +413,22 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	}
 	if err := waitMembers(ctx, s.Manager, len(s.Units)); err != nil {
 		return errors.Join(err, stop(cancel, g))
+	}
+	if cfg.MetricsAddr != "" {
+		if _, _, err := metricshttp.Serve(ctx, metricshttp.Config{Addr: cfg.MetricsAddr, Registry: s.Metrics, Healthy: s.healthy, Logger: cfg.Logger}); err != nil {
+			return errors.Join(fmt.Errorf("dev: %w", err), stop(cancel, g))
+		}
+	}
+	if err := writeAdmitted(cfg.DataDir, s.Deployment.Users); err != nil {
+		return errors.Join(unopenable(cfg.DataDir, err), stop(cancel, g))
+	}
+	if cfg.NatsContext != "" {
+		operator := filepath.Join(s.CredsDir, access.Grant{Role: access.Operator}.FileName())
+		if path, err := WriteNatsContext(cfg.NatsContext, s.NATS.ClientURL(), operator, cfg.DataDir); err != nil {
+			cfg.Logger.Warn("no natscli context", "err", err)
+		} else {
+			s.NatsContext, s.NatsContextPath = cfg.NatsContext, path
+		}
 	}
 	return errors.Join(use(ctx, s), stop(cancel, g))
 }
@@ -416,6 +475,13 @@ func wait(ctx context.Context, ready <-chan struct{}, what string) error {
 // 127.0.0.1; this build's issuer; admin as its one administrator and its
 // one recovery holder.
 func DemoPolicy(version uint64, admin *adminkey.Key) ([]byte, error) {
+	return Policy(version, admin, nil)
+}
+
+// Policy is DemoPolicy with the tasks of the developer's own that dev hosts:
+// each accepted for the measurement recorded, with certificates for
+// localhost and 127.0.0.1, and a cluster of its name.
+func Policy(version uint64, admin *adminkey.Key, tasks []Task) ([]byte, error) {
 	m, err := sim.Measure(sim.UnitIdentity(DemoTask))
 	if err != nil {
 		return nil, err
@@ -444,10 +510,38 @@ tasks:
     measurements: [%s]   # this build's simulated measurement of the demo task
     dns_names: [localhost]
     ip_addresses: [127.0.0.1]
-clusters:
+%sclusters:
   - id: %s
     task: %s
-`, version, hex.EncodeToString(im), admin.AdminPublic(), admin.RecoveryPublic(), DemoTask, hex.EncodeToString(m), DemoCluster, DemoTask), nil
+%s`, version, hex.EncodeToString(im), admin.AdminPublic(), admin.RecoveryPublic(), DemoTask, hex.EncodeToString(m), hostedTasks(tasks), DemoCluster, DemoTask, hostedClusters(tasks)), nil
+}
+
+func hostedTasks(tasks []Task) string {
+	var b strings.Builder
+	for _, t := range tasks {
+		fmt.Fprintf(&b, "  - name: %s\n    measurements: [%s]   # %s, as built when dev accepted it\n    dns_names: [localhost]\n    ip_addresses: [127.0.0.1]\n", t.Name, t.Measurement, t.Exe)
+	}
+	return b.String()
+}
+
+func hostedClusters(tasks []Task) string {
+	var b strings.Builder
+	for _, t := range tasks {
+		fmt.Fprintf(&b, "  - id: %s\n    task: %s\n", t.Name, t.Name)
+	}
+	return b.String()
+}
+
+// tasksNote names the hosted tasks in a line of dev's output.
+func tasksNote(tasks []Task) string {
+	if len(tasks) == 0 {
+		return ""
+	}
+	names := make([]string, len(tasks))
+	for i, t := range tasks {
+		names[i] = fmt.Sprintf("%s (%.12s…)", t.Name, t.Measurement)
+	}
+	return " and of " + strings.Join(names, ", ")
 }
 
 // usersIn lists the users dev admits: DemoUsers, and those whose
@@ -489,11 +583,17 @@ func AddUser(dataDir, name string) (string, error) {
 	return path, nil
 }
 
-// admitNewUsers watches the credentials folder until ctx is done, and has
-// the NATS server admit the users added to it.
-func (s *Stack) admitNewUsers(ctx context.Context, cfg Config) {
-	t := time.NewTicker(time.Second)
+// watch follows the data folder until ctx is done: the users added to the
+// credentials folder are admitted, and the hosted tasks that `cohort dev
+// accept` recorded anew are accepted by a policy update.
+func (s *Stack) watch(ctx context.Context, cfg Config) {
+	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	// What failed is tried again only once the folder says something else:
+	// a failure is neither signed and sent nor printed every tick.
+	var failedUsers []string
+	var failedTasks []Task
+	failed := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -501,26 +601,93 @@ func (s *Stack) admitNewUsers(ctx context.Context, cfg Config) {
 		case <-t.C:
 		}
 		users, err := usersIn(s.CredsDir)
-		if err != nil || slices.Equal(users, s.Deployment.Users) {
-			continue
-		}
-		d := s.Deployment
-		d.Users = users
-		creds, err := access.LoadOrCreateAll(s.CredsDir, d)
-		if err == nil {
-			var accounts map[string]any
-			if accounts, err = access.Accounts(d, creds); err == nil {
-				err = s.NATS.ReloadAccounts(accounts)
-			}
-		}
 		if err != nil {
-			cfg.Logger.Warn("admitting the users added to the credentials folder", "err", err)
+			cfg.Logger.Warn("reading the credentials folder", "err", err)
 			continue
 		}
-		added := slices.DeleteFunc(slices.Clone(users), func(u string) bool { return slices.Contains(s.Deployment.Users, u) })
-		s.Deployment, s.Creds = d, creds
+		tasks, err := loadTasks(cfg.DataDir)
+		if err != nil {
+			s.acceptFailed(cfg, err)
+			continue
+		}
+		if slices.Equal(users, s.Deployment.Users) && slices.Equal(tasks, s.Tasks) ||
+			failed && slices.Equal(users, failedUsers) && slices.Equal(tasks, failedTasks) {
+			continue
+		}
+		fail := func(err error) {
+			failed, failedUsers, failedTasks = true, users, tasks
+			s.acceptFailed(cfg, err)
+		}
+		if err := s.admit(cfg, users, tasks); err != nil {
+			fail(fmt.Errorf("admitting the users and tasks added to the data folder: %w", err))
+			continue
+		}
+		if !slices.Equal(tasks, s.Tasks) {
+			old := s.Tasks
+			s.Tasks = tasks
+			if err := s.acceptThisBuild(ctx, cfg); err != nil {
+				s.Tasks = old
+				fail(err)
+				continue
+			}
+			failed = false
+			_ = os.Remove(filepath.Join(cfg.DataDir, acceptErrorFile))
+			printTasks(cfg.Out, s, changed(old, tasks))
+		}
+	}
+}
+
+// acceptFailed records why the hosted tasks could not be accepted, for
+// `cohort dev accept` to report.
+// The same reason is told once.
+func (s *Stack) acceptFailed(cfg Config, err error) {
+	path, msg := filepath.Join(cfg.DataDir, acceptErrorFile), []byte(err.Error()+"\n")
+	if old, rerr := os.ReadFile(path); rerr == nil && bytes.Equal(old, msg) {
+		return
+	}
+	fmt.Fprintf(cfg.Out, "cohort dev: %v\n", err)
+	_ = writeFileAtomic(path, msg, 0o600)
+}
+
+// changed lists the tasks of now that are not in before.
+func changed(before, now []Task) []Task {
+	var out []Task
+	for _, t := range now {
+		if !slices.Contains(before, t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// admit has the NATS server admit the deployment of users and tasks: new
+// users' and new tasks' units' credentials.
+func (s *Stack) admit(cfg Config, users []string, tasks []Task) error {
+	d := deployment(cfg.Units, tasks, users)
+	if slices.EqualFunc(d.Clusters, s.Deployment.Clusters, func(a, b access.Cluster) bool { return a.ID == b.ID && slices.Equal(a.Units, b.Units) }) &&
+		slices.Equal(d.Users, s.Deployment.Users) {
+		return nil
+	}
+	creds, err := access.LoadOrCreateAll(s.CredsDir, d)
+	if err != nil {
+		return err
+	}
+	accounts, err := access.Accounts(d, creds)
+	if err != nil {
+		return err
+	}
+	if err := s.NATS.ReloadAccounts(accounts); err != nil {
+		return err
+	}
+	added := slices.DeleteFunc(slices.Clone(users), func(u string) bool { return slices.Contains(s.Deployment.Users, u) })
+	s.Deployment, s.Creds = d, creds
+	if err := writeAdmitted(cfg.DataDir, d.Users); err != nil {
+		return err
+	}
+	if len(added) > 0 {
 		fmt.Fprintf(cfg.Out, "cohort dev: admitted user %s (credentials %s)\n", strings.Join(added, ", "), s.CredsDir)
 	}
+	return nil
 }
 
 // Connect opens a connection to the stack's NATS server as one key of a

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -124,6 +125,15 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
+	}
+	if cfg.Port > 0 {
+		// The server would only log that it cannot listen, and never be
+		// ready: say at once that the port is taken.
+		ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+		if err != nil {
+			return nil, fmt.Errorf("embednats: %w", err)
+		}
+		ln.Close()
 	}
 	opts, err := cfg.options()
 	if err != nil {

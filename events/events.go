@@ -8,7 +8,8 @@
 // manager's account and keeps them under limits (age, bytes, message size),
 // dropping the oldest first; the issuer publishes its events into it through
 // the manager's account, and operators read it with direct gets, which write
-// nothing anywhere (package access).
+// nothing anywhere, or through a consumer of their own that pulls, which the
+// manager creates for them once VetReader passed it (package access).
 //
 // Guarantees:
 //   - An event carries no secret: no key, no token, no sealed blob; only

@@ -153,7 +153,7 @@ func TestUntrustedStreamsAreRefused(t *testing.T) {
 	nc := connect(t, srv)
 	js, _ := jetstream.New(nc)
 	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
-		Name: messages.CallsStream("c1"), Subjects: []string{messages.ClaimsOfCluster("c1")}, MaxMsgsPerSubject: 1,
+		Name: messages.CallsStream("c1", 2), Subjects: []string{messages.ClaimsOfShard("c1", 2)}, MaxMsgsPerSubject: 1,
 		AllowRollup: true, AllowDirect: true, AllowMsgTTL: true,
 	}); err != nil {
 		t.Fatal(err)
@@ -169,6 +169,47 @@ func TestUntrustedStreamsAreRefused(t *testing.T) {
 	roots.AddCert(iss.Root())
 	if _, err := client.Dial(context.Background(), client.Config{Conn: nc, User: "alice", Cluster: "c1", Roots: roots, Timeout: time.Second}); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("a handshake with a cluster over an untrusted stream: %v, want no responders", err)
+	}
+}
+
+// A cluster's one calls stream, as cohort made it before its claims were
+// spread over shards, holds the subjects of every shard: a unit of this
+// build does not serve beside it, and says what to remove.
+func TestLegacyCallsStreamIsNamed(t *testing.T) {
+	srv := startNATS(t, t.TempDir())
+	nc := connect(t, srv)
+	js, _ := jetstream.New(nc)
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
+		Name: messages.LegacyCallsStream("c1"), Subjects: []string{messages.ClaimsOfCluster("c1")}, MaxMsgsPerSubject: 1,
+		AllowDirect: true, AllowMsgTTL: true, DenyDelete: true, DenyPurge: true,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
+	startManager(t, connect(t, srv), iss.Root(), heartbeat)
+	var logs syncLog
+	cfg := unitConfig(t, connect(t, srv), "demo", sim.UnitIdentity("demo"))
+	cfg.Cluster, cfg.Logger = "c1", slog.New(slog.NewTextHandler(&logs, nil))
+	u, err := unit.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- u.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "the unit names the stream to remove", func() bool {
+		return strings.Contains(logs.String(), "nats stream rm "+messages.LegacyCallsStream("c1"))
+	})
+	select {
+	case <-u.Ready():
+		t.Fatal("a unit is ready beside the legacy calls stream")
+	default:
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(iss.Root())
+	if _, err := client.Dial(context.Background(), client.Config{Conn: nc, User: "alice", Cluster: "c1", Roots: roots, Timeout: time.Second}); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("a handshake with a cluster beside the legacy calls stream: %v, want no responders", err)
 	}
 }
 
@@ -221,7 +262,11 @@ func TestStreamsThatDoNotFitAreNamed(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	// The first unit made the sessions stream, which fitted; the second the
 	// calls stream, with its bound.
-	for stream, want := range map[string]int64{messages.SessionsStream("c1"): unit.DefaultSessionsMaxBytes, messages.CallsStream("c1"): 64 << 20} {
+	bounds := map[string]int64{messages.SessionsStream("c1"): unit.DefaultSessionsMaxBytes}
+	for _, name := range messages.CallsStreams("c1") {
+		bounds[name] = 64 << 20 / messages.CallShards // the bound is the shards' together
+	}
+	for stream, want := range bounds {
 		st, err := js.Stream(context.Background(), stream)
 		if err != nil {
 			t.Fatal(err)

@@ -410,7 +410,7 @@ func TestClaimOfADeadUnitIsTakenOver(t *testing.T) {
 func TestClaimOfADeadUnitIsFinal(t *testing.T) {
 	var ran atomic.Int64
 	c := startCluster(t, 2, "f", func(cfg *unit.Config) {
-		cfg.App = func(context.Context, string, []byte) ([]byte, error) { ran.Add(1); return []byte("ran"), nil }
+		cfg.App = func(context.Context, unit.Call) ([]byte, error) { ran.Add(1); return []byte("ran"), nil }
 	})
 	ctx := context.Background()
 	s, err := client.Dial(ctx, client.Config{Conn: c.nc, User: "alice", Cluster: "c1", Roots: c.roots, CallTimeout: 500 * time.Millisecond, Retries: 10})
@@ -448,7 +448,7 @@ func TestCallClaimsCannotBeRolledUpOrPurged(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, m); err == nil || !strings.Contains(err.Error(), "rollup not permitted") {
 		t.Fatalf("a roll-up of the calls stream: %v, want it refused", err)
 	}
-	st, err := js.Stream(ctx, messages.CallsStream("c1"))
+	st, err := js.Stream(ctx, messages.CallsStreamOf("c1", []byte{0, 0xff}))
 	if err != nil {
 		t.Fatal(err)
 	}

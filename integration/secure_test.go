@@ -249,22 +249,6 @@ func grantKeys(d access.Deployment) []struct {
 	return out
 }
 
-// subjectMatches reports whether subject matches the NATS pattern.
-func subjectMatches(pattern, subject string) bool {
-	p, s := strings.Split(pattern, "."), strings.Split(subject, ".")
-	for i, tok := range p {
-		switch {
-		case tok == ">":
-			return len(s) > i
-		case i >= len(s):
-			return false
-		case tok != "*" && tok != s[i]:
-			return false
-		}
-	}
-	return len(p) == len(s)
-}
-
 // stopIn waits for ctx, for tests that need one bounded by the deadline.
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)

@@ -192,6 +192,9 @@ func (i *Issuer) obtainKey(ctx context.Context, empty bool) (obtained, error) {
 	case errors.Is(err, errNotFound):
 		return obtained{}, fmt.Errorf("%w: bucket %q holds records but no state key record: it was made by a cohort from before the state key, or damaged. "+
 			"Start the issuer with --init to make a new state and a new root (every user must then trust again), or give it a fresh bucket", ErrNoStateKey, i.cfg.Bucket)
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return obtained{}, fmt.Errorf("%w: %w: JetStream does not serve bucket %q yet (its replicas may still be electing a leader). "+
+			"Nothing was written: start the issuer again once it does", ErrNoStateKey, err, i.cfg.Bucket)
 	case err != nil:
 		return obtained{}, fmt.Errorf("%w: %w. Restore the bucket, or start with --init to make a new root", ErrNoStateKey, err)
 	}

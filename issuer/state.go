@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -191,9 +192,22 @@ type raw struct {
 	gone bool   // a delete or purge marker
 }
 
+// directPatience is how long a read waits for the state stream to answer
+// direct gets: the replicas of a replicated stream made or moved a moment
+// ago serve them only once they have caught up, and until then a get has
+// no responders.
+const directPatience = 5 * time.Second
+
 // get reads the last message of a record; errNotFound when there is none.
 func (s *store) get(ctx context.Context, name string) (*raw, error) {
 	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(name))
+	for end := time.Now().Add(directPatience); errors.Is(err, nats.ErrNoResponders) && time.Now().Before(end) && ctx.Err() == nil; {
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+			m, err = s.stream.GetLastMsgForSubject(ctx, s.subject(name))
+		}
+	}
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, errNotFound
 	}

@@ -98,6 +98,11 @@ type Config struct {
 	Workers      int           // join workers; default 2 × GOMAXPROCS
 	Queue        int           // joins waiting for a worker; default 4096
 	MaxClockSkew time.Duration // how far a join's time may be off; default 2m
+	// Stores bounds the session records in flight to JetStream at once,
+	// in a pool apart from the join workers: each waits for its write to be
+	// durable (an fsync, or a replicated commit, which a replicated stream
+	// makes of the writes queued together). Default 256.
+	Stores int
 
 	Metrics prometheus.Registerer // registers the manager's metrics; nil for none
 
@@ -143,6 +148,9 @@ func (c *Config) fill() error {
 	}
 	if c.Queue <= 0 {
 		c.Queue = 4096
+	}
+	if c.Stores <= 0 {
+		c.Stores = 256
 	}
 	if c.MaxClockSkew <= 0 {
 		c.MaxClockSkew = 2 * time.Minute
@@ -278,7 +286,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		{Name: "heartbeat", Subject: messages.ManagerFilter(messages.VerbHeartbeat), EveryInstance: true, Inline: true, Handle: m.serveHeartbeat},
 		{Name: "leave", Subject: messages.ManagerFilter(messages.VerbLeave), Handle: func(r service.Msg) ([]byte, *messages.Error) { return m.serveLeave(ctx, r) }},
 		{Name: "status", Subject: messages.SubjectStatus, Handle: m.serveStatus},
-		{Name: "session", Subject: messages.ManagerFilter(messages.VerbSession), Handle: func(r service.Msg) ([]byte, *messages.Error) { return m.serveSession(ctx, r) }},
+		{Name: "session", Subject: messages.ManagerFilter(messages.VerbSession), Workers: m.cfg.Stores, Handle: func(r service.Msg) ([]byte, *messages.Error) { return m.serveSession(ctx, r) }},
+		{Name: "reader", Subject: messages.SubjectReaderCreate + ".>", Handle: func(r service.Msg) ([]byte, *messages.Error) { return m.serveReader(ctx, r) }},
 	} {
 		if err := svc.Add(ep); err != nil {
 			return fmt.Errorf("manager: add %s endpoint: %w", ep.Name, err)

@@ -79,21 +79,66 @@ func SessionSubject(cluster string, session []byte) string {
 // SessionsOfCluster is the subject filter of a cluster's session records.
 func SessionsOfCluster(cluster string) string { return SubjectSessionsPrefix + cluster + ".>" }
 
-// CallsStream is the stream of a cluster's call claims and closed marks.
-func CallsStream(cluster string) string { return callsStreamPrefix + cluster }
+// CallShards is the number of streams a cluster's claims and closed marks
+// are spread over, by session (CallShard): JetStream writes and fsyncs one
+// stream's messages one after another, and separate streams in parallel.
+// Every unit of a cluster must spread them alike, or two units could claim
+// one call in two places: the number is part of the storage layout
+// (package doc, "Storage"), and a build that changes it runs only after
+// the cluster's units are stopped and its calls streams removed.
+const CallShards = 4
+
+// CallShard is the shard of a session's claims and closed mark.
+func CallShard(session []byte) int {
+	if len(session) == 0 {
+		return 0
+	}
+	return int(session[0]) % CallShards
+}
+
+// CallsStream is the stream of shard shard of a cluster's call claims and
+// closed marks.
+func CallsStream(cluster string, shard int) string {
+	return fmt.Sprintf("%s%s_%d", callsStreamPrefix, cluster, shard)
+}
+
+// CallsStreamOf is the stream of a session's claims and closed mark.
+func CallsStreamOf(cluster string, session []byte) string {
+	return CallsStream(cluster, CallShard(session))
+}
+
+// CallsStreams are the names of a cluster's calls streams.
+func CallsStreams(cluster string) []string {
+	names := make([]string, CallShards)
+	for k := range names {
+		names[k] = CallsStream(cluster, k)
+	}
+	return names
+}
 
 // ClaimSubject is the subject of the claim on call seq of a session.
 func ClaimSubject(cluster string, session []byte, seq uint64) string {
-	return fmt.Sprintf("%s%s.%x.%d", SubjectCallsPrefix, cluster, session, seq)
+	return fmt.Sprintf("%s%s.%d.%x.%d", SubjectCallsPrefix, cluster, CallShard(session), session, seq)
 }
 
 // ClosedSubject is the subject of a session's closed mark.
 func ClosedSubject(cluster string, session []byte) string {
-	return fmt.Sprintf("%s%s.%x.closed", SubjectCallsPrefix, cluster, session)
+	return fmt.Sprintf("%s%s.%d.%x.closed", SubjectCallsPrefix, cluster, CallShard(session), session)
 }
 
-// ClaimsOfCluster is the subject filter of a cluster's claims and marks.
+// ClaimsOfCluster is the subject filter of a cluster's claims and marks, in
+// every shard.
 func ClaimsOfCluster(cluster string) string { return SubjectCallsPrefix + cluster + ".>" }
+
+// ClaimsOfShard is the subject filter of one shard's claims and marks.
+func ClaimsOfShard(cluster string, shard int) string {
+	return fmt.Sprintf("%s%s.%d.>", SubjectCallsPrefix, cluster, shard)
+}
+
+// LegacyCallsStream is the one calls stream of a cluster as cohort made it
+// before its claims were spread over CallShards streams: its subjects
+// overlap theirs, so it must be removed before they can be made.
+func LegacyCallsStream(cluster string) string { return callsStreamPrefix + cluster }
 
 var userName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 

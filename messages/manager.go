@@ -69,6 +69,7 @@ const (
 	CodeSignature         Code = "signature_invalid"   // the join is not signed by the certificate's key
 	CodeUnknownUnit       Code = "unknown_unit"        // no such member, or the token does not match
 	CodeWrongSubject      Code = "wrong_subject"       // the request names another cluster or unit than its subject
+	CodeReaderRefused     Code = "reader_refused"      // an operator's consumer on the audit stream would not be a reader's: it pushes, never expires, or is one too many
 )
 
 // Sentinels for the manager's codes.

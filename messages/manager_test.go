@@ -471,7 +471,42 @@ func TestClusterSubjects(t *testing.T) {
 			t.Errorf("UserOfSubject(%q) accepted", bad)
 		}
 	}
-	if ClaimSubject("dev", []byte{0xab}, 7) != "cohort.v1.calls.dev.ab.7" || ClosedSubject("dev", []byte{0xab}) != "cohort.v1.calls.dev.ab.closed" {
-		t.Error("claim subjects")
+	// 0xab is 171, shard 171 mod 4 = 3.
+	if ClaimSubject("dev", []byte{0xab}, 7) != "cohort.v1.calls.dev.3.ab.7" || ClosedSubject("dev", []byte{0xab}) != "cohort.v1.calls.dev.3.ab.closed" {
+		t.Errorf("claim subjects %s, %s", ClaimSubject("dev", []byte{0xab}, 7), ClosedSubject("dev", []byte{0xab}))
 	}
+	// Each shard's stream holds exactly its sessions' subjects, and the
+	// cluster's filter (the units' permission) holds every shard's.
+	for b := range 256 {
+		session := []byte{byte(b), 1, 2}
+		k := CallShard(session)
+		for j := range CallShards {
+			want := j == k
+			if got := subjectMatches(ClaimsOfShard("dev", j), ClaimSubject("dev", session, 1)); got != want {
+				t.Fatalf("session %x (shard %d) in shard %d's filter: %v", session, k, j, got)
+			}
+		}
+		if !subjectMatches(ClaimsOfCluster("dev"), ClosedSubject("dev", session)) || CallsStreamOf("dev", session) != CallsStreams("dev")[k] {
+			t.Fatalf("session %x: the cluster's filter or its stream", session)
+		}
+	}
+	if LegacyCallsStream("dev") == CallsStream("dev", 0) || !subjectMatches(SubjectCallsPrefix+"dev.>", ClaimsOfShard("dev", 0)) {
+		t.Error("the legacy stream's subjects must overlap the shards', and its name differ")
+	}
+}
+
+// subjectMatches reports whether NATS subject s falls under filter.
+func subjectMatches(filter, s string) bool {
+	f, t := strings.Split(filter, "."), strings.Split(s, ".")
+	for i, tok := range f {
+		switch {
+		case tok == ">":
+			return len(t) > i
+		case i >= len(t):
+			return false
+		case tok != "*" && tok != t[i]:
+			return false
+		}
+	}
+	return len(f) == len(t)
 }

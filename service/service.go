@@ -103,7 +103,13 @@ type Endpoint struct {
 	// Inline decides requests on the subscription's goroutine, one at a
 	// time, rather than in the pool: for cheap requests, in order.
 	Inline bool
-	Handle Func
+	// Workers, when above zero, gives the endpoint a pool of its own of
+	// that many workers, with a queue of Config.Queue: for requests that
+	// mostly wait (on a durable write, say), which in the shared pool would
+	// hold the workers the others compute with, and would be too few to
+	// keep the writes in flight that a store commits together.
+	Workers int
+	Handle  Func
 }
 
 // Service is a running NATS service.
@@ -119,6 +125,7 @@ type Service struct {
 	refused atomic.Int64
 
 	mu        sync.Mutex
+	stopped   bool // Stop began: no more workers
 	subs      []*nats.Subscription
 	endpoints []*endpoint
 }
@@ -126,6 +133,7 @@ type Service struct {
 type endpoint struct {
 	Endpoint
 	queue    string
+	jobs     chan job // the service's, or the endpoint's own pool's
 	requests atomic.Int64
 	errors   atomic.Int64
 	nanos    atomic.Int64
@@ -167,7 +175,19 @@ func New(cfg Config) (*Service, error) {
 		cfg: cfg, log: cfg.Logger, id: strings.ToUpper(hex.EncodeToString(idb)), started: time.Now().UTC(),
 		jobs: make(chan job, cfg.Queue), done: make(chan struct{}),
 	}
-	for range cfg.Workers {
+	s.startWorkers(cfg.Workers, s.jobs)
+	if cfg.Name != "" {
+		if err := s.discovery(); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// startWorkers starts n workers on jobs; they go once Stop closes done.
+func (s *Service) startWorkers(n int, jobs chan job) {
+	for range n {
 		s.workers.Go(func() {
 			for {
 				select {
@@ -176,25 +196,18 @@ func New(cfg Config) (*Service, error) {
 					// more comes; answer what is queued, then go.
 					for {
 						select {
-						case j := <-s.jobs:
+						case j := <-jobs:
 							s.serve(j.ep, j.req, j.to)
 						default:
 							return
 						}
 					}
-				case j := <-s.jobs:
+				case j := <-jobs:
 					s.serve(j.ep, j.req, j.to)
 				}
 			}
 		})
 	}
-	if cfg.Name != "" {
-		if err := s.discovery(); err != nil {
-			s.Stop()
-			return nil, err
-		}
-	}
-	return s, nil
 }
 
 // ID is this instance's id in discovery.
@@ -209,7 +222,17 @@ func (s *Service) Add(e Endpoint) error {
 	if e.Name == "" || e.Subject == "" || e.Handle == nil {
 		return errors.New("service: an endpoint needs a name, a subject and a handler")
 	}
-	ep := &endpoint{Endpoint: e}
+	ep := &endpoint{Endpoint: e, jobs: s.jobs}
+	if e.Workers > 0 && !e.Inline {
+		s.mu.Lock()
+		if s.stopped {
+			s.mu.Unlock()
+			return errors.New("service: stopped")
+		}
+		ep.jobs = make(chan job, s.cfg.Queue)
+		s.startWorkers(e.Workers, ep.jobs)
+		s.mu.Unlock()
+	}
 	if !e.EveryInstance {
 		ep.queue = s.cfg.QueueGroup
 	}
@@ -224,9 +247,9 @@ func (s *Service) Add(e Endpoint) error {
 		}
 		select {
 		case <-s.done:
-		case s.jobs <- job{ep: ep, req: req, to: m.Reply}:
+		case ep.jobs <- job{ep: ep, req: req, to: m.Reply}:
 		default:
-			busy := messages.Refusal(messages.CodeOverloaded, "the service's queue of %d requests is full", cap(s.jobs))
+			busy := messages.Refusal(messages.CodeOverloaded, "the service's queue of %d requests is full", cap(ep.jobs))
 			ep.requests.Add(1)
 			s.fail(ep, busy)
 			s.send(m.Reply, nil, busy)
@@ -319,6 +342,7 @@ func (s *Service) Stop() {
 		s.mu.Lock()
 		subs := s.subs
 		s.subs = nil
+		s.stopped = true
 		s.mu.Unlock()
 		// Drain, not unsubscribe: the requests the server already routed
 		// to this instance (of a queue group, none other gets them) are

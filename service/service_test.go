@@ -180,3 +180,45 @@ func TestStopTwice(t *testing.T) {
 	s.Stop()
 	s.Stop()
 }
+
+// An endpoint with a pool of its own holds its requests in flight together,
+// and is answered while the shared pool is busy; Add after Stop refuses.
+func TestEndpointPool(t *testing.T) {
+	nc := start(t)
+	release := make(chan struct{})
+	entered := make(chan struct{}, 16)
+	wait := Endpoint{Name: "store", Subject: "svc.store", Workers: 8, Handle: func(Msg) ([]byte, *messages.Error) {
+		entered <- struct{}{}
+		<-release
+		return []byte("stored"), nil
+	}}
+	slow := Endpoint{Name: "slow", Subject: "svc.slow", Handle: func(Msg) ([]byte, *messages.Error) { <-release; return nil, nil }}
+	fast := Endpoint{Name: "fast", Subject: "svc.fast", Workers: 1, Handle: func(Msg) ([]byte, *messages.Error) { return []byte("fast"), nil }}
+	s := newService(t, nc, wait, slow, fast)
+	for range 2 { // the shared pool's two workers
+		if err := nc.PublishRequest("svc.slow", nc.NewInbox(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 8 {
+		if err := nc.PublishRequest("svc.store", nc.NewInbox(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	timeout := time.After(5 * time.Second)
+	for i := range 8 {
+		select {
+		case <-entered:
+		case <-timeout:
+			t.Fatalf("%d requests in flight, want the pool's 8", i)
+		}
+	}
+	if m, err := nc.Request("svc.fast", nil, 5*time.Second); err != nil || string(m.Data) != "fast" {
+		t.Fatalf("the fast endpoint, beside a busy shared pool: %v %v", err, m)
+	}
+	close(release)
+	s.Stop()
+	if err := s.Add(Endpoint{Name: "late", Subject: "svc.late", Workers: 1, Handle: fast.Handle}); err == nil {
+		t.Error("Add after Stop made a pool")
+	}
+}

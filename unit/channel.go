@@ -6,6 +6,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,7 +58,11 @@ func (u *Unit) serveChannel(ctx context.Context, ck *issuerclient.ClusterKey, up
 	defer svc.Stop()
 	ch := &cluster{u: u, ck: ck, claimKey: claimKey, st: st}
 	for _, ep := range []service.Endpoint{
-		{Name: "handshake", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbHandshake), Handle: func(m service.Msg) ([]byte, *messages.Error) { return ch.handshake(ctx, m) }},
+		{Name: "handshake", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbHandshake), Handle: func(m service.Msg) ([]byte, *messages.Error) {
+			reply, refusal := ch.handshake(ctx, m)
+			u.metrics.handshake(refusal == nil)
+			return reply, refusal
+		}},
 		{Name: "call", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbCall), Handle: func(m service.Msg) ([]byte, *messages.Error) { return ch.call(ctx, m) }},
 		{Name: "close", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbClose), Handle: func(m service.Msg) ([]byte, *messages.Error) { return ch.close(ctx, m) }},
 	} {
@@ -88,8 +95,10 @@ func (u *Unit) upkeep(ctx context.Context, st *streams) {
 			u.log.Debug("dropped expired sessions", "sessions", n)
 		}
 		if time.Since(looked) >= 30*time.Second {
-			if info, err := st.calls.Info(ctx); err == nil {
-				st.guard.look(info, u.cfg.Now())
+			for _, sh := range st.calls {
+				if info, err := sh.stream.Info(ctx); err == nil {
+					sh.guard.look(info, u.cfg.Now())
+				}
 			}
 			looked = time.Now()
 		}
@@ -285,15 +294,84 @@ func (u *Unit) learn(ck *issuerclient.ClusterKey, data []byte) {
 }
 
 // App is a task's code: it answers one call of a session. What it returns
-// is encrypted to the user; it must not block past ctx. An error reaches the
-// user only as "the task failed" (refusals travel in the clear) and is
-// logged by the unit: it must not hold secrets; put what the user should
-// learn in the answer instead.
-type App func(ctx context.Context, task string, request []byte) ([]byte, error)
+// is encrypted to the user; it must return once ctx is done (the call's
+// deadline, Config.CallTimeout). An error reaches the user only as "the task
+// failed" (refusals travel in the clear) and is logged by the unit: it must
+// not hold secrets; put what the user should learn in the answer instead. A
+// panic is contained the same way: the call fails with "the task failed",
+// the panic is logged with its stack but not its value (which may quote the
+// request), counted in cohort_unit_task_panics_total, and the unit goes on.
+// A panic on a goroutine the App starts itself cannot be contained: it ends
+// the process, as in any Go program.
+type App func(ctx context.Context, call Call) ([]byte, error)
+
+// Call is one call of a session, as the App sees it. Its fields are the
+// App's to keep.
+type Call struct {
+	Task    string // the task the session was opened with
+	User    string // who calls: the user the NATS server let publish it
+	Session []byte // the session's id
+	Seq     uint64 // the call's sequence number in its session
+	Data    []byte // the request, decrypted
+}
 
 // echo is the demo task's App.
-func (u *Unit) echo(_ context.Context, task string, request []byte) ([]byte, error) {
-	return fmt.Appendf(nil, "unit %s of task %s heard: %s", u.cfg.ID, task, request), nil
+func (u *Unit) echo(_ context.Context, c Call) ([]byte, error) {
+	return fmt.Appendf(nil, "unit %s of task %s heard: %s", u.cfg.ID, c.Task, c.Data), nil
+}
+
+// errPanicked is the error of an App that panicked.
+var errPanicked = errors.New("the task panicked")
+
+// runApp runs the App over one call, containing a panic to that call.
+func (u *Unit) runApp(ctx context.Context, c Call) (answer []byte, err error) {
+	start := time.Now()
+	defer func() {
+		u.metrics.task(time.Since(start))
+		if r := recover(); r != nil {
+			u.metrics.panicked()
+			u.log.Error("the task panicked on a call: that call fails, the unit goes on",
+				"panic", panicText(r), "user", c.User, "seq", c.Seq, "stack", stack(debug.Stack()))
+			answer, err = nil, errPanicked
+		}
+	}()
+	return u.cfg.App(ctx, c)
+}
+
+// panicText says what a panic was without quoting a value the task made,
+// which may hold the request: a runtime error's message is the runtime's
+// own (an index out of range, a nil dereference); any other value is named
+// by its type only.
+func panicText(r any) string {
+	if re, ok := r.(runtime.Error); ok {
+		return re.Error()
+	}
+	return fmt.Sprintf("a %T (its value is not logged: it may quote the request)", r)
+}
+
+// stack is a goroutine's stack trace without the argument words of its
+// frames, which may be the request's bytes read as integers.
+func stack(trace []byte) string {
+	lines := strings.Split(string(trace), "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, "\t") || !strings.HasSuffix(l, ")") {
+			continue
+		}
+		depth := 0
+		for j := len(l) - 1; j >= 0; j-- {
+			switch l[j] {
+			case ')':
+				depth++
+			case '(':
+				depth--
+			}
+			if depth == 0 {
+				lines[i] = l[:j] + "(...)"
+				break
+			}
+		}
+	}
+	return strings.Join(lines, "\n")
 }
 
 // accepted is a call or a close that authenticated and is this unit's to
@@ -303,8 +381,7 @@ type accepted struct {
 	session *session
 	request []byte
 	subject string // the claim's
-	claim   uint64 // the claim's revision, to store the answer over
-	lost    bool   // another unit took the claim over while this one ran it
+	claim   uint64 // the claim's revision, to store the answer over; 0 for a call that ran unclaimed
 	stored  []byte // an answer given before: send it again, run nothing
 }
 
@@ -355,11 +432,18 @@ func (c *cluster) accept(ctx context.Context, m service.Msg, verb string, kind c
 	}
 	subject := messages.ClaimSubject(u.cfg.Cluster, call.Session, call.Seq)
 	a := &accepted{call: &call, session: s, request: request, subject: subject}
+	if kind == channel.KindCall && u.cfg.SideEffectFree {
+		// No claim: the call runs, and its answer is stored where no answer
+		// is yet (answerFree), one durable write a call. A call sent again
+		// while it runs may run twice, which the declaration makes harmless.
+		return a, c.checkOpen(ctx, a)
+	}
 	rev, err := c.write(ctx, subject, messages.ClaimRunning, 0, nil, callClaimTTL)
 	switch {
 	case wrongRevision(err):
 		// Claimed before: judge what is there.
-		a, refusal, last := c.claimed(ctx, subject, call.Seq)
+		u.metrics.conflict()
+		a, refusal, last := c.claimed(ctx, call.Session, subject, call.Seq)
 		if refusal == nil || last == nil || !(u.cfg.SideEffectFree || kind == channel.KindClose) || !u.stale.expired(subject, last.rev, now) {
 			return a, refusal
 		}
@@ -374,24 +458,35 @@ func (c *cluster) accept(ctx context.Context, m service.Msg, verb string, kind c
 	case err != nil:
 		return nil, messages.Refusal(messages.CodeOverloaded, "the call could not be claimed: %v", err)
 	}
-	if err := c.st.guard.check(rev, sent, now); err != nil {
+	if err := c.st.shard(call.Session).guard.check(rev, sent, now); err != nil {
 		u.log.Warn("refusing a call: the calls stream looks made again", "err", err)
 		return nil, messages.Refusal(messages.CodeTampered, "%v", err)
 	}
 	a.claim = rev
 	if kind == channel.KindCall {
-		_, err := c.st.calls.GetLastMsgForSubject(ctx, messages.ClosedSubject(u.cfg.Cluster, call.Session))
-		switch {
-		case err == nil:
-			// Any message there closes the session: a mark that does not
-			// authenticate fails closed.
-			u.sessions.put(call.Session, &session{task: s.task, user: s.user, expires: s.expires, closed: true}, false)
-			return nil, messages.Refusal(messages.CodeNoSession, "session %x was closed", call.Session)
-		case !errors.Is(err, jetstream.ErrMsgNotFound):
-			return nil, messages.Refusal(messages.CodeOverloaded, "whether the session was closed could not be read: %v", err)
+		if refusal := c.checkOpen(ctx, a); refusal != nil {
+			return nil, refusal
 		}
 	}
 	return a, nil
+}
+
+// checkOpen refuses a call of a session whose closed mark is in the calls
+// stream: checked after the claim, it keeps a call claimed after the close
+// from running.
+func (c *cluster) checkOpen(ctx context.Context, a *accepted) *messages.Error {
+	u, s := c.u, a.session
+	_, err := c.st.shard(a.call.Session).stream.GetLastMsgForSubject(ctx, messages.ClosedSubject(u.cfg.Cluster, a.call.Session))
+	switch {
+	case err == nil:
+		// Any message there closes the session: a mark that does not
+		// authenticate fails closed.
+		u.sessions.put(a.call.Session, &session{task: s.task, user: s.user, expires: s.expires, closed: true}, false)
+		return messages.Refusal(messages.CodeNoSession, "session %x was closed", a.call.Session)
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return messages.Refusal(messages.CodeOverloaded, "whether the session was closed could not be read: %v", err)
+	}
+	return nil
 }
 
 func kindName(k channel.Kind) string {
@@ -401,32 +496,42 @@ func kindName(k channel.Kind) string {
 	return "call"
 }
 
-// call serves one call: it runs the task, encrypts the answer under this
-// unit's own answer key, and stores it with the claim.
+// call serves one call and counts its outcome.
 func (c *cluster) call(ctx context.Context, m service.Msg) ([]byte, *messages.Error) {
+	start := time.Now()
+	reply, refusal, outcome := c.runCall(ctx, m)
+	c.u.metrics.call(outcome, time.Since(start))
+	return reply, refusal
+}
+
+// runCall serves one call: it runs the task, encrypts the answer under this
+// unit's own answer key, and stores it with the claim.
+func (c *cluster) runCall(ctx context.Context, m service.Msg) ([]byte, *messages.Error, string) {
 	u := c.u
 	a, refusal := c.accept(ctx, m, messages.VerbCall, channel.KindCall)
-	if refusal != nil || a.stored != nil {
-		return a.storedAnswer(), refusal
+	switch {
+	case refusal != nil:
+		return a.storedAnswer(), refusal, outcomeRefused
+	case a.stored != nil:
+		return a.stored, nil, outcomeResent
 	}
 	actx, cancel := context.WithTimeout(ctx, u.cfg.CallTimeout)
-	stopRenewing := func() {}
-	if u.cfg.SideEffectFree {
-		stopRenewing = c.renewClaim(actx, a, cancel)
-	}
-	answer, err := u.cfg.App(actx, a.session.task, a.request)
-	stopRenewing()
+	answer, err := u.runApp(actx, Call{Task: a.session.task, User: a.session.user, Session: a.call.Session, Seq: a.call.Seq, Data: a.request})
 	cancel()
-	if a.lost {
-		return c.takenFrom(ctx, a)
+	if errors.Is(err, errPanicked) {
+		return nil, messages.Refusal(messages.CodeInternal, "the task failed"), outcomePanicked
 	}
 	if err != nil {
 		// The error stays here: a refusal travels in the clear, and a task's
 		// error may quote what the user sent.
-		u.log.Warn("the task failed a call", "err", err)
-		return nil, messages.Refusal(messages.CodeInternal, "the task failed")
+		u.log.Warn("the task failed a call", "err", err, "user", a.session.user, "seq", a.call.Seq)
+		return nil, messages.Refusal(messages.CodeInternal, "the task failed"), outcomeFailed
 	}
-	return c.answer(ctx, a, channel.KindCall, answer)
+	if u.cfg.SideEffectFree {
+		return c.answerFree(ctx, a, answer)
+	}
+	reply, refusal := c.answer(ctx, a, channel.KindCall, answer)
+	return reply, refusal, outcomeAnswered
 }
 
 func (a *accepted) storedAnswer() []byte {
@@ -436,12 +541,11 @@ func (a *accepted) storedAnswer() []byte {
 	return a.stored
 }
 
-// answer encrypts an answer, stores it with the claim so that a retry gets
-// it rather than a second run, and returns it.
-func (c *cluster) answer(ctx context.Context, a *accepted, kind channel.Kind, answer []byte) ([]byte, *messages.Error) {
+// seal encrypts an answer to the user and encodes the reply, charged to the
+// user's byte quota.
+func (c *cluster) seal(a *accepted, kind channel.Kind, answer []byte) ([]byte, *messages.Error) {
 	u := c.u
-	call := a.call
-	ct, err := channel.SealAnswer(a.session.keys, kind, u.cfg.ID, call.Session, call.Seq, answer)
+	ct, err := channel.SealAnswer(a.session.keys, kind, u.cfg.ID, a.call.Session, a.call.Seq, answer)
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encrypting the answer failed")
 	}
@@ -450,7 +554,18 @@ func (c *cluster) answer(ctx context.Context, a *accepted, kind channel.Kind, an
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the answer failed")
 	}
 	u.quotas.bytes.Charge(a.session.user, float64(len(out)), u.cfg.Now())
-	_, err = c.write(ctx, a.subject, messages.ClaimAnswered, a.claim, out, callClaimTTL)
+	return out, nil
+}
+
+// answer encrypts an answer, stores it with the claim so that a retry gets
+// it rather than a second run, and returns it.
+func (c *cluster) answer(ctx context.Context, a *accepted, kind channel.Kind, answer []byte) ([]byte, *messages.Error) {
+	u := c.u
+	out, refusal := c.seal(a, kind, answer)
+	if refusal != nil {
+		return nil, refusal
+	}
+	_, err := c.write(ctx, a.subject, messages.ClaimAnswered, a.claim, out, callClaimTTL)
 	if wrongRevision(err) {
 		var taken bool
 		if taken, _, err = c.overwrite(ctx, a, messages.ClaimAnswered, out); taken {
@@ -460,8 +575,69 @@ func (c *cluster) answer(ctx context.Context, a *accepted, kind channel.Kind, an
 	}
 	if err != nil {
 		u.log.Warn("storing an answer with its claim failed: a retry of the call will hear in_progress", "err", err)
+	} else {
+		c.stored(a)
 	}
 	return out, nil
+}
+
+// stored tells Config.OnAnswer that a's answer is stored.
+func (c *cluster) stored(a *accepted) {
+	if f := c.u.cfg.OnAnswer; f != nil && a.call != nil {
+		f(a.call.Session, a.call.Seq)
+	}
+}
+
+// answerFree stores the answer of a call that ran unclaimed (a task free of
+// side effects) where the call's subject holds nothing yet, the call's one
+// durable write, and returns it. The first answer stored is the call's: if
+// another unit's is there (the call sent again, run twice), that one is
+// returned in place of this one, so that every retry hears the same. A
+// claim still running, of a unit of a build that claims first, is taken
+// over once this unit has seen it unchanged for claimLease (its unit died),
+// and heard as "in progress" until then.
+func (c *cluster) answerFree(ctx context.Context, a *accepted, answer []byte) ([]byte, *messages.Error, string) {
+	u := c.u
+	out, refusal := c.seal(a, channel.KindCall, answer)
+	if refusal != nil {
+		return nil, refusal, outcomeFailed
+	}
+	rev, err := c.write(ctx, a.subject, messages.ClaimAnswered, 0, out, callClaimTTL)
+	switch {
+	case err == nil:
+		if err := c.st.shard(a.call.Session).guard.check(rev, time.Unix(0, a.call.Time), u.cfg.Now()); err != nil {
+			// A retry may run the call again, which the task allows.
+			u.log.Warn("the calls stream looks made again", "err", err)
+		}
+		c.stored(a)
+		return out, nil, outcomeAnswered
+	case !wrongRevision(err):
+		u.log.Warn("storing an answer failed: a retry of the call runs it again", "err", err)
+		return out, nil, outcomeAnswered
+	}
+	// Something is there: an answer (this unit's or another's) is the
+	// call's; anything else is written over once it may be.
+	var over uint64
+	last, err := c.read(ctx, a.call.Session, a.subject)
+	switch {
+	case errors.Is(err, channel.ErrTampered):
+		u.log.Warn("a call's subject holds what no unit wrote: writing its answer over it", "seq", a.call.Seq, "err", err)
+		over = last.rev
+	case err != nil:
+		return nil, messages.Refusal(messages.CodeOverloaded, "call %d of this session was answered already, and its answer could not be read: %v", a.call.Seq, err), outcomeRefused
+	case last.claim.State == messages.ClaimRunning && (last.claim.Unit == u.cfg.ID || u.stale.expired(a.subject, last.rev, u.cfg.Now())):
+		u.log.Info("answering a call whose claim no unit renews", "seq", a.call.Seq, "claimed_by", last.claim.Unit)
+		over = last.rev
+	default:
+		stored, refusal := judge(last, a.call.Seq)
+		return stored.storedAnswer(), refusal, outcomeResent
+	}
+	if _, err := c.write(ctx, a.subject, messages.ClaimAnswered, over, out, callClaimTTL); err != nil {
+		stored, refusal, _ := c.claimed(ctx, a.call.Session, a.subject, a.call.Seq)
+		return stored.storedAnswer(), refusal, outcomeResent
+	}
+	c.stored(a)
+	return out, nil, outcomeAnswered
 }
 
 // close closes a session for the whole cluster. It stores a sealed closed

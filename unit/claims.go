@@ -38,38 +38,40 @@ type lastClaim struct {
 	rev   uint64
 }
 
-// read reads and checks the claim at subject. A message that is not a
+// read reads and checks the claim at subject, of session. A message that is not a
 // unit's claim standing where it was written is an error wrapping
-// channel.ErrTampered.
-func (c *cluster) read(ctx context.Context, subject string) (*lastClaim, error) {
-	msg, err := c.st.calls.GetLastMsgForSubject(ctx, subject)
+// channel.ErrTampered, returned with the message's revision only (for a
+// unit to write over it).
+func (c *cluster) read(ctx context.Context, session []byte, subject string) (*lastClaim, error) {
+	msg, err := c.st.shard(session).stream.GetLastMsgForSubject(ctx, subject)
 	if err != nil {
 		return nil, err
 	}
-	last := &lastClaim{rev: msg.Sequence}
-	if err := messages.Decode(msg.Data, messages.MaxCallClaim, &last.claim); err != nil {
-		return nil, fmt.Errorf("%w: the claim does not decode: %v", channel.ErrTampered, err)
+	var claim messages.CallClaim
+	at := &lastClaim{rev: msg.Sequence}
+	if err := messages.Decode(msg.Data, messages.MaxCallClaim, &claim); err != nil {
+		return at, fmt.Errorf("%w: the claim does not decode: %v", channel.ErrTampered, err)
 	}
 	var prev uint64
 	h := msg.Header.Get(jetstream.ExpectedLastSubjSeqHeader)
 	if h != "" {
 		if prev, err = strconv.ParseUint(h, 10, 64); err != nil {
-			return nil, fmt.Errorf("%w: the claim's stored revision %q", channel.ErrTampered, h)
+			return at, fmt.Errorf("%w: the claim's stored revision %q", channel.ErrTampered, h)
 		}
 	}
-	if err := channel.CheckClaim(c.claimKey, subject, &last.claim, prev, h != ""); err != nil {
-		return nil, err
+	if err := channel.CheckClaim(c.claimKey, subject, &claim, prev, h != ""); err != nil {
+		return at, err
 	}
-	if last.claim.State == messages.ClaimClosed {
-		return nil, fmt.Errorf("%w: a closed mark on a call's subject", channel.ErrTampered)
+	if claim.State == messages.ClaimClosed {
+		return at, fmt.Errorf("%w: a closed mark on a call's subject", channel.ErrTampered)
 	}
-	return last, nil
+	return &lastClaim{claim: claim, rev: msg.Sequence}, nil
 }
 
 // claimed answers a message claimed before. The last claim comes back when
 // it is another unit's, still running, for accept to judge its age.
-func (c *cluster) claimed(ctx context.Context, subject string, seq uint64) (*accepted, *messages.Error, *lastClaim) {
-	last, err := c.read(ctx, subject)
+func (c *cluster) claimed(ctx context.Context, session []byte, subject string, seq uint64) (*accepted, *messages.Error, *lastClaim) {
+	last, err := c.read(ctx, session, subject)
 	switch {
 	case errors.Is(err, channel.ErrTampered):
 		c.u.log.Warn("refusing a call whose claim was tampered with", "seq", seq, "err", err)
@@ -77,20 +79,32 @@ func (c *cluster) claimed(ctx context.Context, subject string, seq uint64) (*acc
 	case err != nil:
 		return nil, messages.Refusal(messages.CodeOverloaded, "call %d of this session was taken already, and its claim could not be read: %v", seq, err), nil
 	}
-	if last.claim.State == messages.ClaimRunning {
-		return nil, messages.Refusal(messages.CodeInProgress, "call %d is being run by unit %s", seq, last.claim.Unit), last
+	a, refusal := judge(last, seq)
+	if a == nil {
+		return nil, refusal, last
 	}
-	// Refused as a replay, with the answer it had: a retry by the user opens
-	// it; anybody else holds ciphertext they saw already, and nothing ran.
-	return &accepted{stored: last.claim.Answer}, messages.Refusal(messages.CodeReplay, "call %d of this session ran already, on unit %s", seq, last.claim.Unit), nil
+	return a, refusal, nil
 }
 
-// A unit that runs a task free of side effects renews its claim every
-// claimRenew while it runs the call; another unit takes the call over when
-// it has seen the same revision of the claim, without an answer, for
-// claimLease on its own clock (no clock is compared with another's). A unit
-// whose renewal finds its claim taken stops the task and answers with what
-// the taker stores.
+// judge answers a message whose valid claim is last: "in progress" while it
+// runs; once answered, refused as a replay with the answer it had (a retry
+// by the user opens it; anybody else holds ciphertext they saw already, and
+// nothing ran).
+func judge(last *lastClaim, seq uint64) (*accepted, *messages.Error) {
+	if last.claim.State == messages.ClaimRunning {
+		return nil, messages.Refusal(messages.CodeInProgress, "call %d is being run by unit %s", seq, last.claim.Unit)
+	}
+	return &accepted{stored: last.claim.Answer}, messages.Refusal(messages.CodeReplay, "call %d of this session ran already, on unit %s", seq, last.claim.Unit)
+}
+
+// A call of a task free of side effects is not claimed: it runs, and its
+// answer is stored where nothing is yet (answerFree). A close is claimed,
+// and its unit renews the claim every claimRenew while it closes; a claim
+// that stands without an answer (a close's, or a call's by a unit of a
+// build that claimed such calls first) is taken over when this unit has
+// seen the same revision of it for claimLease on its own clock (no clock is
+// compared with another's): its unit died. A unit whose renewal finds its
+// claim taken stops, and answers with what the taker stores.
 //
 // A task not declared free of side effects has no takeover: its claim is
 // final, and a call whose unit died before answering is never run again.
@@ -153,19 +167,15 @@ func wrongRevision(err error) bool {
 // none of a unit's: this unit writes over it, so that its claim, and later
 // its answer, are the ones kept (false, the new revision).
 func (c *cluster) overwrite(ctx context.Context, a *accepted, state uint8, answer []byte) (taken bool, rev uint64, err error) {
-	last, err := c.read(ctx, a.subject)
+	last, err := c.read(ctx, a.call.Session, a.subject)
 	switch {
 	case err == nil && last.claim.Unit != c.u.cfg.ID:
 		return true, 0, nil
 	case err == nil:
 		rev = last.rev // this unit's own claim, written by an earlier attempt
 	case errors.Is(err, channel.ErrTampered):
-		msg, gerr := c.st.calls.GetLastMsgForSubject(ctx, a.subject)
-		if gerr != nil {
-			return false, 0, gerr
-		}
 		c.u.log.Warn("a claim of this unit was written over by no unit: writing it again", "seq", a.call.Seq, "err", err)
-		rev = msg.Sequence
+		rev = last.rev
 	default:
 		return false, 0, err
 	}
@@ -175,8 +185,7 @@ func (c *cluster) overwrite(ctx context.Context, a *accepted, state uint8, answe
 
 // renewClaim keeps a's claim alive until stop is called (once or more);
 // stop returns when renewing has stopped, after which a.claim is the claim's
-// revision and a.lost says whether another unit took the claim. Taken, it
-// calls lost (to stop the task) and renews no more.
+// revision. Taken by another unit, it calls lost and renews no more.
 func (c *cluster) renewClaim(ctx context.Context, a *accepted, lost func()) (stop func()) {
 	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -195,8 +204,7 @@ func (c *cluster) renewClaim(ctx context.Context, a *accepted, lost func()) (sto
 			if wrongRevision(err) {
 				var taken bool
 				if taken, rev, err = c.overwrite(ctx, a, messages.ClaimRunning, nil); taken {
-					c.u.log.Warn("another unit took over a call this unit runs: stopping it", "seq", a.call.Seq)
-					a.lost = true
+					c.u.log.Warn("another unit took over a claim of this unit", "seq", a.call.Seq)
 					lost()
 					return
 				}
@@ -215,6 +223,6 @@ func (c *cluster) renewClaim(ctx context.Context, a *accepted, lost func()) (sto
 // takenFrom answers a call whose claim another unit took over from this
 // one: with that unit's stored answer, or "in progress".
 func (c *cluster) takenFrom(ctx context.Context, a *accepted) ([]byte, *messages.Error) {
-	stored, refusal, _ := c.claimed(ctx, a.subject, a.call.Seq)
+	stored, refusal, _ := c.claimed(ctx, a.call.Session, a.subject, a.call.Seq)
 	return stored.storedAnswer(), refusal
 }

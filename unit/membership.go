@@ -130,7 +130,11 @@ func (u *Unit) membership(ctx context.Context) {
 }
 
 func (u *Unit) join(ctx context.Context) (*messages.JoinReply, error) {
-	req, err := JoinRequest(u.pair.Load(), u.cfg.Cluster, u.cfg.ID, u.cfg.Platform.Measurement(), u.Addr().String(), u.cfg.Now(), nil)
+	addr := "" // a unit without HTTPS advertises none
+	if a := u.Addr(); a != nil {
+		addr = a.String()
+	}
+	req, err := JoinRequest(u.pair.Load(), u.cfg.Cluster, u.cfg.ID, u.cfg.Platform.Measurement(), addr, u.cfg.Now(), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -37,12 +37,23 @@ const (
 	maxSessionTTL    = 24 * time.Hour
 )
 
-// streams are the cluster's two streams, as a unit uses them.
+// streams are the cluster's streams, as a unit uses them: its session
+// records, and its claims and closed marks spread over
+// messages.CallShards streams by session, which JetStream writes (and
+// fsyncs) in parallel.
 type streams struct {
 	sessions jetstream.Stream
-	calls    jetstream.Stream
-	guard    callsGuard
+	calls    [messages.CallShards]*callShard
 }
+
+// callShard is one of a cluster's calls streams, with its watch.
+type callShard struct {
+	stream jetstream.Stream
+	guard  callsGuard
+}
+
+// shard is the calls stream of a session's claims and closed mark.
+func (s *streams) shard(session []byte) *callShard { return s.calls[messages.CallShard(session)] }
 
 // callsGuard watches the calls stream for signs that it was made again,
 // which loses its claims: a claim stored at a sequence the stream had
@@ -94,7 +105,7 @@ func (g *callsGuard) check(seq uint64, sent, now time.Time) error {
 // retrying until ctx is done. A stream whose configuration could lose a
 // claim or let a record be rolled up or purged is refused: no role may
 // change a stream, and a unit does not serve over one it cannot trust.
-func (u *Unit) ensureStreams(ctx context.Context) (*streams, error) {
+func (u *Unit) ensureStreams(ctx context.Context) (st *streams, err error) {
 	c := u.cfg.Cluster
 	sessions := jetstream.StreamConfig{
 		Name:              messages.SessionsStream(c),
@@ -114,39 +125,52 @@ func (u *Unit) ensureStreams(ctx context.Context) (*streams, error) {
 		Storage:           jetstream.FileStorage,
 		Replicas:          u.cfg.Replicas,
 	}
-	calls := jetstream.StreamConfig{
-		Name:              messages.CallsStream(c),
-		Description:       "cohort call claims of cluster " + c + ": which unit took each call and its sealed answer, for five minutes; closed sessions, until they expire",
-		Subjects:          []string{messages.ClaimsOfCluster(c)},
-		Retention:         jetstream.LimitsPolicy,
-		Discard:           jetstream.DiscardNew,
-		MaxAge:            maxSessionTTL + 2*time.Minute, // each message has its own TTL, within it
-		AllowMsgTTL:       true,
-		MaxBytes:          u.cfg.CallsMaxBytes,
-		MaxMsgSize:        messages.MaxCallClaim,
-		MaxMsgsPerSubject: 1,
-		Duplicates:        duplicatesWindow,
-		AllowDirect:       true,
-		DenyDelete:        true,
-		DenyPurge:         true,
-		Storage:           jetstream.FileStorage,
-		Replicas:          u.cfg.Replicas,
+	calls := func(k int) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:              messages.CallsStream(c, k),
+			Description:       fmt.Sprintf("cohort call claims of cluster %s, shard %d of %d: which unit took each call and its sealed answer, for five minutes; closed sessions, until they expire", c, k, messages.CallShards),
+			Subjects:          []string{messages.ClaimsOfShard(c, k)},
+			Retention:         jetstream.LimitsPolicy,
+			Discard:           jetstream.DiscardNew,
+			MaxAge:            maxSessionTTL + 2*time.Minute, // each message has its own TTL, within it
+			AllowMsgTTL:       true,
+			MaxBytes:          u.cfg.CallsMaxBytes / messages.CallShards,
+			MaxMsgSize:        messages.MaxCallClaim,
+			MaxMsgsPerSubject: 1,
+			Duplicates:        duplicatesWindow,
+			AllowDirect:       true,
+			DenyDelete:        true,
+			DenyPurge:         true,
+			Storage:           jetstream.FileStorage,
+			Replicas:          u.cfg.Replicas,
+		}
 	}
-	st := &streams{}
+	st = &streams{}
 	for failures := 0; ; failures++ {
-		var err error
-		if st.sessions, err = u.ensureStream(ctx, sessions); err == nil {
-			if st.calls, err = u.ensureStream(ctx, calls); err == nil {
-				st.guard.bind(st.calls.CachedInfo())
-				return st, nil
+		st.sessions, err = u.ensureStream(ctx, sessions)
+		for k := 0; err == nil && k < messages.CallShards; k++ {
+			if st.calls[k] == nil {
+				var shard jetstream.Stream
+				if shard, err = u.ensureStream(ctx, calls(k)); err == nil {
+					st.calls[k] = &callShard{stream: shard}
+					st.calls[k].guard.bind(shard.CachedInfo())
+				}
 			}
+		}
+		if err == nil {
+			return st, nil
 		}
 		if errors.Is(err, errUntrusted) {
 			return nil, err
 		}
 		// A stream of another build over the same subjects, JetStream not
 		// ready yet, or not the storage to reserve: say why, then retry.
-		if isInsufficientStorage(err) {
+		// Shards made already are kept: the next attempt makes the rest.
+		if overlaps(err) {
+			err = fmt.Errorf("%w: a stream over the cluster's claims is there already, most likely %s, the one calls stream of a cohort from before they were spread over %d: "+
+				"stop the cluster's units of that build, then remove it as the cluster's account (nats stream rm %s); the sessions stream keeps which sessions were closed",
+				err, messages.LegacyCallsStream(c), messages.CallShards, messages.LegacyCallsStream(c))
+		} else if isInsufficientStorage(err) {
 			err = fmt.Errorf("%w: the NATS server cannot reserve the cluster's streams (%d bytes of session records, %d of call claims, each times %d replicas): give its JetStream more storage (max_file_store) or make the bounds smaller (cohort unit --sessions-max-bytes, --calls-max-bytes)",
 				err, u.cfg.SessionsMaxBytes, u.cfg.CallsMaxBytes, u.cfg.Replicas)
 		}
@@ -166,6 +190,17 @@ const (
 	jsInsufficientResources    jetstream.ErrorCode = 10023
 	jsStorageResourcesExceeded jetstream.ErrorCode = 10047
 )
+
+// jsSubjectOverlap is JetStream's code for a stream whose subjects overlap
+// another's (nats-server's JSStreamSubjectOverlapErr).
+const jsSubjectOverlap jetstream.ErrorCode = 10065
+
+// overlaps tells JetStream's refusal of a stream whose subjects another
+// stream holds.
+func overlaps(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.ErrorCode == jsSubjectOverlap
+}
 
 // isInsufficientStorage tells JetStream's refusal to reserve a stream's
 // bytes.

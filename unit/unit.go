@@ -31,8 +31,11 @@
 //     each user to its Quota.
 //   - A call runs at most once: it is claimed, create-only, before it runs,
 //     and a claim that no unit of the cluster wrote (claims.go) is refused
-//     as tampered, never run. A claim whose unit died is final, unless the
-//     task is declared free of side effects.
+//     as tampered, never run. A claim whose unit died is final. A task
+//     declared free of side effects (Config.SideEffectFree) is not claimed:
+//     its call runs, and its answer is stored create-only, one durable write
+//     a call; a call sent again while it runs may run twice, but one answer
+//     is kept and every retry hears it.
 //   - A closed session stays closed; a hello sent again opens nothing.
 //   - It makes its cluster's streams (streams.go), and does not serve over
 //     ones whose configuration could lose a claim or a record.
@@ -59,6 +62,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/group"
@@ -89,21 +93,25 @@ type Config struct {
 	IssuerMeasurement    []byte   // required: the issuer measurement this unit pins
 	PolicyHash           []byte   // optional: the issuer policy this unit pins
 	AllowSimulatedIssuer bool     // accept a simulated issuer (development only)
-	HTTPSAddr            string   // required: where to serve HTTPS, e.g. 127.0.0.1:8443
-	Name                 string   // this replica's name in logs and the default page; default the HTTPS address
+	HTTPSAddr            string   // where to serve HTTPS, e.g. 127.0.0.1:8443; empty: no HTTPS (a channel-only task)
+	Name                 string   // this replica's name in logs and the default page; default the HTTPS address, or the id
 	Cluster              string   // the cluster to join at the manager; empty: join none
 	Groups               []string // groups of the task whose pairs to obtain with the task's; see Group
 	ID                   string   // this unit's id in its cluster (its credential's); default derived from Name
 	Handler              http.Handler
-	App                  App             // answers the cluster channel's calls; default an echo
-	OnSession            func(id []byte) // observes each session the unit comes to hold (benchmarks, tests); must not block
-	KEM                  uint16          // HPKE KEM for the report; default ML-KEM-768+X25519
-	SessionTTL           time.Duration   // how long a channel session lives; default 1h
-	CallTimeout          time.Duration   // how long the task may take over one call; default 30s
+	App                  App                              // answers the cluster channel's calls; default an echo
+	OnSession            func(id []byte)                  // observes each session the unit comes to hold (benchmarks, tests); must not block
+	OnAnswer             func(session []byte, seq uint64) // observes each answer JetStream acknowledged storing (tests); must not block
+	KEM                  uint16                           // HPKE KEM for the report; default ML-KEM-768+X25519
+	SessionTTL           time.Duration                    // how long a channel session lives; default 1h
+	CallTimeout          time.Duration                    // how long the task may take over one call; default 30s
 	// SideEffectFree declares that the App's calls have no effect beyond
-	// their answers, so that a call whose unit stopped before answering may
-	// be taken over by another unit and run again. By default a claimed
-	// call is never run twice: one whose unit died before answering fails.
+	// their answers. Such a call is not claimed before it runs: it is one
+	// durable write (its answer, create-only) rather than two, and a call
+	// sent again while it runs, or whose unit died, runs again on whichever
+	// unit takes it, the first answer stored being the one every retry
+	// hears. By default a call is claimed before it runs and never runs
+	// twice: one whose unit died before answering fails.
 	SideEffectFree bool
 	Quota          Quota // what one user may ask of the cluster
 	Replicas       int   // JetStream replicas of the cluster's streams, when this unit makes them; default 1
@@ -113,11 +121,12 @@ type Config struct {
 	// was made with.
 	SessionsMaxBytes int64
 	CallsMaxBytes    int64
-	StoreTimeout     time.Duration // how long a handshake waits for the manager to store its record; default 3s, less than a client's 5s
-	Workers          int           // channel workers; default 2 × GOMAXPROCS
-	RetryMin         time.Duration // first retry after a failure; default 500ms
-	RetryMax         time.Duration // longest wait between retries; default 5s
-	Timeout          time.Duration // per issuer request; default 5s
+	StoreTimeout     time.Duration         // how long a handshake waits for the manager to store its record; default 3s, less than a client's 5s
+	Workers          int                   // channel workers; default 2 × GOMAXPROCS
+	RetryMin         time.Duration         // first retry after a failure; default 500ms
+	RetryMax         time.Duration         // longest wait between retries; default 5s
+	Timeout          time.Duration         // per issuer request; default 5s
+	Metrics          prometheus.Registerer // registers the unit's metrics (metrics.go); nil for none
 	Logger           *slog.Logger
 	Now              func() time.Time
 }
@@ -132,8 +141,8 @@ func (c *Config) fill() error {
 		return fmt.Errorf("unit: task name %q is not valid", c.Task)
 	case !enclave.ValidMeasurement(c.IssuerMeasurement):
 		return fmt.Errorf("unit: the pinned issuer measurement is %d bytes, want 32 or 48", len(c.IssuerMeasurement))
-	case c.HTTPSAddr == "":
-		return errors.New("unit: Config.HTTPSAddr is required")
+	case c.ID == "" && c.Name == "" && c.HTTPSAddr == "":
+		return errors.New("unit: Config.ID, Config.Name or Config.HTTPSAddr is required: a unit without HTTPS needs an id")
 	}
 	if c.ID == "" {
 		// Replicas on several hosts often serve on the same address
@@ -147,6 +156,9 @@ func (c *Config) fill() error {
 	}
 	if c.Name == "" {
 		c.Name = c.HTTPSAddr
+	}
+	if c.Name == "" {
+		c.Name = c.ID
 	}
 	if c.Cluster != "" && !messages.ValidTaskName(c.Cluster) {
 		return fmt.Errorf("unit: cluster id %q is not valid", c.Cluster)
@@ -226,6 +238,7 @@ type Unit struct {
 	stale    staleClaims   // claims seen in progress, for taking over a dead unit's
 	hellos   *replay.Cache // nonces of recent hellos
 	quotas   *quotas
+	metrics  *metrics // nil without Config.Metrics
 }
 
 // New checks cfg and returns a unit ready to Run.
@@ -240,6 +253,11 @@ func New(cfg Config) (*Unit, error) {
 	if u.cfg.App == nil {
 		u.cfg.App = u.echo
 	}
+	m, err := newMetrics(cfg.Metrics, u)
+	if err != nil {
+		return nil, fmt.Errorf("unit: register metrics: %w", err)
+	}
+	u.metrics = m
 	return u, nil
 }
 
@@ -247,7 +265,8 @@ func New(cfg Config) (*Unit, error) {
 // cluster key, its cluster's channel.
 func (u *Unit) Ready() <-chan struct{} { return u.ready }
 
-// Addr is the HTTPS listener's address. Valid after Ready.
+// Addr is the HTTPS listener's address. Valid after Ready; nil without
+// HTTPS.
 func (u *Unit) Addr() *net.TCPAddr { return u.addr.Load() }
 
 // Pair is the certificate pair in service. Valid after Ready.
@@ -271,33 +290,10 @@ func (u *Unit) Run(ctx context.Context) error {
 	if err := u.renew(ctx); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", u.cfg.HTTPSAddr)
+	stopHTTPS, err := u.serveHTTPS()
 	if err != nil {
-		return fmt.Errorf("unit: listen on %s: %w", u.cfg.HTTPSAddr, err)
+		return err
 	}
-	u.addr.Store(ln.Addr().(*net.TCPAddr))
-	tlsConf := &tls.Config{
-		MinVersion:     tls.VersionTLS12,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return u.cert.Load(), nil },
-	}
-	if ck := u.pair.Load().ClusterKey; ck != nil {
-		// Every unit of the cluster derives the same ticket key, so a TLS
-		// session begun on one replica resumes on another.
-		key, err := TicketKey(ck)
-		if err != nil {
-			return fmt.Errorf("unit: %w", err)
-		}
-		tlsConf.SetSessionTicketKeys([][32]byte{key})
-	}
-	srv := &http.Server{
-		Handler:           u.cfg.Handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(u.log.Handler(), slog.LevelDebug),
-		TLSConfig:         tlsConf,
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(ln, "", "") }()
-	u.log.Info("unit serving HTTPS", "addr", ln.Addr().String(), "serial", u.serial(), "groups", u.cfg.Groups)
 	// The cluster's work stops when renewal does: a unit the issuer no
 	// longer certifies leaves its cluster.
 	ctx, stop := context.WithCancel(ctx)
@@ -331,15 +327,57 @@ func (u *Unit) Run(ctx context.Context) error {
 	err = u.renewLoop(ctx)
 	stop()
 	member.Wait() // it has left the cluster before HTTPS stops
-	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if serr := srv.Shutdown(shutdown); serr != nil {
-		u.log.Warn("https shutdown", "err", serr)
-	}
-	if serr := <-served; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
-		err = fmt.Errorf("unit: https: %w", serr)
+	if serr := stopHTTPS(context.WithoutCancel(ctx)); serr != nil && err == nil {
+		err = serr
 	}
 	return err
+}
+
+// serveHTTPS serves HTTPS with the pair, if Config.HTTPSAddr asks for it,
+// and returns what stops it.
+func (u *Unit) serveHTTPS() (stop func(context.Context) error, err error) {
+	if u.cfg.HTTPSAddr == "" {
+		u.log.Info("unit holds its certificate; no HTTPS asked for", "serial", u.serial(), "groups", u.cfg.Groups)
+		return func(context.Context) error { return nil }, nil
+	}
+	ln, err := net.Listen("tcp", u.cfg.HTTPSAddr)
+	if err != nil {
+		return nil, fmt.Errorf("unit: listen on %s: %w", u.cfg.HTTPSAddr, err)
+	}
+	u.addr.Store(ln.Addr().(*net.TCPAddr))
+	tlsConf := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return u.cert.Load(), nil },
+	}
+	if ck := u.pair.Load().ClusterKey; ck != nil {
+		// Every unit of the cluster derives the same ticket key, so a TLS
+		// session begun on one replica resumes on another.
+		key, err := TicketKey(ck)
+		if err != nil {
+			return nil, fmt.Errorf("unit: %w", err)
+		}
+		tlsConf.SetSessionTicketKeys([][32]byte{key})
+	}
+	srv := &http.Server{
+		Handler:           u.cfg.Handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(u.log.Handler(), slog.LevelDebug),
+		TLSConfig:         tlsConf,
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(ln, "", "") }()
+	u.log.Info("unit serving HTTPS", "addr", ln.Addr().String(), "serial", u.serial(), "groups", u.cfg.Groups)
+	return func(ctx context.Context) error {
+		shutdown, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if serr := srv.Shutdown(shutdown); serr != nil {
+			u.log.Warn("https shutdown", "err", serr)
+		}
+		if serr := <-served; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+			return fmt.Errorf("unit: https: %w", serr)
+		}
+		return nil
+	}, nil
 }
 
 // renewLoop renews the pair at two thirds of the life of its first
@@ -446,7 +484,7 @@ func Terminal(err error) bool {
 		issuerclient.ErrMeasurement, issuerclient.ErrSimulated, issuerclient.ErrDebug, issuerclient.ErrPolicy,
 		messages.ErrMeasurement, messages.ErrSimulated, messages.ErrUnknownTask, messages.ErrUnknownGroup, messages.ErrNotInGroup,
 		&messages.Error{Code: messages.CodeDebug}, &messages.Error{Code: messages.CodeSecurityVersion},
-		messages.ErrPlatform, messages.ErrTCBStatus, messages.ErrTCB,
+		messages.ErrPlatform, messages.ErrTCBStatus, messages.ErrTCB, messages.ErrClusterNotCovered,
 	} {
 		if errors.Is(err, target) {
 			return true

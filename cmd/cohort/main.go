@@ -17,20 +17,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cohort-dev/cohort/access"
 	"github.com/cohort-dev/cohort/adminkey"
@@ -47,6 +45,7 @@ import (
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/manager"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/metricshttp"
 	"github.com/cohort-dev/cohort/status"
 	"github.com/cohort-dev/cohort/unit"
 )
@@ -54,9 +53,10 @@ import (
 const usage = `cohort: enclave replicas that behave as one trusted service, over NATS.
 
 Usage:
-  cohort dev [--data DIR] [--units N] [--nats-port PORT] [--https-base PORT]
+  cohort dev [--data DIR] [--task NAME=PATH]... [--units N] [--nats-port PORT] [--https-base PORT] [--metrics ADDR]
+  cohort dev accept --data DIR [--task NAME=PATH]...
   cohort demo [replicas | mpc]
-  cohort measure issuer | cohort measure unit --task NAME
+  cohort measure issuer | cohort measure unit --task NAME [--exe PATH]
   cohort trust --nats URL --issuer-measurement HEX --out FILE
   cohort deploy --out DIR [--servers nats-1,nats-2,nats-3] [--policy FILE] [--units ID,...] [--users NAME,...]
   cohort user add NAME (--out DEPLOYMENT-DIR | --data DEV-DATA-DIR)
@@ -100,6 +100,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"user": cmdUser, "policy": cmdPolicy, "recover": cmdRecover, "collateral": cmdCollateral,
 		"evidence": cmdEvidence,
 	}
+	if args[0] == "help" && len(args) > 1 {
+		// cohort help COMMAND [SUBCOMMAND]: that command's flags.
+		args = append(slices.Clone(args[1:]), "-h")
+	}
 	cmd, ok := commands[args[0]]
 	if !ok {
 		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
@@ -136,8 +140,27 @@ func parse(fs *flag.FlagSet, args []string) error {
 		}
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	if err := flagAfterArgs(fs, args); err != nil {
+		return err
+	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	return nil
+}
+
+// flagAfterArgs reports a flag of fs given after the first argument, which
+// the flag package takes for an argument, unless "--" ended the flags.
+func flagAfterArgs(fs *flag.FlagSet, args []string) error {
+	rest := fs.Args()
+	if slices.Contains(args[:len(args)-len(rest)], "--") {
+		return nil
+	}
+	for _, a := range rest[min(1, len(rest)):] {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && fs.Lookup(name) != nil {
+			return fmt.Errorf("%w: flag %s comes after the argument %q: give flags before arguments (or -- before an argument that starts with '-')", errUsage, a, rest[0])
+		}
 	}
 	return nil
 }
@@ -162,11 +185,18 @@ func required(fs *flag.FlagSet, names ...string) error {
 }
 
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "accept" {
+		return cmdDevAccept(ctx, args[1:], stdout, stderr)
+	}
 	fs := flags("dev", stderr)
-	data := fs.String("data", "", "data folder (JetStream, seal secret, policy); default a fresh temporary folder, removed on exit")
+	data := fs.String("data", "", "data folder (JetStream, seal secret, policy, credentials); default a fresh temporary folder, removed on exit")
 	units := fs.Int("units", 3, "number of units of the demo task")
 	natsPort := fs.Int("nats-port", 4222, "NATS port on 127.0.0.1")
 	httpsBase := fs.Int("https-base", 8443, "HTTPS port of the first unit; the others count up from it")
+	var tasks taskFlags
+	fs.Var(&tasks, "task", "NAME=PATH: host your own task, the program at PATH (built with package task), in a cluster NAME of its own; repeatable")
+	metricsAddr := fs.String("metrics", "", "serve every role's Prometheus metrics and /healthz on this address, e.g. 127.0.0.1:9100")
+	natsContext := fs.String("nats-context", "cohort-dev", "the natscli context dev writes for the operator (nats --context NAME); empty writes none")
 	lv := logLevel(fs)
 	lv.Set(slog.LevelWarn)
 	if err := parse(fs, args); err != nil {
@@ -182,9 +212,54 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		dir = tmp
 	}
 	return dev.Run(ctx, dev.Config{
-		DataDir: dir, Units: *units, NATSPort: *natsPort, HTTPSBase: *httpsBase,
-		Out: stdout, Logger: newLogger(stderr, lv),
+		DataDir: dir, Units: *units, NATSPort: *natsPort, HTTPSBase: *httpsBase, Tasks: tasks,
+		MetricsAddr: *metricsAddr, NatsContext: *natsContext, Out: stdout, Logger: newLogger(stderr, lv),
 	})
+}
+
+// taskFlags collects --task NAME=PATH, each measured as it is given.
+type taskFlags []dev.Task
+
+func (t *taskFlags) String() string { return "" }
+
+func (t *taskFlags) Set(s string) error {
+	task, err := dev.ParseTask(s)
+	if err != nil {
+		return err
+	}
+	*t = append(*t, task)
+	return nil
+}
+
+func cmdDevAccept(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("dev accept", stderr)
+	data := fs.String("data", "", "the data folder of the dev to update")
+	var tasks taskFlags
+	fs.Var(&tasks, "task", "NAME=PATH: a task to accept as built now (or to host anew); default every hosted task, measured again where it was given")
+	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the running dev to apply the update")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "data"); err != nil {
+		return err
+	}
+	r, err := dev.Accept(ctx, dev.AcceptConfig{DataDir: *data, Tasks: tasks, Wait: *wait})
+	if err != nil {
+		return err
+	}
+	for _, t := range r.Changed {
+		fmt.Fprintf(stdout, "task %s: measurement %s (%s) accepted\n", t.Name, t.Measurement, t.Exe)
+	}
+	if len(r.Changed) == 0 {
+		fmt.Fprintln(stdout, "no task changed: the policy in force accepts every hosted task as built")
+	}
+	switch {
+	case r.Running:
+		fmt.Fprintf(stdout, "policy version %d in force, signed by dev's development administrator; the root is unchanged\nrestart your task's units to run the new build\n", r.Version)
+	default:
+		fmt.Fprintf(stdout, "no dev runs on %s: the next 'cohort dev --data %s' applies the update\n", *data, *data)
+	}
+	return nil
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -213,18 +288,21 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func cmdMeasure(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: measure issuer | measure unit --task NAME", errUsage)
+		return fmt.Errorf("%w: measure issuer | measure unit --task NAME [--exe PATH]", errUsage)
 	}
-	var identity string
+	var identity, exe string
 	switch args[0] {
 	case "issuer":
-		if err := parse(flags("measure issuer", stderr), args[1:]); err != nil {
+		fs := flags("measure issuer", stderr)
+		fs.StringVar(&exe, "exe", "", "the executable to measure; default this one")
+		if err := parse(fs, args[1:]); err != nil {
 			return err
 		}
 		identity = sim.IssuerIdentity
 	case "unit":
 		fs := flags("measure unit", stderr)
 		task := fs.String("task", "", "the task the unit runs")
+		fs.StringVar(&exe, "exe", "", "the executable to measure (your task's program); default this one")
 		if err := parse(fs, args[1:]); err != nil {
 			return err
 		}
@@ -233,13 +311,19 @@ func cmdMeasure(_ context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		identity = sim.UnitIdentity(*task)
 	default:
-		return fmt.Errorf("%w: measure issuer | measure unit --task NAME", errUsage)
+		return fmt.Errorf("%w: measure issuer | measure unit --task NAME [--exe PATH]", errUsage)
 	}
-	m, err := sim.MeasurementHex(identity)
+	var m []byte
+	var err error
+	if exe != "" {
+		m, err = sim.MeasureFile(exe, identity)
+	} else {
+		m, err = sim.Measure(identity)
+	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, m)
+	fmt.Fprintln(stdout, hex.EncodeToString(m))
 	return nil
 }
 
@@ -263,6 +347,9 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ph, err := optionalHash("policy-hash", *policyHash)
 	if err != nil {
+		return err
+	}
+	if err := nf.mayPublish("trust", messages.SubjectEvidence); err != nil {
 		return err
 	}
 	nc, err := nf.connect("cohort trust", access.State, false, *timeout)
@@ -334,7 +421,7 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer nc.Close()
 	defer serve.Close()
 	log := newLogger(stderr, lv)
-	reg, err := serveMetrics(ctx, *metricsAddr, log)
+	reg, health, err := serveMetrics(ctx, *metricsAddr, log)
 	if err != nil {
 		return err
 	}
@@ -352,6 +439,7 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	health.set(iss.Ready(), "the issuer")
 	return iss.Run(ctx)
 }
 
@@ -521,7 +609,7 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 	}
 	log := newLogger(stderr, lv)
-	reg, err := serveMetrics(ctx, *metricsAddr, log)
+	reg, health, err := serveMetrics(ctx, *metricsAddr, log)
 	if err != nil {
 		return err
 	}
@@ -531,6 +619,7 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	health.set(mgr.Ready(), "the manager")
 	return mgr.Run(ctx)
 }
 
@@ -540,6 +629,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the issuer and the manager")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := nf.mayPublish("status", messages.SubjectStatus); err != nil {
 		return err
 	}
 	nc, err := nf.connect("cohort status", access.State, false, *timeout)
@@ -554,9 +646,18 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *asJSON {
 		e := json.NewEncoder(stdout)
 		e.SetIndent("", "  ")
-		return e.Encode(st)
+		if err := e.Encode(st); err != nil {
+			return err
+		}
+	} else {
+		st.Print(stdout)
 	}
-	st.Print(stdout)
+	switch {
+	case st.Manager == nil:
+		return fmt.Errorf("the manager did not answer within %v: is one running on %s?", *timeout, *nf.url)
+	case st.Issuer == nil:
+		return fmt.Errorf("the issuer did not answer within %v: is one running on %s?", *timeout, *nf.url)
+	}
 	return nil
 }
 
@@ -570,17 +671,25 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	// The manager's own credential, or none, reads the audit stream in its
+	// own account; any other reaches it in the manager's, as the operator
+	// may.
+	prefix := access.APIPrefix(access.ManagerAccount)
+	c, err := nf.credential("")
+	if err != nil {
+		return err
+	}
+	if c == nil || c.Grant.Role == access.Manager {
+		prefix = "$JS.API"
+	}
+	if err := nf.mayPublish("events", prefix+".DIRECT.GET."+events.StreamName); err != nil {
+		return err
+	}
 	nc, err := nf.connect("cohort events", access.State, false, 0)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	// An operator reaches the audit stream in the manager's account; the
-	// manager's own credential, or none, in its own.
-	var prefix string
-	if c, _ := nf.credential(""); c != nil && c.Grant.Role == access.Operator {
-		prefix = access.APIPrefix(access.ManagerAccount)
-	}
 	err = events.Follow(ctx, nc, events.FollowConfig{Since: *since, Follow: *follow, APIPrefix: prefix}, func(e *events.Event, err error) error {
 		switch {
 		case err != nil:
@@ -599,29 +708,35 @@ func cmdEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return err
 }
 
-// serveMetrics serves a fresh Prometheus registry on addr until ctx is done,
-// and returns the registry; with no addr it serves nothing and returns nil.
-func serveMetrics(ctx context.Context, addr string, log *slog.Logger) (prometheus.Registerer, error) {
+// serveMetrics serves a fresh Prometheus registry and /healthz on addr
+// until ctx is done, and returns the registry and where to say the role is
+// ready; with no addr it serves nothing and returns nil.
+func serveMetrics(ctx context.Context, addr string, log *slog.Logger) (prometheus.Registerer, *readiness, error) {
+	r := &readiness{}
 	if addr == "" {
-		return nil, nil
+		return nil, r, nil
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ln, err := net.Listen("tcp", addr)
+	reg, bound, err := metricshttp.Serve(ctx, metricshttp.Config{Addr: addr, Healthy: r.healthy, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
+		return nil, nil, err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Warn("metrics server", "err", err)
-		}
-	}()
-	context.AfterFunc(ctx, func() { _ = srv.Close() })
-	log.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
-	return reg, nil
+	log.Info("serving metrics", "addr", "http://"+bound.String()+"/metrics")
+	return reg, r, nil
+}
+
+// readiness is /healthz's answer: starting until set, then the role's Ready.
+type readiness struct{ check atomic.Pointer[func() error] }
+
+func (r *readiness) set(ready <-chan struct{}, what string) {
+	f := metricshttp.Ready(ready, what)
+	r.check.Store(&f)
+}
+
+func (r *readiness) healthy() error {
+	if f := r.check.Load(); f != nil {
+		return (*f)()
+	}
+	return errors.New("starting")
 }
 
 func cmdBenchMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -666,6 +781,9 @@ func cmdCall(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := flagAfterArgs(fs, args); err != nil {
+		return err
 	}
 	if err := required(fs, "cluster", "trust"); err != nil {
 		return err
@@ -722,7 +840,8 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 	d := fs.Duration("duration", 5*time.Second, "how long each phase runs")
 	conc := fs.Int("concurrency", 0, "handshakes or calls in flight; default 8 × GOMAXPROCS")
 	kem := fs.String("kem", "mlkem768x25519", "key agreement: mlkem768x25519 or x25519")
-	on := fs.String("on", "single,cluster", "where to run, in turn: single (one embedded NATS server, fsync on every write, as cohort dev) and cluster (three servers, three replicas)")
+	on := fs.String("on", "nosync,single,cluster,cluster-fsync", "where to run, in turn: nosync (one embedded NATS server, fsync left to its interval), single (one, fsync on every write, as cohort dev), cluster (three servers, three replicas, fsync left to the interval) and cluster-fsync (the same, fsync on every write, as cohort deploy); each is compared with the first")
+	free := fs.Bool("side-effect-free", false, "declare the task free of side effects: one durable write a call (its answer) instead of two (a claim before it runs, then the answer)")
 	asJSON := fs.Bool("json", false, "print a JSON array, one object for each of --on")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -733,7 +852,7 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	var results []*bench.ChannelResult
 	for _, where := range splitList(*on) {
-		cfg := bench.ChannelConfig{Units: *units, Clusters: *clusters, Duration: *d, Concurrency: *conc, KEM: kemID, NATS: where, Out: stdout,
+		cfg := bench.ChannelConfig{Units: *units, Clusters: *clusters, Duration: *d, Concurrency: *conc, KEM: kemID, NATS: where, SideEffectFree: *free, Out: stdout,
 			Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 		if *asJSON {
 			cfg.Out = io.Discard
@@ -744,6 +863,13 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 		}
 		results = append(results, r)
 	}
+	out := stdout
+	if *asJSON {
+		out = io.Discard
+	}
+	if err := bench.Compare(out, results); err != nil {
+		return err
+	}
 	if *asJSON {
 		e := json.NewEncoder(stdout)
 		e.SetIndent("", "  ")
@@ -752,7 +878,7 @@ func cmdBenchChannel(ctx context.Context, args []string, stdout, stderr io.Write
 	return nil
 }
 
-func cmdUser(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func cmdUser(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "add" {
 		return fmt.Errorf("%w: user add NAME (--out DEPLOYMENT-DIR | --data DEV-DATA-DIR)", errUsage)
 	}
@@ -777,7 +903,16 @@ func cmdUser(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "user %s: credentials %s\na running 'cohort dev --data %s' admits the user within a second; use --creds %s\n", name, path, *data, path)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		switch err := dev.WaitAdmitted(wctx, *data, name); {
+		case errors.Is(err, dev.ErrNotRunning):
+			fmt.Fprintf(stdout, "user %s: credentials %s\nno cohort dev runs on %s: the next 'cohort dev --data %s' admits the user; use --creds %s\n", name, path, *data, *data, path)
+		case err != nil:
+			return err
+		default:
+			fmt.Fprintf(stdout, "user %s: credentials %s\nadmitted by the running cohort dev; use --creds %s\n", name, path, path)
+		}
 		return nil
 	}
 	path, err := deploy.AddUser(*out, name)
@@ -795,7 +930,7 @@ func cmdDeploy(_ context.Context, args []string, stdout, stderr io.Writer) error
 	policyPath := fs.String("policy", "", "the issuer's policy; default the demo policy for this build (SIMULATED attestation)")
 	root := fs.String("root", "/etc/cohort", "where the folder is mounted in the servers' containers")
 	names := fs.String("names", "localhost,127.0.0.1", "further names and addresses of the servers' certificates, for clients outside")
-	sync := fs.String("sync", "", "JetStream fsync interval, e.g. always; default the server's (a cluster makes writes durable by replication)")
+	sync := fs.String("sync", "always", "JetStream fsync interval: always (every write fsynced before it is acknowledged: it survives a power loss of every server) or an interval such as 2m, the server's own default (replication only: it survives the crash of fewer than a majority at once)")
 	units := fs.String("units", "unit-1,unit-2,unit-3", "the ids of each cluster's units, comma-separated: one credential each")
 	users := fs.String("users", "alice", "the users, comma-separated: one credential each ('cohort user add' adds more)")
 	if err := parse(fs, args); err != nil {

@@ -27,7 +27,7 @@ type natsFlags struct {
 func addNATSFlags(fs *flag.FlagSet, stderr io.Writer) *natsFlags {
 	return &natsFlags{
 		stderr: stderr,
-		url:    fs.String("nats", os.Getenv("COHORT_NATS"), "NATS server URLs, comma-separated (env COHORT_NATS)"),
+		url:    fs.String("nats", env("COHORT_NATS", "nats://127.0.0.1:4222"), "NATS server URLs, comma-separated (env COHORT_NATS; default cohort dev's)"),
 		creds:  fs.String("creds", os.Getenv("COHORT_CREDS"), "NATS credentials file, as 'cohort dev' or 'cohort deploy' writes it (env COHORT_CREDS)"),
 		ca:     fs.String("tls-ca", os.Getenv("COHORT_TLS_CA"), "CA certificates, PEM, that verify the NATS servers' TLS (env COHORT_TLS_CA)"),
 	}
@@ -50,6 +50,23 @@ func (n *natsFlags) credential(role access.Role) (*access.Credential, error) {
 		return nil, fmt.Errorf("%w: --creds %s holds the credential of %s, not of a %s", errUsage, *n.creds, n.cred.Grant, role)
 	}
 	return n.cred, nil
+}
+
+// mayPublish refuses at once a credential that may not publish subject,
+// which command asks, naming the permission it lacks: the server would
+// only drop the request, and leave the command to time out without a
+// reason. Without --creds (a server without authorization) it passes.
+func (n *natsFlags) mayPublish(command, subject string) error {
+	c, err := n.credential("")
+	if err != nil || c == nil || c.Grant.MayPublish(access.State, subject) {
+		return err
+	}
+	hint := ""
+	if (access.Grant{Role: access.Operator}).MayPublish(access.State, subject) {
+		hint = ": it is the operator's (cohort dev writes DATA/creds/operator.creds)"
+	}
+	return fmt.Errorf("%w: %s asks %s, which --creds %s (%s's) may not publish%s",
+		errUsage, command, subject, *n.creds, c.Grant, hint)
 }
 
 // connect connects as key k of the credential. Long-running roles pass
@@ -86,6 +103,9 @@ func (n *natsFlags) connect(name string, k access.Key, service bool, timeout tim
 	}
 	nc, err := nats.Connect(*n.url, opts...)
 	if err != nil {
+		if c == nil && errors.Is(err, nats.ErrAuthorization) {
+			return nil, fmt.Errorf("connect to %s: %w: the server admits only cohort's credentials: give --creds FILE (or COHORT_CREDS); cohort dev writes one for each identity in DATA/creds/", *n.url, err)
+		}
 		return nil, fmt.Errorf("connect to %s: %w", *n.url, err)
 	}
 	return nc, nil
@@ -146,4 +166,12 @@ func (n *natsFlags) user(flagUser string) (string, error) {
 		return "", fmt.Errorf("%w: --user %s, but --creds is user %s's", errUsage, flagUser, c.Grant.Name)
 	}
 	return c.Grant.Name, nil
+}
+
+// env is the environment variable name, or def when it is unset or empty.
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

@@ -7,12 +7,8 @@ import (
 	"time"
 
 	"github.com/cohort-dev/cohort/attest"
-	"github.com/cohort-dev/cohort/collateral"
 	"github.com/cohort-dev/cohort/enclave"
-	"github.com/cohort-dev/cohort/enclave/dcap"
 	"github.com/cohort-dev/cohort/enclave/sim"
-	"github.com/cohort-dev/cohort/enclave/snp"
-	"github.com/cohort-dev/cohort/enclave/tdx"
 	"github.com/cohort-dev/cohort/unit"
 )
 
@@ -27,28 +23,7 @@ func verifier(dir string) (*attest.Verifier, error) { return verifierAt(dir, nil
 
 // verifierAt is verifier at the times now gives; nil: the clock's.
 func verifierAt(dir string, now func() time.Time) (*attest.Verifier, error) {
-	cfg := attest.Config{Simulated: sim.Verifier()}
-	sgxCfg := dcap.Config{Now: now}
-	snpCfg := snp.Config{Now: now}
-	tdxCfg := tdx.Config{Now: now}
-	if dir != "" {
-		d, err := collateral.Open(dir)
-		if err != nil {
-			return nil, err
-		}
-		sgxCfg.Collateral, snpCfg.Endorsements, tdxCfg.Collateral = d.SGX, d.Endorsement, d.TDX
-	}
-	var err error
-	if cfg.SGX, err = dcap.New(sgxCfg); err != nil {
-		return nil, err
-	}
-	if cfg.SNP, err = snp.New(snpCfg); err != nil {
-		return nil, err
-	}
-	if cfg.TDX, err = tdx.New(tdxCfg); err != nil {
-		return nil, err
-	}
-	return attest.New(cfg), nil
+	return attest.Everything(dir, now)
 }
 
 // clientVerifier is what a command checks an issuer's evidence with: every
@@ -73,18 +48,8 @@ func (r refusing) Verify([]byte) (enclave.Claims, error) {
 // others' with v.
 func hardwarePlatform(backend string, v enclave.Verifier) (enclave.Platform, error) {
 	switch backend {
-	case enclave.PlatformSNP:
-		p, err := snp.NewPlatform(snp.AttesterConfig{}, snp.Config{})
-		if err != nil {
-			return nil, err
-		}
-		return &attest.Platform{Kind: backend, Attester: p, Verifier: v, Self: p.Measurement()}, nil
-	case enclave.PlatformTDX:
-		p, err := tdx.NewPlatform(tdx.AttesterConfig{}, tdx.Config{})
-		if err != nil {
-			return nil, err
-		}
-		return &attest.Platform{Kind: backend, Attester: p, Verifier: v, Self: p.Measurement()}, nil
+	case enclave.PlatformSNP, enclave.PlatformTDX:
+		return attest.Guest(backend, v)
 	case enclave.PlatformSGX:
 		p, err := sgxPlatform()
 		if err != nil {

@@ -39,13 +39,7 @@ func runBackground(t *testing.T, args ...string) (*syncBuffer, func() int) {
 // fresh issuer with --recover; `cohort recover` with one key (not enough),
 // then a second: the same root. --init instead makes a new one.
 func TestRecoverCommand(t *testing.T) {
-	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	t.Setenv("COHORT_NATS", srv.ClientURL())
-	t.Chdir(t.TempDir())
+	plainNATS(t)
 	keys := regexp.MustCompile(`(?s)recovery:.*?key: ([0-9a-f]{64})`)
 	var holders []string
 	for _, n := range []string{"r1", "r2", "r3"} {
@@ -95,7 +89,9 @@ func TestRecoverCommand(t *testing.T) {
 		t.Fatalf("an issuer with no way to the key: exit %d: %s", code, stderr)
 	}
 	logs, stop = runBackground(t, "issuer", "--data", "fresh-data", "--recover")
-	for end := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "waiting for recovery"); <-tick.C {
+	// The line logged once its recovery endpoints are subscribed (an
+	// earlier one says it will wait, before they are).
+	for end := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "waiting for recovery: each holder runs"); <-tick.C {
 		if time.Now().After(end) {
 			t.Fatalf("the issuer does not wait for recovery: %s", logs.String())
 		}
@@ -123,4 +119,44 @@ func TestRecoverCommand(t *testing.T) {
 	if code := stop(); code != 0 {
 		t.Fatalf("issuer --init: exit %d: %s", code, logs.String())
 	}
+}
+
+// cohort status exits non-zero, saying so, when the manager does not answer
+// while the issuer does.
+func TestStatusWithoutManagerFails(t *testing.T) {
+	plainNATS(t)
+	_, unit, _ := runCmd(t, "measure", "unit", "--task", "demo")
+	if err := os.WriteFile("policy.yaml", []byte("version: 1\naccept_simulated: true\ntasks:\n  - name: demo\n    measurements: ["+strings.TrimSpace(unit)+"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs, _ := runBackground(t, "issuer", "--policy", "policy.yaml", "--data", "issuer-data")
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	end := time.Now().Add(30 * time.Second)
+	for {
+		code, out, stderr := runCmd(t, "status", "--timeout", "500ms")
+		if strings.Contains(out, "backend sim") { // the issuer answered
+			if code != 1 || !strings.Contains(stderr, "the manager did not answer within 500ms: is one running on") {
+				t.Fatalf("status without a manager: exit %d: %s%s", code, out, stderr)
+			}
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the issuer never answered status: %s %s", stderr, logs.String())
+		}
+		<-tick.C
+	}
+}
+
+// plainNATS starts a NATS server without authorization for the test, names
+// it in COHORT_NATS, and moves into a folder of the test's own.
+func plainNATS(t *testing.T) {
+	t.Helper()
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	t.Setenv("COHORT_NATS", srv.ClientURL())
+	t.Chdir(t.TempDir())
 }

@@ -135,6 +135,9 @@ func cmdPolicyApply(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		sigs = append(sigs, sig)
 	}
+	if err := nf.mayPublish("policy apply", messages.SubjectPolicyApply); err != nil {
+		return err
+	}
 	nc, err := nf.connect("cohort policy apply", access.State, false, *timeout)
 	if err != nil {
 		return err
@@ -159,6 +162,9 @@ func cmdPolicyShow(ctx context.Context, args []string, stdout, stderr io.Writer)
 	doc := fs.Bool("document", false, "print the policy document itself")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the issuer")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := nf.mayPublish("policy show", messages.SubjectPolicyShow); err != nil {
 		return err
 	}
 	nc, err := nf.connect("cohort policy show", access.State, false, *timeout)
@@ -252,6 +258,9 @@ func cmdRecover(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	root, err := issuerclient.LoadRoot(*rootPath)
 	if err != nil {
+		return err
+	}
+	if err := nf.mayPublish("recover", messages.SubjectRecoverHello); err != nil {
 		return err
 	}
 	nc, err := nf.connect("cohort recover", access.State, false, *timeout)

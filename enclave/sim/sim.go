@@ -137,6 +137,25 @@ func MeasureBuild(identity, build string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return measure(exe, identity, build), nil
+}
+
+// MeasureFile returns the simulated measurement that the executable at path
+// has when it runs as identity: what Measure returns inside that program. It
+// lets a policy accept another program's units (a developer's own task)
+// without running it.
+func MeasureFile(path, identity string) ([]byte, error) {
+	if identity == "" || len(identity) > 128 {
+		return nil, errors.New("sim: identity must be 1 to 128 bytes")
+	}
+	exe, err := hashFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return measure(exe, identity, ""), nil
+}
+
+func measure(exe []byte, identity, build string) []byte {
 	h := sha256.New()
 	h.Write([]byte("cohort simulated measurement v1\x00"))
 	h.Write(exe)
@@ -145,7 +164,7 @@ func MeasureBuild(identity, build string) ([]byte, error) {
 	if build != "" {
 		h.Write([]byte("\x00build\x00" + build))
 	}
-	return h.Sum(nil), nil
+	return h.Sum(nil)
 }
 
 var exeHash = sync.OnceValues(func() ([]byte, error) {
@@ -153,17 +172,24 @@ var exeHash = sync.OnceValues(func() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sim: find own executable: %w", err)
 	}
+	return hashFile(path)
+})
+
+func hashFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("sim: read own executable: %w", err)
+		return nil, fmt.Errorf("sim: read executable: %w", err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("sim: %s is not an executable file", path)
+	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return nil, fmt.Errorf("sim: hash own executable: %w", err)
+		return nil, fmt.Errorf("sim: hash executable %s: %w", path, err)
 	}
 	return h.Sum(nil), nil
-})
+}
 
 // executableHash hashes this process's executable once; the file a process
 // runs does not change under it.

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -334,5 +336,41 @@ func TestConcurrentUse(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+func TestMeasureFile(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The executable measured from outside measures as it does inside.
+	for _, id := range []string{IssuerIdentity, UnitIdentity("redact")} {
+		inside, err := Measure(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		outside, err := MeasureFile(exe, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(inside, outside) {
+			t.Fatalf("%s: MeasureFile %x, Measure %x", id, outside, inside)
+		}
+	}
+	other := filepath.Join(t.TempDir(), "other")
+	if err := os.WriteFile(other, []byte("another program"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m1, _ := MeasureFile(exe, UnitIdentity("redact"))
+	m2, err := MeasureFile(other, UnitIdentity("redact"))
+	if err != nil || bytes.Equal(m1, m2) {
+		t.Fatalf("another executable measures the same (%v)", err)
+	}
+	if _, err := MeasureFile(filepath.Dir(other), UnitIdentity("redact")); err == nil {
+		t.Fatal("a folder was measured")
+	}
+	if _, err := MeasureFile(filepath.Join(t.TempDir(), "absent"), UnitIdentity("redact")); err == nil {
+		t.Fatal("a missing file was measured")
 	}
 }
