@@ -36,6 +36,13 @@ func importOf(from, subject string) any {
 	return map[string]any{"service": map[string]any{"account": from, "subject": subject}}
 }
 
+// sharedImportOf imports a service whose exporter learns who sent each
+// request: the server stamps it (Nats-Request-Info) with the sender's
+// account, user and kind, replacing any stamp the sender wrote.
+func sharedImportOf(from, subject string) any {
+	return map[string]any{"service": map[string]any{"account": from, "subject": subject}, "share": true}
+}
+
 // APIPrefix is the prefix under which the operator's account reaches the
 // JetStream API of account: "$JS.<account>.API", as nats.go's
 // jetstream.WithAPIPrefix and natscli's --js-api-prefix take it. The
@@ -147,8 +154,10 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 			imports: []any{
 				importOf(IssuerAccount, messages.SubjectCertify),
 				importOf(IssuerAccount, messages.SubjectEvidence),
-				// A cluster reaches the manager only as itself.
-				importOf(ManagerAccount, messages.SubjectManagerPrefix+"*."+c+".*"),
+				// A cluster reaches the manager only as itself, and
+				// the server stamps each request with its sender, so
+				// that the manager takes none the server itself made.
+				sharedImportOf(ManagerAccount, messages.SubjectManagerPrefix+"*."+c+".*"),
 			},
 		}
 		mgr.imports = append(mgr.imports, importOf(a.name, messages.SessionsOfCluster(c)))

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -763,5 +764,137 @@ func TestStoreTimeoutReachesTheUser(t *testing.T) {
 	_, err := client.Dial(testContext(t), client.Config{Conn: s.user("alice"), User: "alice", Cluster: "c1", Roots: s.roots})
 	if !errors.Is(err, messages.ErrOverloaded) || !strings.Contains(err.Error(), "the manager did not confirm within 3s") {
 		t.Fatalf("a handshake without a manager: %v, want the unit's reason", err)
+	}
+}
+
+// TestServerMadeAnswersAreNoUnit: a unit's real credential aims the
+// answers of every JetStream API subject it may publish to (and a push
+// consumer's deliveries) at every manager subject of a peer. The server
+// publishes them inside the cluster's account, which imports the manager's
+// subjects, so they land there; but it stamps each with its sender, the
+// server's own JetStream, and the manager takes none of them as the peer.
+// The peer's own requests carry its key as their sender.
+func TestServerMadeAnswersAreNoUnit(t *testing.T) {
+	s := startSecureStack(t, nil, "manager")
+	ctx := testContext(t)
+	u1 := access.Grant{Role: access.Unit, Cluster: "c1", Name: "u1"}
+	attackerGrant := access.Grant{Role: access.Unit, Cluster: "c1", Name: "u2"}
+	attacker := s.conn(attackerGrant, access.State)
+	landed := capture(t, s.secured, "manager", messages.SubjectManagerPrefix+"*.c1.u1")
+	before := s.mgr.Table().Snapshot(time.Now())
+	stats := s.mgr.Stats()
+	leaves := stats.Leaves.Load()
+
+	// A message of the peer's shape, stored where the attacker may write,
+	// for the direct gets and the consumer to hand over.
+	js, err := jetstream.New(attacker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stash := messages.ClaimSubject("c1", []byte("stash"), 1)
+	hb := mustMarshal(t, &messages.Heartbeat{V: messages.Version, Cluster: "c1", Unit: "u1", Token: make([]byte, messages.TokenSize)})
+	if _, err := js.Publish(ctx, stash, hb); err != nil {
+		t.Fatal(err)
+	}
+	stashStream := messages.CallsStreamOf("c1", []byte("stash"))
+	pub, _, err := attackerGrant.Subjects(access.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every JetStream API request the key may send that the server answers
+	// at once (a pull's next message waits; acks are not answered).
+	type request struct {
+		subject string
+		data    []byte
+	}
+	var answered []request
+	seen := map[string]bool{}
+	for _, p := range pub {
+		if !strings.HasPrefix(p, "$JS.API.") || strings.Contains(p, ".MSG.NEXT.") {
+			continue
+		}
+		for _, subject := range concrete(p) {
+			data := []byte(`{}`)
+			if strings.HasPrefix(subject, "$JS.API.DIRECT.GET.") {
+				subject = "$JS.API.DIRECT.GET." + stashStream
+				data = fmt.Appendf(nil, `{"last_by_subj":%q}`, stash)
+			}
+			if seen[subject] {
+				continue
+			}
+			seen[subject] = true
+			if _, err := attacker.Request(subject, data, deadline); err != nil {
+				t.Fatalf("%s: %v", subject, err)
+			}
+			answered = append(answered, request{subject, data})
+		}
+	}
+	sent := 0
+	for _, verb := range []string{messages.VerbJoin, messages.VerbHeartbeat, messages.VerbLeave, messages.VerbSession} {
+		target := messages.ManagerSubject(verb, "c1", "u1")
+		for _, r := range answered {
+			if err := attacker.PublishRequest(r.subject, target, r.data); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
+		// A push consumer delivering the stored message to the target.
+		create := fmt.Appendf(nil, `{"stream_name":%q,"config":{"deliver_subject":%q,"ack_policy":"none","deliver_policy":"all","filter_subject":%q}}`, stashStream, target, stash)
+		if err := attacker.PublishRequest("$JS.API.CONSUMER.CREATE."+stashStream, attacker.NewRespInbox(), create); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := attacker.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// They land (the direct gets' answers, at least, on each of u1's
+	// subjects), stamped by the server as its own; u1's heartbeats land
+	// stamped as u1's key.
+	made, own := map[string]int{}, 0
+	for end := time.Now().Add(deadline); (len(made) < 4 || own == 0) && time.Now().Before(end); {
+		m, err := landed.NextMsg(time.Until(end))
+		if err != nil {
+			break
+		}
+		var ci struct{ Kind, User string }
+		if err := json.Unmarshal([]byte(m.Header.Get("Nats-Request-Info")), &ci); err != nil {
+			t.Fatalf("a message on %s without the server's stamp: %v (%q)", m.Subject, err, m.Header.Get("Nats-Request-Info"))
+		}
+		switch {
+		case ci.Kind == "Client" && ci.User == s.creds[u1].Public(access.State):
+			own++
+		case ci.Kind == "Client":
+			t.Errorf("a message on %s stamped as client %s, not u1's key", m.Subject, ci.User)
+		default:
+			made[m.Subject]++
+		}
+	}
+	if len(made) < 4 || own == 0 {
+		t.Fatalf("server-made answers landed on %d of u1's 4 manager subjects (%v), %d of u1's own requests: the attack did not reach", len(made), made, own)
+	}
+	t.Logf("of %d requests aimed at u1's manager subjects, server-made answers landed %v, each stamped as the server's; u1's own requests stamped as its key", sent, made)
+
+	// The manager took none as u1: u1 is the member it was, with its token.
+	after := s.mgr.Table().Snapshot(time.Now())
+	for _, b := range before {
+		if b.Member.Unit != "u1" {
+			continue
+		}
+		found := false
+		for _, a := range after {
+			if a.Member.Unit == "u1" && a.Member.Cluster == "c1" {
+				found = true
+				if !bytes.Equal(a.Member.Token, b.Member.Token) || a.State != manager.Active {
+					t.Errorf("u1 changed: %+v, was %+v", a, b)
+				}
+			}
+		}
+		if !found {
+			t.Error("u1 is no member any more")
+		}
+	}
+	if stats.Leaves.Load() != leaves {
+		t.Error("the manager took a leave")
 	}
 }

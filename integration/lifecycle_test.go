@@ -713,12 +713,25 @@ func TestRecovery(t *testing.T) {
 	cfg.AwaitRecovery = true
 	cfg.Waiting = func(instance string) { waiting <- instance }
 	fresh, _, freshDone := l.run(cfg)
+	var instance string
 	select {
-	case <-waiting:
+	case instance = <-waiting:
 	case err := <-freshDone:
 		t.Fatalf("the fresh issuer stopped: %v", err)
 	case <-time.After(deadline):
 		t.Fatal("the fresh issuer does not wait for recovery")
+	}
+	// Garbage is refused with a reason, on both recovery subjects.
+	for _, subject := range []string{messages.SubjectRecoverHello, messages.RecoverSubject(instance)} {
+		for _, junk := range [][]byte{nil, []byte("garbage"), []byte(`{}`), {0x85, 0xa1}, bytes.Repeat([]byte{0xc1}, 100)} {
+			msg, err := l.op.Request(subject, junk, deadline)
+			if err != nil {
+				t.Fatalf("%s %q: %v", subject, junk, err)
+			}
+			if code := msg.Header.Get(service.ErrorCodeHeader); code != string(messages.CodeMalformed) && code != string(messages.CodeVersion) {
+				t.Errorf("%s %q: answered %q with code %q, want a refusal as malformed", subject, junk, msg.Data, code)
+			}
+		}
 	}
 	rcRoot := func(k *adminkey.Key, pin []byte, trusted *x509.Certificate) (*messages.RecoverAck, error) {
 		return issuerclient.Recover(context.Background(), issuerclient.RecoverConfig{Conn: l.op, Verifier: sim.Verifier(), IssuerMeasurement: pin, AllowSimulated: true, Key: k, Root: trusted})

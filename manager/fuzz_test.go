@@ -17,6 +17,7 @@ import (
 
 	"github.com/cohort-dev/cohort/events"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/service"
 )
 
 func mustMarshal(t testing.TB, v any) []byte {
@@ -560,4 +561,37 @@ func FuzzDecodeStatus(f *testing.F) {
 			t.Fatalf("round trip changed the status:\n%s\n%s", b, b2)
 		}
 	})
+}
+
+// TestSenderTakesOnlyAClientsOwnRequest: a request the NATS server stamped
+// as its own publish (a JetStream answer, a consumer's delivery) is no
+// unit's, whatever subject it came on; a client's is judged by its subject.
+func TestSenderTakesOnlyAClientsOwnRequest(t *testing.T) {
+	subject := messages.ManagerSubject(messages.VerbLeave, "c1", "u1")
+	stamp := func(info string) nats.Header { return nats.Header{requestInfoHeader: []string{info}} }
+	for _, c := range []struct {
+		name   string
+		header nats.Header
+		ok     bool
+	}{
+		{"no stamp (no import crossed)", nil, true},
+		{"a client", stamp(`{"acc":"cluster-c1","user":"UABC","kind":"Client"}`), true},
+		{"JetStream", stamp(`{"acc":"cluster-c1","kind":"JetStream"}`), false},
+		{"the account", stamp(`{"acc":"cluster-c1","kind":"Account"}`), false},
+		{"an import that does not share", stamp(`{"acc":"cluster-c1"}`), false},
+		{"a stamp that does not decode", stamp(`{"kind":`), false},
+		{"an oversize stamp", stamp(`{"kind":"Client","name":"` + strings.Repeat("x", maxRequestInfo) + `"}`), false},
+	} {
+		refusal := sender(service.Msg{Subject: subject, Header: c.header}, messages.VerbLeave, "c1", "u1")
+		if (refusal == nil) != c.ok {
+			t.Errorf("%s: %v, want ok %v", c.name, refusal, c.ok)
+		}
+		if refusal != nil && (refusal.Code != messages.CodeWrongSubject || refusal.Reason == "") {
+			t.Errorf("%s: %v, want %s with a reason", c.name, refusal, messages.CodeWrongSubject)
+		}
+	}
+	// A client's stamp does not lend it another unit's subject.
+	if sender(service.Msg{Subject: subject, Header: stamp(`{"kind":"Client"}`)}, messages.VerbLeave, "c1", "u2") == nil {
+		t.Error("a leave for u2 on u1's subject was taken")
+	}
 }

@@ -438,19 +438,69 @@ func (m *Manager) serveJoin(ctx context.Context, r service.Msg) ([]byte, *messag
 
 func encode(m any) ([]byte, *messages.Error) { return service.Encode(m) }
 
-// sender returns the cluster and unit id a request's subject names, which
-// the NATS server let only that unit publish to, and refuses a request whose
-// body names another.
-func sender(subject, verb, cluster, unit string) *messages.Error {
-	c, u, ok := messages.UnitOfSubject(subject, verb)
+// sender checks who sent a unit's request: the cluster and unit id its
+// subject names, which the NATS server lets only that unit publish to, and
+// refuses a request whose body names another. Where the request crossed
+// its cluster's import of the manager's subjects, the server stamped it
+// with its sender (Nats-Request-Info; the import shares it, package access),
+// and only a client's own publish is taken: an answer the server made on a
+// unit's behalf (a JetStream API answer, a consumer's delivery, a stream's
+// republish), which a unit's credential can aim at a peer's subject inside
+// its account, is refused, whatever it carries.
+func sender(r service.Msg, verb, cluster, unit string) *messages.Error {
+	if refusal := stamped(r.Header); refusal != nil {
+		return refusal
+	}
+	c, u, ok := messages.UnitOfSubject(r.Subject, verb)
 	if !ok {
-		return messages.Refusal(messages.CodeWrongSubject, "the subject %q names no cluster and unit", subject)
+		return messages.Refusal(messages.CodeWrongSubject, "the subject %q names no cluster and unit", r.Subject)
 	}
 	if c != cluster || u != unit {
 		return messages.Refusal(messages.CodeWrongSubject, "unit %s of cluster %s may not %s for unit %s of cluster %s", u, c, verb, unit, cluster)
 	}
 	return nil
 }
+
+// requestInfo is what the manager reads of the NATS server's stamp on a
+// request that crossed a service import (nats-server's ClientInfo).
+type requestInfo struct {
+	Account string `json:"acc"`
+	User    string `json:"user"`
+	Kind    string `json:"kind"`
+}
+
+// maxRequestInfo bounds the stamp the manager decodes: the server's is a
+// few hundred bytes.
+const maxRequestInfo = 8 << 10
+
+// stamped refuses a request that the NATS server stamped as not sent by a
+// client: the server's own publishes carry the kind of its internal client
+// ("JetStream", "Account", "System"). A request without a stamp reached the
+// manager without crossing an import: from within the manager's own account,
+// or from a deployment without accounts.
+func stamped(h nats.Header) *messages.Error {
+	raw := h.Get(requestInfoHeader)
+	if raw == "" {
+		return nil
+	}
+	var ci requestInfo
+	if len(raw) > maxRequestInfo || json.Unmarshal([]byte(raw), &ci) != nil {
+		return messages.Refusal(messages.CodeWrongSubject, "the NATS server's stamp of the sender (%s) does not decode", requestInfoHeader)
+	}
+	switch ci.Kind {
+	case "Client":
+		return nil
+	case "":
+		return messages.Refusal(messages.CodeWrongSubject, "the NATS server's stamp of the sender names no kind of sender: the cluster's import of the manager's subjects must share its requesters (share: true; package access writes it so)")
+	default:
+		return messages.Refusal(messages.CodeWrongSubject, "the request was published by the NATS server itself (%s, in account %s) on a unit's behalf, not by a unit", ci.Kind, ci.Account)
+	}
+}
+
+// requestInfoHeader is the header in which the NATS server stamps a request
+// that crossed a service import with its sender (nats-server's
+// ClientInfoHdr).
+const requestInfoHeader = "Nats-Request-Info"
 
 // join decides a join request; it returns the reply, or a refusal and the
 // body as far as it decoded.
@@ -463,7 +513,7 @@ func (m *Manager) join(ctx context.Context, req service.Msg) (*messages.JoinRepl
 	if err := messages.Decode(r.Body, messages.MaxJoinBody, &body); err != nil {
 		return nil, nil, service.DecodeRefusal("join body", err)
 	}
-	if refusal := sender(req.Subject, messages.VerbJoin, body.Cluster, body.Unit); refusal != nil {
+	if refusal := sender(req, messages.VerbJoin, body.Cluster, body.Unit); refusal != nil {
 		return nil, &body, refusal
 	}
 	now := m.cfg.Now()
@@ -613,7 +663,7 @@ func (m *Manager) serveHeartbeat(r service.Msg) ([]byte, *messages.Error) {
 	if err := messages.Decode(r.Data, messages.MaxHeartbeat, &hb); err != nil {
 		return nil, service.DecodeRefusal("heartbeat", err)
 	}
-	if refusal := sender(r.Subject, messages.VerbHeartbeat, hb.Cluster, hb.Unit); refusal != nil {
+	if refusal := sender(r, messages.VerbHeartbeat, hb.Cluster, hb.Unit); refusal != nil {
 		return nil, refusal
 	}
 	known := m.table.Heartbeat(hb.Cluster, hb.Unit, hb.Token, m.cfg.Now())
@@ -629,7 +679,7 @@ func (m *Manager) serveLeave(ctx context.Context, r service.Msg) ([]byte, *messa
 	if err := messages.Decode(r.Data, messages.MaxHeartbeat, &l); err != nil {
 		return nil, service.DecodeRefusal("leave", err)
 	}
-	if refusal := sender(r.Subject, messages.VerbLeave, l.Cluster, l.Unit); refusal != nil {
+	if refusal := sender(r, messages.VerbLeave, l.Cluster, l.Unit); refusal != nil {
 		return nil, refusal
 	}
 	mem, rev, ok := m.table.Lookup(l.Cluster, l.Unit, l.Token)

@@ -40,7 +40,7 @@ func (m *Manager) serveSession(ctx context.Context, req service.Msg) ([]byte, *m
 	if r.Token == nil {
 		return nil, messages.Refusal(messages.CodeUnknownUnit, "a session record must come from a member: unit and token")
 	}
-	if refusal := sender(req.Subject, messages.VerbSession, r.Cluster, r.Unit); refusal != nil {
+	if refusal := sender(req, messages.VerbSession, r.Cluster, r.Unit); refusal != nil {
 		return nil, refusal
 	}
 	if _, _, ok := m.table.Lookup(r.Cluster, r.Unit, r.Token); !ok {

@@ -70,6 +70,10 @@ func ReplyAllowed(reply string) bool {
 type Msg struct {
 	Subject string
 	Data    []byte
+	// Header is the request's headers: among them, where a request crossed
+	// a service import that shares its requester, the NATS server's stamp
+	// of who sent it (Nats-Request-Info), which no sender can forge.
+	Header nats.Header
 }
 
 // Func decides one request: it returns the encoded reply, or a refusal.
@@ -237,7 +241,7 @@ func (s *Service) Add(e Endpoint) error {
 		ep.queue = s.cfg.QueueGroup
 	}
 	handler := func(m *nats.Msg) {
-		req := Msg{Subject: m.Subject, Data: m.Data}
+		req := Msg{Subject: m.Subject, Data: m.Data, Header: m.Header}
 		if !s.replyTo(m.Reply) {
 			return
 		}
