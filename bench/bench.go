@@ -355,7 +355,7 @@ func startIssuerVerified(ctx context.Context, connect func(access.Key) (*nats.Co
 		nc.Close()
 		return nil, nil, err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Verifier: verifier, Policy: policy, Queue: 4096, Replicas: replicas})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Serve: serve, Platform: p, Verifier: verifier, Policy: policy, Queue: 4096, Replicas: replicas})
 	if err != nil {
 		nc.Close()
 		serve.Close()

@@ -86,7 +86,7 @@ func newStack(t *testing.T, n int, app unit.App, tap nats.MsgHandler, opts ...fu
 	secret := make([]byte, sim.SealSecretSize)
 	rand.Read(secret)
 	ip, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
-	iss, err := issuer.New(issuer.Config{Conn: st.conn(), Platform: ip, Policy: policy})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: st.conn(), Platform: ip, Policy: policy})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -267,7 +267,7 @@ func secondIssuer(ctx context.Context, dir string, s *Stack, nc, serve *nats.Con
 	if err != nil {
 		return nil, err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, KeyCache: issuer.FileKeyCache(filepath.Join(machine, issuer.KeyCacheFile))})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Serve: serve, Platform: p, KeyCache: issuer.FileKeyCache(filepath.Join(machine, issuer.KeyCacheFile))})
 	if err != nil {
 		return nil, err
 	}

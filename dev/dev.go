@@ -340,7 +340,7 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	// root stays.
 	recovered := make(chan error, 1)
 	if s.Issuer, err = issuer.New(issuer.Config{Conn: inc, Serve: isc, Platform: platform, Policy: genesis, Logger: cfg.Logger,
-		KeyCache: issuer.FileKeyCache(filepath.Join(cfg.DataDir, issuer.KeyCacheFile)), AwaitRecovery: true, PeerTimeout: 200 * time.Millisecond, Metrics: s.registerer(),
+		KeyCache: issuer.FileKeyCache(filepath.Join(cfg.DataDir, issuer.KeyCacheFile)), AwaitRecovery: true, RecoverUnlisted: true, PeerTimeout: 200 * time.Millisecond, Metrics: s.registerer(),
 		Waiting: func(string) { go func() { recovered <- s.recover(ctx, cfg) }() },
 	}); err != nil {
 		return err

@@ -66,12 +66,16 @@ const (
 	StateKeyRefused = "issuer.key_refused" // a request for the state key was refused
 	IssuerRecovered = "issuer.recovered"   // recovery-key holders restored the state key into an issuer
 	RecoveryRefused = "issuer.recovery_refused"
+	RecoveryShare   = "issuer.recovery_share" // a recovery holder's share was taken (Reason names the holder)
+	IssuerGenesis   = "issuer.genesis"        // a new state and root were made (Root, Policy, PolicyHash)
+	IssuerStopped   = "issuer.stopped"        // an issuer stopped because the policy in force does not list its build (Measurement)
 )
 
 var kinds = map[string]bool{
 	UnitJoined: true, UnitLeft: true, UnitEvicted: true, UnitJoinRefused: true,
 	CertificateIssued: true, CertificateRefused: true, SessionOpened: true, SessionClosed: true,
 	PolicyApplied: true, PolicyRefused: true, StateKeyGranted: true, StateKeyRefused: true, IssuerRecovered: true, RecoveryRefused: true,
+	RecoveryShare: true, IssuerGenesis: true, IssuerStopped: true,
 }
 
 // Event is one entry of the audit stream.
@@ -90,6 +94,7 @@ type Event struct {
 	Simulated   bool      `json:"simulated,omitempty"`
 	Policy      uint64    `json:"policy,omitempty"`      // the version of the policy in force, for policy events
 	PolicyHash  string    `json:"policy_hash,omitempty"` // hex
+	Root        string    `json:"root,omitempty"`        // the SHA-256 of the root certificate, hex, for genesis
 }
 
 // Subject is the event's subject.
@@ -154,7 +159,7 @@ func (e *Event) validate() error {
 		max         int
 	}{
 		{"source", e.Source, 80}, {"cluster", e.Cluster, 63}, {"task", e.Task, 63}, {"unit", e.Unit, 64},
-		{"measurement", e.Measurement, 128}, {"addr", e.Addr, 255}, {"policy_hash", e.PolicyHash, 64}, {"code", e.Code, 64}, {"reason", e.Reason, MaxReason},
+		{"measurement", e.Measurement, 128}, {"addr", e.Addr, 255}, {"policy_hash", e.PolicyHash, 64}, {"root", e.Root, 64}, {"code", e.Code, 64}, {"reason", e.Reason, MaxReason},
 	} {
 		if len(f.value) > f.max {
 			return fmt.Errorf("events: %s is %d bytes, at most %d", f.name, len(f.value), f.max)
@@ -183,6 +188,9 @@ func (e *Event) String() string {
 	}
 	if e.PolicyHash != "" {
 		fmt.Fprintf(&b, " policy_hash=%s", e.PolicyHash)
+	}
+	if e.Root != "" {
+		fmt.Fprintf(&b, " root=%s", e.Root)
 	}
 	if e.Simulated {
 		b.WriteString(" simulated")

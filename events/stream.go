@@ -2,6 +2,8 @@ package events
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
@@ -90,7 +93,68 @@ type Publisher struct {
 	dropped  atomic.Int64
 	refusals *rate.Buckets
 	held     atomic.Int64
+
+	// The durable path (PublishDurable): a queue that one goroutine,
+	// started with the first durable event and ended by Close, delivers
+	// in order, retrying each until it is stored.
+	durable   chan durable
+	start     sync.Once
+	stop      sync.Once
+	done      chan struct{}
+	delivered chan struct{} // closed when the goroutine has ended
+	unsent    counter
 }
+
+// counter counts the durable events not yet stored or dropped; Zero's
+// channel is closed while there are none.
+type counter struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{}
+}
+
+func (c *counter) Add() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 {
+		c.zero = make(chan struct{})
+	}
+	c.n++
+}
+
+func (c *counter) Done() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n--; c.n == 0 {
+		close(c.zero)
+	}
+}
+
+// Zero returns a channel closed once no event is counted.
+func (c *counter) Zero() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 {
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
+	return c.zero
+}
+
+// durable is one event on the durable path.
+type durable struct {
+	subject, id string
+	data        []byte
+}
+
+// Bounds of the durable path: the events it holds at once, how often it
+// tries again while the stream takes none, and how long one try waits.
+const (
+	maxDurable   = 1024
+	durableRetry = 500 * time.Millisecond
+	durableWait  = 2 * time.Second
+)
 
 // Limits of the refusals a publisher records from one source.
 const (
@@ -110,7 +174,8 @@ func NewPublisher(nc *nats.Conn, source string, log *slog.Logger, now func() tim
 	if now == nil {
 		now = time.Now
 	}
-	p := &Publisher{source: source, now: now, log: log, refusals: rate.New(rate.Limit{Rate: RefusalRate, Burst: RefusalBurst}, maxLimited)}
+	p := &Publisher{source: source, now: now, log: log, refusals: rate.New(rate.Limit{Rate: RefusalRate, Burst: RefusalBurst}, maxLimited),
+		durable: make(chan durable, maxDurable), done: make(chan struct{}), delivered: make(chan struct{})}
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(maxPending),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
@@ -128,6 +193,102 @@ func NewPublisher(nc *nats.Conn, source string, log *slog.Logger, now func() tim
 // beyond its kind's limit is counted, not sent; the next one sent says how
 // many were not.
 func (p *Publisher) Publish(e Event) {
+	subject, data, ok := p.prepare(e)
+	if !ok {
+		return
+	}
+	if _, err := p.js.PublishAsync(subject, data, jetstream.WithStallWait(time.Millisecond)); err != nil {
+		p.drop(subject, err)
+	}
+}
+
+// PublishDurable sends e as Publish does, but keeps it until the stream has
+// stored it: an event of the trust lifecycle, published before any manager
+// made the stream or while JetStream does not answer, is tried again until
+// it is stored, as long as the publisher is not closed. It is stored once:
+// its message id is the hash of the stamped event, which JetStream
+// deduplicates. Events are delivered in the order published.
+func (p *Publisher) PublishDurable(e Event) {
+	subject, data, ok := p.prepare(e)
+	if !ok {
+		return
+	}
+	sum := sha256.Sum256(data)
+	select {
+	case <-p.done:
+		p.drop(subject, errors.New("publisher closed"))
+		return
+	default:
+	}
+	p.start.Do(func() { go p.deliver() })
+	p.unsent.Add()
+	select {
+	case p.durable <- durable{subject: subject, id: hex.EncodeToString(sum[:]), data: data}:
+	default:
+		p.unsent.Done()
+		p.drop(subject, fmt.Errorf("%d lifecycle events wait for the audit stream already", maxDurable))
+	}
+}
+
+// deliver stores the durable events in order, each tried until it is
+// stored or the publisher is closed.
+func (p *Publisher) deliver() {
+	defer close(p.delivered)
+	for {
+		select {
+		case <-p.done:
+			return
+		case d := <-p.durable:
+			for failures := 0; ; failures++ {
+				ctx, cancel := context.WithTimeout(context.Background(), durableWait)
+				_, err := p.js.Publish(ctx, d.subject, d.data, jetstream.WithMsgID(d.id))
+				cancel()
+				if err == nil {
+					break
+				}
+				if failures == 0 {
+					p.log.Info("lifecycle event waits for the audit stream (no manager has made it, or JetStream does not answer); trying again", "subject", d.subject, "err", err)
+				}
+				t := time.NewTimer(durableRetry)
+				select {
+				case <-p.done:
+					t.Stop()
+					p.drop(d.subject, err)
+					p.unsent.Done()
+					return
+				case <-t.C:
+				}
+			}
+			p.unsent.Done()
+		}
+	}
+}
+
+// Close stops the durable path; events it still holds are dropped (and
+// counted). Call Flush first to wait for them. Safe to call twice.
+func (p *Publisher) Close() {
+	p.stop.Do(func() {
+		close(p.done)
+		started := true
+		p.start.Do(func() { started = false })
+		if started {
+			<-p.delivered
+		}
+		for {
+			select {
+			case d := <-p.durable:
+				p.drop(d.subject, errors.New("publisher closed"))
+				p.unsent.Done()
+			default:
+				return
+			}
+		}
+	})
+}
+
+// prepare stamps e with the time and the source, applies the refusals'
+// limit and encodes it; ok is false when it is not to be sent.
+func (p *Publisher) prepare(e Event) (subject string, data []byte, ok bool) {
 	e.V = Version
 	e.Time = p.now().UTC()
 	e.Source = p.source
@@ -135,7 +296,7 @@ func (p *Publisher) Publish(e Event) {
 		ok, suppressed := p.refusals.Take(e.Kind+"\x00"+e.Code+"\x00"+e.Cluster+"\x00"+e.Unit+"\x00"+e.Task, 1, e.Time)
 		if !ok {
 			p.held.Add(1)
-			return
+			return "", nil, false
 		}
 		if suppressed > 0 {
 			e.Reason = fmt.Sprintf("(%d more like it not recorded) %s", suppressed, e.Reason)
@@ -148,11 +309,9 @@ func (p *Publisher) Publish(e Event) {
 	data, err := e.Encode()
 	if err != nil {
 		p.drop(e.Subject(), err)
-		return
+		return "", nil, false
 	}
-	if _, err := p.js.PublishAsync(e.Subject(), data, jetstream.WithStallWait(time.Millisecond)); err != nil {
-		p.drop(e.Subject(), err)
-	}
+	return e.Subject(), data, true
 }
 
 // Dropped is the number of events that could not be published.
@@ -161,15 +320,17 @@ func (p *Publisher) Dropped() int64 { return p.dropped.Load() }
 // Suppressed is the number of refusals not recorded beyond their limit.
 func (p *Publisher) Suppressed() int64 { return p.held.Load() }
 
-// Flush waits until every event published so far is acknowledged, or ctx is
-// done.
+// Flush waits until every event published so far is acknowledged (the
+// durable ones stored), or ctx is done.
 func (p *Publisher) Flush(ctx context.Context) error {
-	select {
-	case <-p.js.PublishAsyncComplete():
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	for _, c := range []<-chan struct{}{p.js.PublishAsyncComplete(), p.unsent.Zero()} {
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
+	return nil
 }
 
 func (p *Publisher) drop(subject string, err error) {

@@ -85,3 +85,62 @@ func TestRefusalsAreLimited(t *testing.T) {
 		t.Errorf("events since an hour from now: %d, %v", n, err)
 	}
 }
+
+// A lifecycle event published before any manager made the audit stream is
+// stored once the stream is made, exactly once and in order; Close is safe
+// twice, and a durable event published after it is dropped and counted.
+func TestDurableEventsWaitForTheStream(t *testing.T) {
+	srv, err := embednats.StartTemp("cohort-events-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	p, err := NewPublisher(nc, "issuer", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.PublishDurable(Event{Kind: IssuerGenesis, Policy: 1, Root: strings.Repeat("ab", 32)})
+	p.PublishDurable(Event{Kind: PolicyApplied, Policy: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Nothing takes them yet: a flush bounded by a short deadline ends with it.
+	short, stop := context.WithTimeout(ctx, 100*time.Millisecond)
+	if err := p.Flush(short); err == nil {
+		t.Fatal("the events were stored before there was a stream")
+	}
+	stop()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureStream(ctx, js, StreamConfig{}, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	if err := Follow(ctx, nc, FollowConfig{}, func(e *Event, err error) error {
+		if err != nil {
+			return err
+		}
+		kinds = append(kinds, e.Kind)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(kinds, ",") != IssuerGenesis+","+PolicyApplied {
+		t.Errorf("stored %v, want the genesis, then the update, once each", kinds)
+	}
+	p.Close()
+	p.Close()
+	p.PublishDurable(Event{Kind: IssuerStopped})
+	if p.Dropped() != 1 {
+		t.Errorf("%d events dropped, want the one published after Close", p.Dropped())
+	}
+}

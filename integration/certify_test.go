@@ -268,7 +268,7 @@ func TestIssuerRefusesStateSealedElsewhere(t *testing.T) {
 	before := streamState(t, nc, "KV_"+issuer.DefaultBucket)
 
 	other := newMachine(t)
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: other.platform(t), Policy: policy, KeyCache: other.keyCache(), PeerTimeout: 300 * time.Millisecond})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Platform: other.platform(t), Policy: policy, KeyCache: other.keyCache(), PeerTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -316,7 +316,7 @@ func TestCrashLosesNoAcknowledgedWrite(t *testing.T) {
 				return nc
 			}
 			m := newMachine(t)
-			iss, err := issuer.New(issuer.Config{Conn: dial(), Platform: m.platform(t), Policy: parsePolicy(t, policyYAML(t, true, time.Hour)),
+			iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: dial(), Platform: m.platform(t), Policy: parsePolicy(t, policyYAML(t, true, time.Hour)),
 				KeyCache: m.keyCache(), Replicas: c.replicas, Logger: logger(t)})
 			if err != nil {
 				t.Fatal(err)

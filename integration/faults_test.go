@@ -184,7 +184,7 @@ clusters:
 		if err != nil {
 			return nil, nil, err
 		}
-		iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: p, Policy: policy, Replicas: 3, KeyCache: d.secret.keyCache(), Logger: logger(t)})
+		iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Serve: serve, Platform: p, Policy: policy, Replicas: 3, KeyCache: d.secret.keyCache(), Logger: logger(t)})
 		if err != nil {
 			return nil, nil, err
 		}

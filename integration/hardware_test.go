@@ -56,7 +56,7 @@ clusters:
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
 	m := newMachine(t)
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: m.platform(t), Verifier: v, Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Platform: m.platform(t), Verifier: v, Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ clusters:
 	srv := startNATS(t, t.TempDir())
 	nc := connect(t, srv)
 	m := newMachine(t)
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: m.platform(t), Verifier: v, Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Platform: m.platform(t), Verifier: v, Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -136,7 +136,7 @@ type runningIssuer struct {
 
 func startIssuer(t *testing.T, nc *nats.Conn, policy *issuer.Policy, m *machine) *runningIssuer {
 	t.Helper()
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: m.platform(t), Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Platform: m.platform(t), Policy: policy, KeyCache: m.keyCache(), Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -141,7 +141,7 @@ func (l *lifecycle) issuerConfig(m *machine, build string, genesis []byte) issue
 		t.Fatal(err)
 	}
 	g := access.Grant{Role: access.Issuer}
-	cfg := issuer.Config{Conn: l.conn(g, access.State), Serve: l.conn(g, access.Serve), Platform: p, KeyCache: m.keyCache(),
+	cfg := issuer.Config{Ungoverned: true, Conn: l.conn(g, access.State), Serve: l.conn(g, access.Serve), Platform: p, KeyCache: m.keyCache(),
 		PeerTimeout: time.Second, PolicyPoll: 50 * time.Millisecond, Logger: logger(t)}
 	if genesis != nil {
 		cfg.Policy = parsePolicy(t, genesis)
@@ -250,6 +250,18 @@ func buildMeasure(t *testing.T, identity, build string) []byte {
 
 func (l *lifecycle) events() []*events.Event {
 	return allEvents(l.t, l.conn(access.Grant{Role: access.Manager}, access.State))
+}
+
+// eventsOnce waits until the audit stream holds n events of kind (the
+// issuer keeps a lifecycle event until the stream stores it, once), and
+// then checks that it holds no more.
+func (l *lifecycle) eventsOnce(kind string, n int) {
+	l.t.Helper()
+	var got int
+	eventually(l.t, kind+" events stored", func() bool { got = countEvents(l.events(), kind, ""); return got >= n })
+	if got != n {
+		l.t.Errorf("%d %s events, want %d, once each", got, kind, n)
+	}
 }
 
 func countEvents(evs []*events.Event, kind, code string) int {
@@ -457,10 +469,9 @@ func TestNewRelease(t *testing.T) {
 	eventually(t, "build 1's unit is out of the cluster", func() bool {
 		return mgr.Table().Counts(time.Now())[manager.Active] == 1
 	})
+	l.eventsOnce(events.PolicyApplied, 2)
+	l.eventsOnce(events.IssuerGenesis, 1)
 	evs := l.events()
-	if countEvents(evs, events.PolicyApplied, "") != 2 {
-		t.Errorf("%d policy.applied events, want 2", countEvents(evs, events.PolicyApplied, ""))
-	}
 	if !hasEvent(t, l.conn(access.Grant{Role: access.Manager}, access.State), events.UnitLeft, "u1", "") {
 		t.Error("no event of build 1's unit leaving")
 	}
@@ -570,9 +581,7 @@ func TestIssuerOnAnotherMachine(t *testing.T) {
 	if !bytes.Equal(ta.Raw, tb.Raw) {
 		t.Fatal("the second issuer serves another task certificate")
 	}
-	if countEvents(l.events(), events.StateKeyGranted, "") != 1 {
-		t.Error("the hand-over of the state key is not recorded")
-	}
+	l.eventsOnce(events.StateKeyGranted, 1)
 
 	// Evidence that binds another request than the one sent.
 	kem, key := messages.KEMX25519, make([]byte, 32)
@@ -691,6 +700,10 @@ func TestIssuerUpgrade(t *testing.T) {
 	if n := countEvents(l.events(), events.StateKeyRefused, string(messages.CodeIssuerNotAccepted)); n < 2 {
 		t.Errorf("%d refusals of unlisted issuer builds recorded, want at least 2", n)
 	}
+	// Build 1's stop, once; the grants to build 2 and the two updates.
+	l.eventsOnce(events.IssuerStopped, 1)
+	l.eventsOnce(events.PolicyApplied, 2)
+	l.eventsOnce(events.IssuerGenesis, 1)
 }
 
 // Recovery: with every issuer's local data gone, k of the n recovery keys
@@ -788,8 +801,12 @@ func TestRecovery(t *testing.T) {
 	if !pair.Key.PublicKey.Equal(task.PublicKey.(*ecdsa.PublicKey)) {
 		t.Fatal("recovery gave another task key")
 	}
-	evs := l.events()
-	if countEvents(evs, events.IssuerRecovered, "") != 1 || countEvents(evs, events.RecoveryRefused, "") == 0 {
-		t.Error("recovery and its refusals are not recorded")
+	// Once each: the genesis, each share taken (three: the first holder's
+	// twice, the second's), the recovery.
+	l.eventsOnce(events.IssuerGenesis, 1)
+	l.eventsOnce(events.RecoveryShare, 3)
+	l.eventsOnce(events.IssuerRecovered, 1)
+	if countEvents(l.events(), events.RecoveryRefused, "") == 0 {
+		t.Error("the refusals of recovery shares are not recorded")
 	}
 }

@@ -57,7 +57,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	issuerReg, managerReg := prometheus.NewRegistry(), prometheus.NewRegistry()
 
 	p := newMachine(t).platform(t)
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: p, Policy: parsePolicy(t, policyYAML(t, true, time.Hour)), Metrics: issuerReg})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Platform: p, Policy: parsePolicy(t, policyYAML(t, true, time.Hour)), Metrics: issuerReg})
 	if err != nil {
 		t.Fatal(err)
 	}

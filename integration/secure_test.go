@@ -172,7 +172,7 @@ func startSecureStack(t *testing.T, tune func(*unit.Config), tapAccounts ...stri
 func (s *secureStack) startIssuer() *runningIssuer {
 	t := s.t
 	g := access.Grant{Role: access.Issuer}
-	iss, err := issuer.New(issuer.Config{Conn: s.conn(g, access.State), Serve: s.conn(g, access.Serve), Platform: s.secret.platform(t),
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: s.conn(g, access.State), Serve: s.conn(g, access.Serve), Platform: s.secret.platform(t),
 		Policy: s.policy, KeyCache: s.secret.keyCache(), Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)

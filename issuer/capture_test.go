@@ -57,7 +57,7 @@ func TestIssuerSecretsNeverCrossNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: bytes.Repeat([]byte{7}, sim.SealSecretSize)})
-	iss, err := New(Config{Conn: nc, Platform: p, Policy: policy})
+	iss, err := New(Config{Conn: nc, Platform: p, Policy: policy, Ungoverned: true})
 	if err != nil {
 		t.Fatal(err)
 	}

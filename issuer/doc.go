@@ -41,9 +41,16 @@
 // can restore it into a fresh issuer waiting with Config.AwaitRecovery.
 //
 // Guarantees:
-//   - A root is made only on an empty bucket, or with Config.Init. An issuer
-//     that can obtain the state key in none of the ways above refuses to
-//     start with ErrNoStateKey, says what to do, and writes nothing.
+//   - A root is made only on an empty bucket, or with Config.Init, and only
+//     from a genesis policy checked before anything is written (ErrGenesis):
+//     one that lists issuer builds lists this one, and one without
+//     administrators or recovery holders is taken only with
+//     Config.Ungoverned. An issuer that can obtain the state key in none of
+//     the ways above refuses to start with ErrNoStateKey, says what to do,
+//     and writes nothing.
+//   - Recovery restores the state key only into a build the policy in force
+//     lists: any other stops with ErrRemoved (Config.RecoverUnlisted, for
+//     development, lets it serve until an update lists it).
 //   - Every replica of a task receives the same key and certificate, made
 //     once and kept; every replica of the issuer, whatever its machine or
 //     build, serves the same root and the same task certificates. Concurrent
@@ -61,6 +68,12 @@
 //   - A refusal is a typed messages.Error naming the reason; it changes no
 //     state and hands out nothing, and, for policy updates, state-key
 //     requests and recovery shares, is an event.
+//   - Every event of the trust lifecycle (genesis, each update applied, each
+//     state-key grant, each recovery share taken, a recovery, a stop because
+//     the policy dropped this build) is kept until the audit stream stores
+//     it, once, even when no manager has made the stream yet
+//     (events.Publisher.PublishDurable): it is lost only if the issuer
+//     process ends first.
 //   - Secrets leave the issuer only sealed: under the state key (records),
 //     to this platform (the key cache), to an attested issuer's ephemeral
 //     key (the state key), to recovery holders' keys (shares), or to the

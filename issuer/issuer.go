@@ -66,6 +66,22 @@ type Config struct {
 	// KeyCache keeps the state key sealed to this platform (this machine
 	// and this build) between runs; nil keeps it in memory only.
 	KeyCache KeyCache
+	// Ungoverned accepts a genesis policy that names no administrators or
+	// no recovery holders. Without administrators the policy can never
+	// change: the next release of the issuer, or of any task, needs a new
+	// root, and every user must trust again. Without recovery holders a
+	// state whose every issuer is lost (or whose machines all changed) is
+	// lost with its root. Development (cohort dev) sets it; a deployment
+	// says so explicitly.
+	Ungoverned bool
+	// RecoverUnlisted lets recovery restore the state key into a build the
+	// policy in force does not list, which then serves until an update
+	// lists it (or drops it for good). Development only: cohort dev
+	// restores its own state into a rebuilt cohort this way, then lists the
+	// build with an update its administrator key signs. Without it a
+	// recovered issuer of an unlisted build stops: the administrators may
+	// have dropped it for a vulnerability.
+	RecoverUnlisted bool
 	// AwaitRecovery: when neither the key cache nor a running issuer gives
 	// the state key, wait for recovery-key holders (`cohort recover`)
 	// instead of refusing to start.
@@ -289,6 +305,7 @@ func (i *Issuer) Run(ctx context.Context) error {
 	if !i.running.CompareAndSwap(false, true) {
 		return errors.New("issuer: Run called twice")
 	}
+	defer i.closeEvents(ctx)
 	if err := i.load(ctx); err != nil {
 		return err
 	}
@@ -333,13 +350,22 @@ func (i *Issuer) Run(ctx context.Context) error {
 	}
 	i.log.Info("issuer serving", attrs...)
 	close(i.ready)
-	err = i.follow(ctx)
-	if i.events != nil {
-		flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_ = i.events.Flush(flush)
+	return i.follow(ctx)
+}
+
+// closeEvents waits a little for the events still on their way, then
+// stops the publisher: lifecycle events the audit stream has not stored by
+// then are lost with the process (and counted in the log).
+func (i *Issuer) closeEvents(ctx context.Context) {
+	if i.events == nil {
+		return
 	}
-	return err
+	flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := i.events.Flush(flush); err != nil {
+		i.log.Warn("events not all stored at exit", "err", err)
+	}
+	i.events.Close()
 }
 
 // load obtains the state key, then reads the root, the policy in force and
@@ -387,13 +413,20 @@ func (i *Issuer) load(ctx context.Context) error {
 	if got.peer != nil && !v.policy.AcceptsIssuer(got.peer, i.self) {
 		return fmt.Errorf("issuer: the issuer that gave this one the state key measures %x, which the policy in force (version %d) does not list under issuers: refusing its state", got.peer, v.policy.Version)
 	}
-	if len(v.policy.issuers) > 0 && !v.policy.AcceptsIssuer(i.self, i.self) {
-		if got.source != fromRecovery {
-			// Its key cache still opens, but the policy dropped its build.
-			return fmt.Errorf("%w: version %d does not list this build (measurement %x): an update must list it under issuers", ErrRemoved, v.policy.Version, i.self)
-		}
-		i.log.Warn("the policy in force does not list this issuer's build, which its recovery holders vouched for: apply an update that lists it under issuers",
+	if len(v.policy.issuers) > 0 && !v.policy.AcceptsIssuer(i.self, i.self) && got.source == fromRecovery && i.cfg.RecoverUnlisted {
+		i.log.Warn("recovered into a build the policy in force does not list, as RecoverUnlisted allows (development): apply an update that lists it under issuers",
 			"measurement", hex.EncodeToString(i.self), "policy_version", v.policy.Version)
+	} else if len(v.policy.issuers) > 0 && !v.policy.AcceptsIssuer(i.self, i.self) {
+		how := "its key cache still opens, but the policy dropped it"
+		if got.source == fromRecovery {
+			// Recovery restores only into a build the administrators
+			// keep: one they dropped (for a vulnerability, say) must not
+			// serve because its holders vouched for it.
+			how = "recovery restores the state key only into a build the policy in force lists"
+		}
+		i.lifecycle(events.Event{Kind: events.IssuerStopped, Measurement: hex.EncodeToString(i.self), Policy: v.policy.Version,
+			Code: string(messages.CodeIssuerNotAccepted), Reason: "this issuer build is not listed under issuers: " + how, Simulated: i.cfg.Platform.Simulated()})
+		return fmt.Errorf("%w: version %d does not list this build (measurement %x) under issuers: %s; an update must list it first", ErrRemoved, v.policy.Version, i.self, how)
 	}
 	i.view.Store(v)
 	i.toCache(i.store.key, v.policy.Version)

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -225,10 +226,10 @@ func (i *Issuer) obtainKey(ctx context.Context, empty bool) (obtained, error) {
 }
 
 // initState makes a new state key and writes the meta record over
-// revision over.
+// revision over, once the genesis policy passes checkGenesis.
 func (i *Issuer) initState(ctx context.Context, over uint64) error {
-	if i.cfg.Policy == nil {
-		return fmt.Errorf("%w: a new state needs a genesis policy (--policy)", ErrNoStateKey)
+	if err := i.checkGenesis(); err != nil {
+		return err
 	}
 	raw := make([]byte, messages.StateKeySize)
 	if _, err := io.ReadFull(i.cfg.Rand, raw); err != nil {
@@ -250,6 +251,42 @@ func (i *Issuer) initState(ctx context.Context, over uint64) error {
 	}
 	i.store.key, i.store.fresh = k, true
 	i.log.Info("made a new state and state key", "key_id", hex.EncodeToString(k.id), "init", i.cfg.Init)
+	return nil
+}
+
+// ErrGenesis: the genesis policy would make a state that cannot be kept.
+// Nothing was written.
+var ErrGenesis = errors.New("issuer: genesis policy refused")
+
+// checkGenesis decides, before anything is written, whether the genesis
+// policy may start a new state: it must list this issuer's build if it
+// lists any (or no issuer could ever open the state), and name
+// administrators and recovery holders unless Config.Ungoverned says to
+// do without.
+func (i *Issuer) checkGenesis() error {
+	p := i.cfg.Policy
+	if p == nil {
+		return fmt.Errorf("%w: a new state needs a genesis policy (--policy)", ErrNoStateKey)
+	}
+	if len(p.issuers) > 0 && !p.AcceptsIssuer(i.self, i.self) {
+		return fmt.Errorf("%w: it lists %d issuer builds under issuers:, not this one (measurement %x): no issuer could open the state it makes. "+
+			"Add this build's measurement (cohort measure issuer) to issuers:. Nothing was written", ErrGenesis, len(p.issuers), i.self)
+	}
+	var missing []string
+	if len(p.Administrators.Keys) == 0 {
+		missing = append(missing, "administrators: (without them the policy never changes: the next release of the issuer or of a task needs a new root, and every user must trust again)")
+	}
+	if len(p.Recovery.Keys) == 0 {
+		missing = append(missing, "recovery: (without them, losing every issuer's machine loses the root)")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if !i.cfg.Ungoverned {
+		return fmt.Errorf("%w: it names no %s. Generate keys with cohort policy keygen and list them, or start with --ungoverned to accept that. Nothing was written",
+			ErrGenesis, strings.Join(missing, ", nor "))
+	}
+	i.log.Warn("genesis without governance, as --ungoverned allows", "missing", strings.Join(missing, "; "))
 	return nil
 }
 
@@ -373,10 +410,11 @@ func (i *Issuer) grant(data []byte) ([]byte, *messages.Error) {
 	if refusal != nil {
 		ev.Kind, ev.Code, ev.Reason = events.StateKeyRefused, string(refusal.Code), refusal.Reason
 		i.log.Warn("state key refused", "code", refusal.Code, "reason", refusal.Reason, "measurement", ev.Measurement)
+		i.event(ev)
 	} else {
 		i.log.Info("state key granted to another issuer", "measurement", ev.Measurement)
+		i.lifecycle(ev)
 	}
-	i.event(ev)
 	return reply, refusal
 }
 
@@ -440,5 +478,14 @@ func (i *Issuer) decideGrant(data []byte, measurement *[]byte) ([]byte, *message
 func (i *Issuer) event(e events.Event) {
 	if i.events != nil {
 		i.events.Publish(e)
+	}
+}
+
+// lifecycle publishes an event of the trust lifecycle (genesis, an update,
+// a grant, a recovery share, a recovery, a stop), unless events are off:
+// kept until the audit stream stores it, once (events.PublishDurable).
+func (i *Issuer) lifecycle(e events.Event) {
+	if i.events != nil {
+		i.events.PublishDurable(e)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,7 +55,7 @@ func startReplica(t *testing.T, srv *embednats.Server, secret []byte, dir string
 		t.Fatal(err)
 	}
 	r := &replica{nc: nc, done: make(chan error, 1)}
-	cfg := Config{Conn: nc, Platform: p, Policy: genesis, KeyCache: FileKeyCache(dir + "/" + KeyCacheFile), PolicyPoll: 20 * time.Millisecond, PeerTimeout: time.Second}
+	cfg := Config{Conn: nc, Platform: p, Policy: genesis, Ungoverned: true, KeyCache: FileKeyCache(dir + "/" + KeyCacheFile), PolicyPoll: 20 * time.Millisecond, PeerTimeout: time.Second}
 	if hook != nil {
 		cfg.afterCommit = func() { hook(r) }
 	}
@@ -245,7 +246,7 @@ func TestStateCannotBeRolledUp(t *testing.T) {
 	defer nc.Close()
 	p, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
 	evil := lifecyclePolicy(t, 1, admin, bytes.Repeat([]byte{9}, 32))
-	iss, err := New(Config{Conn: nc, Platform: p, Policy: evil, KeyCache: FileKeyCache(dir + "/" + KeyCacheFile)})
+	iss, err := New(Config{Conn: nc, Platform: p, Policy: evil, Ungoverned: true, KeyCache: FileKeyCache(dir + "/" + KeyCacheFile)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,5 +298,101 @@ func TestStateRecordsCannotBeReplayed(t *testing.T) {
 	}
 	if a.iss.Policy().Version != 2 {
 		t.Fatalf("the replica serves version %d, want 2", a.iss.Policy().Version)
+	}
+}
+
+// TestGenesisIsCheckedBeforeAnythingIsWritten: a genesis policy that lists
+// issuer builds but not this one, or names no administrators or no
+// recovery holders (without Ungoverned), is refused, and the bucket stays
+// empty: a corrected policy then starts the state.
+func TestGenesisIsCheckedBeforeAnythingIsWritten(t *testing.T) {
+	srv, err := embednats.StartTemp("cohort-genesis-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: bytes.Repeat([]byte{3}, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := adminkey.Generate(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := func(issuers string, governed bool) *Policy {
+		d := "version: 1\naccept_simulated: true\n" + issuers + "tasks:\n  - {name: demo, measurements: [" + fmt.Sprintf("%x", bytes.Repeat([]byte{1}, 32)) + "]}\n"
+		if governed {
+			d += fmt.Sprintf("administrators:\n  threshold: 1\n  keys:\n    - {name: ada, key: %x}\nrecovery:\n  threshold: 1\n  keys:\n    - {name: rob, key: %x}\n", admin.AdminPublic(), admin.RecoveryPublic())
+		}
+		pol, err := ParsePolicy([]byte(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pol
+	}
+	self := fmt.Sprintf("issuers: [%x]\n", p.Measurement())
+	other := fmt.Sprintf("issuers: [%x]\n", bytes.Repeat([]byte{9}, 32))
+	run := func(policy *Policy, ungoverned bool) error {
+		iss, err := New(Config{Conn: nc, Platform: p, Policy: policy, Ungoverned: ungoverned, NoEvents: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- iss.Run(ctx) }()
+		select {
+		case err := <-done:
+			return err
+		case <-iss.Ready():
+			cancel()
+			return <-done
+		}
+	}
+	empty := func() bool {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := js.Stream(context.Background(), "KV_"+DefaultBucket)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return true
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs == 0
+	}
+	for _, c := range []struct {
+		name       string
+		policy     *Policy
+		ungoverned bool
+		want       string
+	}{
+		{"another issuer build listed", doc(other, true), true, "not this one"},
+		{"no administrators nor recovery", doc(self, false), false, "--ungoverned"},
+	} {
+		err := run(c.policy, c.ungoverned)
+		if !errors.Is(err, ErrGenesis) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "Nothing was written") {
+			t.Errorf("%s: %v, want %v naming %q", c.name, err, ErrGenesis, c.want)
+		}
+		if !empty() {
+			t.Fatalf("%s: the refused genesis wrote to the state", c.name)
+		}
+	}
+	if err := run(doc(self, true), false); err != nil {
+		t.Fatalf("a governed genesis that lists this build: %v", err)
+	}
+	if empty() {
+		t.Fatal("the accepted genesis wrote nothing")
 	}
 }

@@ -205,7 +205,7 @@ func (i *Issuer) awaitRecovery(ctx context.Context, keyID []byte) (*stateKey, er
 	select {
 	case k := <-w.done:
 		i.log.Info("state key restored by its recovery holders", "key_id", hex.EncodeToString(keyID))
-		i.event(events.Event{Kind: events.IssuerRecovered, Measurement: hex.EncodeToString(i.self), Simulated: i.cfg.Platform.Simulated()})
+		i.lifecycle(events.Event{Kind: events.IssuerRecovered, Measurement: hex.EncodeToString(i.self), Simulated: i.cfg.Platform.Simulated()})
 		return k, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: stopped while waiting for recovery", ErrNoStateKey)
@@ -289,11 +289,15 @@ func (i *Issuer) recoverShare(w *waiting, data []byte) ([]byte, *messages.Error)
 		return nil, i.recoverRefused(messages.Refusal(messages.CodeRecoveryShare, "share %d does not match the commitment the state's recovery record holds for it", index))
 	}
 	w.offers[index] = slices.DeleteFunc(w.offers[index], func(h string) bool { return h == string(m.OfferHash) })
+	again := ""
 	if old, ok := w.shares[index]; ok {
 		clear(old)
+		again = " again (it counts once)"
 	}
 	w.shares[index] = y
 	need := int(w.rec.Threshold)
+	i.lifecycle(events.Event{Kind: events.RecoveryShare, Policy: w.rec.Policy, Measurement: hex.EncodeToString(i.self),
+		Reason: fmt.Sprintf("share %d of holder %s taken%s: %d of the %d needed", index, share.Name, again, min(len(w.shares), need), need)})
 	if len(w.shares) < need {
 		i.log.Info("recovery share accepted", "have", len(w.shares), "need", need)
 		return service.Encode(&messages.RecoverAck{V: messages.Version, Have: uint8(len(w.shares)), Need: uint8(need)})

@@ -75,13 +75,21 @@ func (i *Issuer) loadPolicy(ctx context.Context, fresh bool) (*policyRecord, uin
 			return nil, 0, err
 		}
 		if rev, err = i.store.put(ctx, policyKey, b, rev); err == nil {
-			i.log.Info("genesis policy in force", "policy_version", g.Version, "policy_hash", hex.EncodeToString(h[:]))
+			i.log.Info("genesis policy in force", "policy_version", g.Version, "policy_hash", hex.EncodeToString(h[:]), "root", fingerprint(i.root.cert))
+			i.lifecycle(events.Event{Kind: events.IssuerGenesis, Policy: g.Version, PolicyHash: hex.EncodeToString(h[:]), Root: fingerprint(i.root.cert),
+				Measurement: hex.EncodeToString(i.self), Simulated: i.cfg.Platform.Simulated(), Reason: genesisSummary(g)})
 			return rec, rev, nil
 		}
 		if !errors.Is(err, errExists) {
 			return nil, 0, err
 		}
 	}
+}
+
+// genesisSummary says in the genesis event who governs the new state.
+func genesisSummary(p *Policy) string {
+	return fmt.Sprintf("administrators: %d of %d; recovery holders: %d of %d; issuer builds listed: %d",
+		p.Administrators.Threshold, len(p.Administrators.Keys), p.Recovery.Threshold, len(p.Recovery.Keys), len(p.issuers))
 }
 
 func lastVersion(r *policyRecord) uint64 { return r.History[len(r.History)-1].Version }
@@ -196,7 +204,7 @@ func (i *Issuer) apply(ctx context.Context, data []byte) ([]byte, *messages.Erro
 		i.view.Store(nv)
 		i.toCache(i.store.key, nv.policy.Version)
 		i.log.Info("policy update applied", "policy_version", next.Version, "policy_hash", hex.EncodeToString(h[:]), "signers", signers, "reissued", made)
-		i.event(events.Event{Kind: events.PolicyApplied, Policy: next.Version, PolicyHash: hex.EncodeToString(h[:]), Reason: "signed by " + joinNames(signers)})
+		i.lifecycle(events.Event{Kind: events.PolicyApplied, Policy: next.Version, PolicyHash: hex.EncodeToString(h[:]), Reason: "signed by " + joinNames(signers)})
 		return i.applied(nv, made)
 	}
 }
@@ -259,6 +267,8 @@ func (i *Issuer) follow(ctx context.Context) error {
 		}
 		p := i.view.Load().policy
 		if p.Version != seen && len(p.issuers) > 0 && !p.AcceptsIssuer(i.self, i.self) {
+			i.lifecycle(events.Event{Kind: events.IssuerStopped, Measurement: hex.EncodeToString(i.self), Policy: p.Version, Code: string(messages.CodeIssuerNotAccepted),
+				Reason: "an update dropped this issuer build from issuers", Simulated: i.cfg.Platform.Simulated()})
 			return fmt.Errorf("%w: version %d lists %d issuer builds, not this one (measurement %x); stopping", ErrRemoved, p.Version, len(p.issuers), i.self)
 		}
 		seen = p.Version

@@ -385,6 +385,7 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	replicas := fs.Int("replicas", 1, "JetStream replicas of the issuer's state")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9101")
 	initState := fs.Bool("init", false, "make a new state key and a NEW ROOT even where a state exists: every user must trust again")
+	ungoverned := fs.Bool("ungoverned", false, "accept a genesis policy without administrators: or recovery: (then the policy never changes, and losing every issuer machine loses the root)")
 	awaitRecovery := fs.Bool("recover", false, "when no key cache opens and no running issuer gives the state key, wait for 'cohort recover'")
 	instance := fs.String("instance", "", "this issuer's instance name (lower-case letters and digits); default random")
 	lv := logLevel(fs)
@@ -435,7 +436,7 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 	}
 	iss, err := issuer.New(issuer.Config{Conn: nc, Serve: serve, Platform: platform, Verifier: v, Policy: policy, Replicas: *replicas, Metrics: reg, Logger: log,
-		Init: *initState, AwaitRecovery: *awaitRecovery, Instance: *instance, KeyCache: issuer.FileKeyCache(filepath.Join(*data, issuer.KeyCacheFile))})
+		Init: *initState, Ungoverned: *ungoverned, AwaitRecovery: *awaitRecovery, Instance: *instance, KeyCache: issuer.FileKeyCache(filepath.Join(*data, issuer.KeyCacheFile))})
 	if err != nil {
 		return err
 	}
@@ -959,6 +960,10 @@ func cmdDeploy(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	if len(policy.Clusters) == 0 {
+		return fmt.Errorf("%w: the policy %s declares no clusters: a deployment gives each cluster's units their credentials; add one, e.g.\nclusters:\n  - {id: demo, task: %s}",
+			errUsage, *policyPath, firstTask(policy))
+	}
 	d := access.Deployment{Users: splitList(*users)}
 	for _, c := range policy.Clusters {
 		d.Clusters = append(d.Clusters, access.Cluster{ID: c.ID, Units: splitList(*units)})
@@ -1019,4 +1024,12 @@ func pauseFor(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// firstTask names a task of the policy, for an example line.
+func firstTask(p *issuer.Policy) string {
+	if len(p.Tasks) == 0 {
+		return "TASK"
+	}
+	return p.Tasks[0].Name
 }

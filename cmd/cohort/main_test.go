@@ -362,3 +362,16 @@ func TestReadmeEvidenceInspect(t *testing.T) {
 		t.Fatalf("%s: exit %d:\n%s", line, code, out)
 	}
 }
+
+// cohort deploy with a policy that declares no clusters says so in the
+// policy's words, with a line to add.
+func TestDeployNeedsAClusterInThePolicy(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.WriteFile("p.yaml", []byte("version: 1\naccept_simulated: true\ntasks:\n  - name: demo\n    measurements: ["+strings.Repeat("ab", 32)+"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCmd(t, "deploy", "--out", "out", "--policy", "p.yaml")
+	if code != 2 || !strings.Contains(stderr, "declares no clusters") || !strings.Contains(stderr, "{id: demo, task: demo}") || strings.Contains(stderr, "Config.") {
+		t.Errorf("exit %d: %s", code, stderr)
+	}
+}

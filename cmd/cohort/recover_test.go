@@ -74,7 +74,7 @@ func TestRecoverCommand(t *testing.T) {
 			<-tick.C
 		}
 	}
-	logs, stop := runBackground(t, "issuer", "--policy", "policy.yaml", "--data", "issuer-data")
+	logs, stop := runBackground(t, "issuer", "--policy", "policy.yaml", "--data", "issuer-data", "--ungoverned")
 	root := trust("root.pem")
 	// Stopped, and its machine and data are gone.
 	if code := stop(); code != 0 {
@@ -112,7 +112,7 @@ func TestRecoverCommand(t *testing.T) {
 	}
 
 	// --init makes a new root over the state, on purpose.
-	logs, stop = runBackground(t, "issuer", "--data", "fresh-data", "--policy", "policy.yaml", "--init")
+	logs, stop = runBackground(t, "issuer", "--data", "fresh-data", "--policy", "policy.yaml", "--init", "--ungoverned")
 	if newRoot := trust("new.pem"); newRoot == root {
 		t.Fatal("--init kept the old root")
 	}
@@ -129,7 +129,7 @@ func TestStatusWithoutManagerFails(t *testing.T) {
 	if err := os.WriteFile("policy.yaml", []byte("version: 1\naccept_simulated: true\ntasks:\n  - name: demo\n    measurements: ["+strings.TrimSpace(unit)+"]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs, _ := runBackground(t, "issuer", "--policy", "policy.yaml", "--data", "issuer-data")
+	logs, _ := runBackground(t, "issuer", "--policy", "policy.yaml", "--data", "issuer-data", "--ungoverned")
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	end := time.Now().Add(30 * time.Second)
@@ -159,4 +159,61 @@ func plainNATS(t *testing.T) {
 	t.Cleanup(srv.Close)
 	t.Setenv("COHORT_NATS", srv.ClientURL())
 	t.Chdir(t.TempDir())
+}
+
+// The README's separate-process genesis, its policy written as the README
+// writes it (keygen, then pubkey --as into flow-style lines): the issuer
+// starts on it; the same policy without administrators and recovery is
+// refused at once, naming --ungoverned, and one that lists another issuer
+// build is refused naming this one; neither writes anything.
+func TestGenesisAtTheCommand(t *testing.T) {
+	plainNATS(t)
+	if code, _, stderr := runCmd(t, "policy", "keygen", "--out", "ada.key", "--name", "ada"); code != 0 {
+		t.Fatalf("keygen: %s", stderr)
+	}
+	out := func(args ...string) string {
+		t.Helper()
+		code, stdout, stderr := runCmd(t, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, stderr)
+		}
+		return strings.TrimSpace(stdout)
+	}
+	issuerM, unitM := out("measure", "issuer"), out("measure", "unit", "--task", "demo")
+	admin := out("policy", "pubkey", "--key", "ada.key", "--name", "ada", "--as", "administrator")
+	recovery := out("policy", "pubkey", "--key", "ada.key", "--name", "ada", "--as", "recovery")
+	if !strings.HasPrefix(admin, "{name: ada, key: ") || admin == recovery {
+		t.Fatalf("pubkey --as: %q and %q", admin, recovery)
+	}
+	if lines := out("policy", "pubkey", "--key", "ada.key", "--name", "ada"); !strings.Contains(lines, "administrators:") || !strings.Contains(lines, strings.TrimSuffix(strings.TrimPrefix(recovery, "{"), "}")) {
+		t.Errorf("pubkey: %q", lines)
+	}
+	tasks := "tasks:\n  - name: demo\n    measurements: [" + unitM + "]\nclusters:\n  - {id: demo, task: demo}\n"
+	write := func(name, doc string) {
+		if err := os.WriteFile(name, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("ungoverned.yaml", "version: 1\naccept_simulated: true\nissuers: ["+issuerM+"]\n"+tasks)
+	write("other.yaml", "version: 1\naccept_simulated: true\nissuers: ["+strings.Repeat("ab", 32)+"]\n"+
+		"administrators: {threshold: 1, keys: ["+admin+"]}\nrecovery: {threshold: 1, keys: ["+recovery+"]}\n"+tasks)
+	write("policy.yaml", "version: 1\naccept_simulated: true\nvalidity: {task: 720h}\nissuers: ["+issuerM+"]\n"+
+		"administrators: {threshold: 1, keys: ["+admin+"]}\nrecovery: {threshold: 1, keys: ["+recovery+"]}\n"+tasks)
+	for file, want := range map[string]string{"ungoverned.yaml": "--ungoverned", "other.yaml": "not this one (measurement " + issuerM} {
+		code, _, stderr := runCmd(t, "issuer", "--policy", file, "--data", "issuer-data")
+		if code == 0 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "Nothing was written") {
+			t.Errorf("issuer --policy %s: exit %d: %s, want a refusal naming %q", file, code, stderr, want)
+		}
+	}
+	logs, stop := runBackground(t, "issuer", "--policy", "policy.yaml", "--data", "issuer-data")
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(30 * time.Second); !strings.Contains(logs.String(), "issuer serving"); <-tick.C {
+		if time.Now().After(end) {
+			t.Fatalf("the issuer on the README's genesis does not serve: %s", logs.String())
+		}
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("issuer: exit %d: %s", code, logs.String())
+	}
 }

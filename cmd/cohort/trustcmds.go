@@ -20,7 +20,7 @@ import (
 	"github.com/cohort-dev/cohort/messages"
 )
 
-const policyUsage = "policy keygen --out FILE | policy sign --key FILE --policy FILE [--out SIG] | policy apply --policy FILE SIG... | policy show"
+const policyUsage = "policy keygen --out FILE | policy pubkey --key FILE [--name NAME] [--as administrator|recovery] | policy sign --key FILE --policy FILE [--out SIG] | policy apply --policy FILE SIG... | policy show"
 
 // cmdPolicy is the administrators' side of signed policy updates.
 func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -30,6 +30,8 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	switch args[0] {
 	case "keygen":
 		return cmdPolicyKeygen(args[1:], stdout, stderr)
+	case "pubkey":
+		return cmdPolicyPubkey(args[1:], stdout, stderr)
 	case "sign":
 		return cmdPolicySign(args[1:], stdout, stderr)
 	case "apply":
@@ -57,14 +59,53 @@ func cmdPolicyKeygen(args []string, stdout, stderr io.Writer) error {
 	if err := k.Save(*out); err != nil {
 		return err
 	}
+	fmt.Fprintf(stdout, "key written to %s; keep it offline. Its public halves, for a policy ('cohort policy pubkey --key %s' prints them again):\n", *out, *out)
+	printPublicLines(stdout, k, *name)
+	return nil
+}
+
+// printPublicLines prints a key's public halves as a policy's lines.
+func printPublicLines(w io.Writer, k *adminkey.Key, name string) {
+	if name == "" {
+		name = "NAME"
+	}
+	fmt.Fprintf(w, "administrators:   # signs policy updates\n  keys:\n    - {name: %s, key: %x}\n"+
+		"recovery:         # holds a share of the state key\n  keys:\n    - {name: %s, key: %x}\n",
+		name, k.AdminPublic(), name, k.RecoveryPublic())
+}
+
+// cmdPolicyPubkey prints the public halves of a key made by keygen: the
+// policy's lines, or with --as one entry, {name: NAME, key: HEX}, for a
+// script to put in a policy.
+func cmdPolicyPubkey(args []string, stdout, stderr io.Writer) error {
+	fs := flags("policy pubkey", stderr)
+	keyPath := fs.String("key", "", "the key file ('cohort policy keygen')")
+	name := fs.String("name", "", "the holder's name in the lines printed")
+	as := fs.String("as", "", "print one entry, {name: NAME, key: HEX}: the key as an administrator, or as a recovery holder")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required(fs, "key"); err != nil {
+		return err
+	}
+	k, err := adminkey.Load(*keyPath)
+	if err != nil {
+		return err
+	}
 	n := *name
 	if n == "" {
 		n = "NAME"
 	}
-	fmt.Fprintf(stdout, "key written to %s; keep it offline. Its public halves, for a policy:\n"+
-		"administrators:   # signs policy updates\n  keys:\n    - {name: %s, key: %x}\n"+
-		"recovery:         # holds a share of the state key\n  keys:\n    - {name: %s, key: %x}\n",
-		*out, n, k.AdminPublic(), n, k.RecoveryPublic())
+	switch *as {
+	case "":
+		printPublicLines(stdout, k, *name)
+	case "administrator":
+		fmt.Fprintf(stdout, "{name: %s, key: %x}\n", n, k.AdminPublic())
+	case "recovery":
+		fmt.Fprintf(stdout, "{name: %s, key: %x}\n", n, k.RecoveryPublic())
+	default:
+		return fmt.Errorf("%w: --as %q: want administrator or recovery", errUsage, *as)
+	}
 	return nil
 }
 

@@ -105,7 +105,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	iss, err := issuer.New(issuer.Config{Conn: nc, Platform: platform, Policy: policy, Logger: cfg.Logger, NoEvents: true})
+	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Platform: platform, Policy: policy, Logger: cfg.Logger, NoEvents: true})
 	if err != nil {
 		return nil, err
 	}
