@@ -340,7 +340,9 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	// root stays.
 	recovered := make(chan error, 1)
 	if s.Issuer, err = issuer.New(issuer.Config{Conn: inc, Serve: isc, Platform: platform, Policy: genesis, Logger: cfg.Logger,
-		KeyCache: issuer.FileKeyCache(filepath.Join(cfg.DataDir, issuer.KeyCacheFile)), AwaitRecovery: true, RecoverUnlisted: true, PeerTimeout: 200 * time.Millisecond, Metrics: s.registerer(),
+		KeyCache: issuer.FileKeyCache(filepath.Join(cfg.DataDir, issuer.KeyCacheFile)), AwaitRecovery: true, RecoverUnlisted: true, PeerTimeout: 200 * time.Millisecond,
+		Metrics: s.registerer(),
+		Lease:   3 * time.Second, // one NATS server: no leader elections to outlast
 		Waiting: func(string) { go func() { recovered <- s.recover(ctx, cfg) }() },
 	}); err != nil {
 		return err
@@ -367,7 +369,8 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 	}
 	defer mnc.Close()
 	defer msc.Close()
-	if s.Manager, err = manager.New(manager.Config{Conn: mnc, Serve: msc, Root: s.Issuer.Root(), Logger: cfg.Logger, Metrics: s.registerer()}); err != nil {
+	follow := issuerclient.Follower{Config: issuerclient.Config{Conn: mnc, Verifier: sim.Verifier(), IssuerMeasurement: s.IssuerMeasurement, AllowSimulated: true}}
+	if s.Manager, err = manager.New(manager.Config{Conn: mnc, Serve: msc, Root: s.Issuer.Root(), Roots: follow, Logger: cfg.Logger, Metrics: s.registerer()}); err != nil {
 		return errors.Join(err, stop(cancel, g))
 	}
 	g.Go(func() error { return s.Manager.Run(ctx) })

@@ -69,13 +69,14 @@ const (
 	RecoveryShare   = "issuer.recovery_share" // a recovery holder's share was taken (Reason names the holder)
 	IssuerGenesis   = "issuer.genesis"        // a new state and root were made (Root, Policy, PolicyHash)
 	IssuerStopped   = "issuer.stopped"        // an issuer stopped because the policy in force does not list its build (Measurement)
+	RootRotated     = "issuer.root_rotated"   // an update rotated the root (Root: the new one's SHA-256; Reason names the old)
 )
 
 var kinds = map[string]bool{
 	UnitJoined: true, UnitLeft: true, UnitEvicted: true, UnitJoinRefused: true,
 	CertificateIssued: true, CertificateRefused: true, SessionOpened: true, SessionClosed: true,
 	PolicyApplied: true, PolicyRefused: true, StateKeyGranted: true, StateKeyRefused: true, IssuerRecovered: true, RecoveryRefused: true,
-	RecoveryShare: true, IssuerGenesis: true, IssuerStopped: true,
+	RecoveryShare: true, IssuerGenesis: true, IssuerStopped: true, RootRotated: true,
 }
 
 // Event is one entry of the audit stream.
@@ -94,7 +95,7 @@ type Event struct {
 	Simulated   bool      `json:"simulated,omitempty"`
 	Policy      uint64    `json:"policy,omitempty"`      // the version of the policy in force, for policy events
 	PolicyHash  string    `json:"policy_hash,omitempty"` // hex
-	Root        string    `json:"root,omitempty"`        // the SHA-256 of the root certificate, hex, for genesis
+	Root        string    `json:"root,omitempty"`        // the SHA-256 of the root certificate, hex, for genesis and rotation
 }
 
 // Subject is the event's subject.

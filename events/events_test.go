@@ -14,7 +14,7 @@ import (
 var when = time.Date(2024, 5, 1, 12, 0, 0, 123456789, time.UTC)
 
 var allKinds = []string{UnitJoined, UnitLeft, UnitEvicted, UnitJoinRefused, CertificateIssued, CertificateRefused, SessionOpened, SessionClosed,
-	PolicyApplied, PolicyRefused, StateKeyGranted, StateKeyRefused, IssuerRecovered, RecoveryRefused, RecoveryShare, IssuerGenesis, IssuerStopped}
+	PolicyApplied, PolicyRefused, StateKeyGranted, StateKeyRefused, IssuerRecovered, RecoveryRefused, RecoveryShare, IssuerGenesis, IssuerStopped, RootRotated}
 
 const measurementHex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 

@@ -2,7 +2,7 @@ package events
 
 import (
 	"context"
-	"crypto/sha256"
+	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -96,13 +96,19 @@ type Publisher struct {
 
 	// The durable path (PublishDurable): a queue that one goroutine,
 	// started with the first durable event and ended by Close, delivers
-	// in order, retrying each until it is stored.
+	// in order, retrying each until it is stored. mu orders enqueuing
+	// against Close: no event enters the queue once Close has begun.
+	mu        sync.Mutex
+	closed    bool
+	started   bool
 	durable   chan durable
-	start     sync.Once
-	stop      sync.Once
 	done      chan struct{}
+	life      context.Context // done once Close begins: cuts a try short
+	end       context.CancelFunc
 	delivered chan struct{} // closed when the goroutine has ended
 	unsent    counter
+	ids       string        // this publisher's random prefix of message ids
+	seq       atomic.Uint64 // the next durable event's number
 }
 
 // counter counts the durable events not yet stored or dropped; Zero's
@@ -175,7 +181,8 @@ func NewPublisher(nc *nats.Conn, source string, log *slog.Logger, now func() tim
 		now = time.Now
 	}
 	p := &Publisher{source: source, now: now, log: log, refusals: rate.New(rate.Limit{Rate: RefusalRate, Burst: RefusalBurst}, maxLimited),
-		durable: make(chan durable, maxDurable), done: make(chan struct{}), delivered: make(chan struct{})}
+		durable: make(chan durable, maxDurable), done: make(chan struct{}), delivered: make(chan struct{}), ids: newIDPrefix()}
+	p.life, p.end = context.WithCancel(context.Background())
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(maxPending),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
@@ -213,17 +220,19 @@ func (p *Publisher) PublishDurable(e Event) {
 	if !ok {
 		return
 	}
-	sum := sha256.Sum256(data)
-	select {
-	case <-p.done:
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
 		p.drop(subject, errors.New("publisher closed"))
 		return
-	default:
 	}
-	p.start.Do(func() { go p.deliver() })
+	if !p.started {
+		p.started = true
+		go p.deliver()
+	}
 	p.unsent.Add()
 	select {
-	case p.durable <- durable{subject: subject, id: hex.EncodeToString(sum[:]), data: data}:
+	case p.durable <- durable{subject: subject, id: fmt.Sprintf("%s-%d", p.ids, p.seq.Add(1)), data: data}:
 	default:
 		p.unsent.Done()
 		p.drop(subject, fmt.Errorf("%d lifecycle events wait for the audit stream already", maxDurable))
@@ -240,14 +249,14 @@ func (p *Publisher) deliver() {
 			return
 		case d := <-p.durable:
 			for failures := 0; ; failures++ {
-				ctx, cancel := context.WithTimeout(context.Background(), durableWait)
+				ctx, cancel := context.WithTimeout(p.life, durableWait)
 				_, err := p.js.Publish(ctx, d.subject, d.data, jetstream.WithMsgID(d.id))
 				cancel()
 				if err == nil {
 					break
 				}
-				if failures == 0 {
-					p.log.Info("lifecycle event waits for the audit stream (no manager has made it, or JetStream does not answer); trying again", "subject", d.subject, "err", err)
+				if failures%20 == 0 { // the first, then every 10 s or so
+					p.log.Warn("lifecycle event waits for the audit stream (no manager has made it, or JetStream does not answer); trying again", "subject", d.subject, "err", err, "tries", failures+1)
 				}
 				t := time.NewTimer(durableRetry)
 				select {
@@ -267,23 +276,28 @@ func (p *Publisher) deliver() {
 // Close stops the durable path; events it still holds are dropped (and
 // counted). Call Flush first to wait for them. Safe to call twice.
 func (p *Publisher) Close() {
-	p.stop.Do(func() {
-		close(p.done)
-		started := true
-		p.start.Do(func() { started = false })
-		if started {
-			<-p.delivered
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	started := p.started
+	close(p.done)
+	p.end()
+	p.mu.Unlock()
+	if started {
+		<-p.delivered
+	}
+	for {
+		select {
+		case d := <-p.durable:
+			p.drop(d.subject, errors.New("publisher closed"))
+			p.unsent.Done()
+		default:
+			return
 		}
-		for {
-			select {
-			case d := <-p.durable:
-				p.drop(d.subject, errors.New("publisher closed"))
-				p.unsent.Done()
-			default:
-				return
-			}
-		}
-	})
+	}
 }
 
 // prepare stamps e with the time and the source, applies the refusals'
@@ -472,4 +486,14 @@ func printable(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+// newIDPrefix draws a publisher's prefix of message ids: with the event's
+// number, an id no other event shares, so that JetStream stores a retried
+// event once (within the stream's duplicates window) and two alike events
+// twice.
+func newIDPrefix() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read does not fail
+	return hex.EncodeToString(b[:])
 }

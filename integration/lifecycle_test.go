@@ -173,7 +173,16 @@ func (l *lifecycle) run(cfg issuer.Config) (*issuer.Issuer, context.CancelFunc, 
 
 func (l *lifecycle) startIssuer(m *machine, build string, genesis []byte) (*issuer.Issuer, context.CancelFunc, <-chan error) {
 	l.t.Helper()
-	iss, cancel, done := l.run(l.issuerConfig(m, build, genesis))
+	return l.startIssuerTuned(m, genesis, func(*issuer.Config) {}, build)
+}
+
+// startIssuerTuned starts an issuer of build (default "") on machine m, its
+// configuration adjusted by tune.
+func (l *lifecycle) startIssuerTuned(m *machine, genesis []byte, tune func(*issuer.Config), build ...string) (*issuer.Issuer, context.CancelFunc, <-chan error) {
+	l.t.Helper()
+	cfg := l.issuerConfig(m, strings.Join(build, ""), genesis)
+	tune(&cfg)
+	iss, cancel, done := l.run(cfg)
 	select {
 	case <-iss.Ready():
 	case err := <-done:

@@ -67,7 +67,7 @@ func window(now time.Time, lifetime time.Duration) (time.Time, time.Time) {
 }
 
 // newRoot makes the self-signed root CA.
-func newRoot(r io.Reader, now time.Time, lifetime time.Duration, simulated bool) (*credential, error) {
+func newRoot(r io.Reader, now time.Time, lifetime time.Duration, simulated bool, generation uint32) (*credential, error) {
 	key, err := newKey()
 	if err != nil {
 		return nil, err
@@ -77,11 +77,7 @@ func newRoot(r io.Reader, now time.Time, lifetime time.Duration, simulated bool)
 		return nil, err
 	}
 	nb, na := window(now, lifetime)
-	subject := pkix.Name{CommonName: "cohort root CA", Organization: []string{organization}}
-	if simulated {
-		subject.CommonName = "cohort root CA (SIMULATED)"
-		subject.OrganizationalUnit = []string{simulatedUnit}
-	}
+	subject := rootSubject(simulated, generation)
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               subject,
@@ -232,4 +228,47 @@ func groupSpec(root *x509.Certificate, g *Group, lifetime time.Duration, simulat
 func reissueAt(c *x509.Certificate) time.Time {
 	life := c.NotAfter.Sub(c.NotBefore)
 	return c.NotBefore.Add(time.Duration(float64(life) * issuerRenewShare))
+}
+
+// rootSubject is the subject of a root of generation g: roots after the
+// first name their generation, so that no two roots of a state share a
+// subject.
+func rootSubject(simulated bool, g uint32) pkix.Name {
+	cn := "cohort root CA"
+	if g > 1 {
+		cn = fmt.Sprintf("cohort root CA %d", g)
+	}
+	subject := pkix.Name{CommonName: cn, Organization: []string{organization}}
+	if simulated {
+		subject.CommonName += " (SIMULATED)"
+		subject.OrganizationalUnit = []string{simulatedUnit}
+	}
+	return subject
+}
+
+// vouch makes the voucher of next by prev: a CA certificate of next's
+// subject and key, issued by prev's, valid as long as next. Whoever holds
+// prev's certificate (a user's root.pem) checks with it that next's key was
+// made by an issuer that held prev's key.
+func vouch(r io.Reader, prev, next *credential) ([]byte, error) {
+	serial, err := serialNumber(r)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               next.cert.Subject,
+		NotBefore:             next.cert.NotBefore,
+		NotAfter:              next.cert.NotAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+		SubjectKeyId:          next.cert.SubjectKeyId,
+	}
+	der, err := x509.CreateCertificate(r, tmpl, prev.cert, next.cert.PublicKey, prev.key)
+	if err != nil {
+		return nil, fmt.Errorf("create voucher: %w", err)
+	}
+	return der, nil
 }

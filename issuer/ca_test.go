@@ -102,7 +102,7 @@ func (r *fixedRand) Read(p []byte) (int, error) {
 func TestIssueTask(t *testing.T) {
 	p := mustParsePolicy(t, policyYAML(true))
 	now := time.Now()
-	root, err := newRoot(&fixedRand{}, now, 2*time.Hour, true)
+	root, err := newRoot(&fixedRand{}, now, 2*time.Hour, true, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,11 +153,11 @@ func TestIssueTask(t *testing.T) {
 
 func TestTaskSpec(t *testing.T) {
 	p := mustParsePolicy(t, policyYAML(true))
-	root, err := newRoot(&fixedRand{}, time.Now(), 2*time.Hour, true)
+	root, err := newRoot(&fixedRand{}, time.Now(), 2*time.Hour, true, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := newRoot(&fixedRand{}, time.Now(), 2*time.Hour, true)
+	other, err := newRoot(&fixedRand{}, time.Now(), 2*time.Hour, true, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

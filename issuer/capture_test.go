@@ -109,7 +109,7 @@ func TestIssuerSecretsNeverCrossNATS(t *testing.T) {
 		secrets[name] = raw
 		secrets[name+", PKCS #8"] = der
 	}
-	add("root key", iss.root.key, iss.root.key)
+	add("root key", iss.view.Load().root.cred.key, iss.view.Load().root.cred.key)
 	secrets["state key"] = iss.store.key.raw
 	v := iss.view.Load()
 	for name, s := range v.tasks {

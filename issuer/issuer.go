@@ -34,6 +34,10 @@ import (
 // Version is the issuer service's version as nats micro reports it.
 const Version = "0.1.0"
 
+// DefaultLease is Config.Lease's default: longer than JetStream's leader
+// elections, which take 4 to 9 s.
+const DefaultLease = 12 * time.Second
+
 // reissueTimeout bounds the store write of a reissue on the certify path.
 const reissueTimeout = 2 * time.Second
 
@@ -59,9 +63,11 @@ type Config struct {
 	Bucket   string // key-value bucket of the state; default DefaultBucket
 	Replicas int    // JetStream replicas of that bucket; default 1
 
-	// Init makes a new state key and a new root even where a state exists.
-	// Every user must then trust the new root. Without it a root is made
-	// only on an empty bucket.
+	// Init makes a new state key and a new root over a bucket whose state
+	// is damaged (records, but no readable meta record). Every user must
+	// then trust the new root. Over a working state it is refused: a root
+	// is rotated only by a signed update (Policy.RootGeneration). Without
+	// it a root is made only on an empty bucket.
 	Init bool
 	// KeyCache keeps the state key sealed to this platform (this machine
 	// and this build) between runs; nil keeps it in memory only.
@@ -98,6 +104,14 @@ type Config struct {
 	// PolicyPoll is how often a replica checks for a policy another one
 	// applied; default 1s.
 	PolicyPoll time.Duration
+	// Lease is how long a replica answers after it last confirmed, with
+	// the state stream's leader, the policy in force (it confirms every
+	// PolicyPoll), and how long it answers under neither root when it
+	// adopts a new one: so no two roots are ever served at once. It must
+	// outlast a leader election of the state stream (4 to 9 s after its
+	// leader's server dies), or the issuer stops answering during one.
+	// Default DefaultLease.
+	Lease time.Duration
 
 	Workers int // certify workers; default 2 × GOMAXPROCS
 	Queue   int // requests waiting for a worker before "overloaded"; default 1024
@@ -155,6 +169,12 @@ func (c *Config) fill() error {
 	if c.PolicyPoll <= 0 {
 		c.PolicyPoll = time.Second
 	}
+	if c.Lease <= 0 {
+		c.Lease = max(DefaultLease, 3*c.PolicyPoll)
+	}
+	if c.Lease < 2*c.PolicyPoll {
+		return fmt.Errorf("issuer: Config.Lease %v must be at least twice PolicyPoll %v", c.Lease, c.PolicyPoll)
+	}
 	if c.Rand == nil {
 		c.Rand = rand.Reader
 	}
@@ -188,7 +208,10 @@ type Issuer struct {
 
 	// Set before ready is closed, read-only after.
 	store *store
-	root  *credential
+	fence *fence
+	// roots caches the state's roots by generation; written by load, and
+	// under adopting after.
+	roots map[uint32]*rootState
 
 	// view is the policy in force and everything made from it. A request
 	// reads it once; an update swaps it whole, so that no request sees a
@@ -201,6 +224,7 @@ type Issuer struct {
 
 // view is one policy in force, with the keys and certificates made from it.
 type view struct {
+	root     *rootState // the root of the policy's generation
 	policy   *Policy
 	record   *policyRecord
 	rev      uint64 // of the policy record
@@ -260,6 +284,8 @@ func New(cfg Config) (*Issuer, error) {
 		replay:  replay.New(2*cfg.MaxClockSkew, cfg.Now()),
 		metrics: m,
 		self:    cfg.Platform.Measurement(),
+		fence:   &fence{lease: cfg.Lease, now: time.Now},
+		roots:   map[uint32]*rootState{},
 	}, nil
 }
 
@@ -267,7 +293,7 @@ func New(cfg Config) (*Issuer, error) {
 func (i *Issuer) Ready() <-chan struct{} { return i.ready }
 
 // Root returns the root certificate. Valid after Ready.
-func (i *Issuer) Root() *x509.Certificate { return i.root.cert }
+func (i *Issuer) Root() *x509.Certificate { return i.view.Load().root.cred.cert }
 
 // Instance is this issuer's instance name.
 func (i *Issuer) Instance() string { return i.cfg.Instance }
@@ -339,7 +365,7 @@ func (i *Issuer) Run(ctx context.Context) error {
 			return fmt.Errorf("issuer: add %s endpoint: %w", ep.Name, err)
 		}
 	}
-	attrs := []any{"backend", i.cfg.Platform.Name(), "root", fingerprint(i.root.cert), "policy_version", v.policy.Version,
+	attrs := []any{"backend", i.cfg.Platform.Name(), "root", fingerprint(v.root.cred.cert), "root_generation", v.root.gen, "policy_version", v.policy.Version,
 		"policy_hash", hex.EncodeToString(hash[:]), "tasks", len(v.tasks), "groups", len(v.groups), "clusters", len(v.clusters)}
 	if i.cfg.Platform.Simulated() {
 		attrs = append(attrs, "attestation", "SIMULATED")
@@ -378,7 +404,7 @@ func (i *Issuer) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("issuer: jetstream: %w", err)
 	}
-	store, empty, err := openStore(ctx, js, i.cfg.Bucket, i.cfg.Replicas)
+	store, empty, err := openStore(ctx, i.cfg.Conn, js, i.cfg.Bucket, i.cfg.Replicas)
 	if err != nil {
 		return fmt.Errorf("issuer: %w", err)
 	}
@@ -396,9 +422,12 @@ func (i *Issuer) load(ctx context.Context) error {
 		return err
 	}
 	fresh := got.source == fromNew
-	if i.root, err = i.loadRoot(ctx, fresh); err != nil {
+	genesis, err := i.loadRoot(ctx, fresh)
+	if err != nil {
 		return fmt.Errorf("issuer: root: %w", err)
 	}
+	i.roots[1] = &rootState{gen: 1, cred: genesis}
+	read := time.Now()
 	rec, rev, err := i.loadPolicy(ctx, fresh)
 	if err != nil {
 		return err
@@ -406,17 +435,19 @@ func (i *Issuer) load(ctx context.Context) error {
 	if v := lastVersion(rec); v < got.floor {
 		return fmt.Errorf("%w: the state's policy record is version %d, older than version %d, which this issuer or the one that gave it the key served: the state was rolled back", ErrTampered, v, got.floor)
 	}
-	v, _, err := i.build(ctx, rec, rev)
+	// Who may serve this state is decided before anything is made from
+	// it: a dropped build writes nothing.
+	p, err := ParsePolicy(rec.Document)
 	if err != nil {
-		return err
+		return fmt.Errorf("issuer: the policy in force: %w", err)
 	}
-	if got.peer != nil && !v.policy.AcceptsIssuer(got.peer, i.self) {
-		return fmt.Errorf("issuer: the issuer that gave this one the state key measures %x, which the policy in force (version %d) does not list under issuers: refusing its state", got.peer, v.policy.Version)
+	if got.peer != nil && !p.AcceptsIssuer(got.peer, i.self) {
+		return fmt.Errorf("issuer: the issuer that gave this one the state key measures %x, which the policy in force (version %d) does not list under issuers: refusing its state", got.peer, p.Version)
 	}
-	if len(v.policy.issuers) > 0 && !v.policy.AcceptsIssuer(i.self, i.self) && got.source == fromRecovery && i.cfg.RecoverUnlisted {
+	if len(p.issuers) > 0 && !p.AcceptsIssuer(i.self, i.self) && got.source == fromRecovery && i.cfg.RecoverUnlisted {
 		i.log.Warn("recovered into a build the policy in force does not list, as RecoverUnlisted allows (development): apply an update that lists it under issuers",
-			"measurement", hex.EncodeToString(i.self), "policy_version", v.policy.Version)
-	} else if len(v.policy.issuers) > 0 && !v.policy.AcceptsIssuer(i.self, i.self) {
+			"measurement", hex.EncodeToString(i.self), "policy_version", p.Version)
+	} else if len(p.issuers) > 0 && !p.AcceptsIssuer(i.self, i.self) {
 		how := "its key cache still opens, but the policy dropped it"
 		if got.source == fromRecovery {
 			// Recovery restores only into a build the administrators
@@ -424,16 +455,21 @@ func (i *Issuer) load(ctx context.Context) error {
 			// serve because its holders vouched for it.
 			how = "recovery restores the state key only into a build the policy in force lists"
 		}
-		i.lifecycle(events.Event{Kind: events.IssuerStopped, Measurement: hex.EncodeToString(i.self), Policy: v.policy.Version,
+		i.lifecycle(events.Event{Kind: events.IssuerStopped, Measurement: hex.EncodeToString(i.self), Policy: p.Version,
 			Code: string(messages.CodeIssuerNotAccepted), Reason: "this issuer build is not listed under issuers: " + how, Simulated: i.cfg.Platform.Simulated()})
-		return fmt.Errorf("%w: version %d does not list this build (measurement %x) under issuers: %s; an update must list it first", ErrRemoved, v.policy.Version, i.self, how)
+		return fmt.Errorf("%w: version %d does not list this build (measurement %x) under issuers: %s; an update must list it first", ErrRemoved, p.Version, i.self, how)
+	}
+	v, _, err := i.build(ctx, rec, rev)
+	if err != nil {
+		return err
 	}
 	i.view.Store(v)
+	i.fence.confirm(read)
 	i.toCache(i.store.key, v.policy.Version)
-	if left := i.root.cert.NotAfter.Sub(i.cfg.Now()); left < v.policy.Validity.Task {
+	if left := v.root.cred.cert.NotAfter.Sub(i.cfg.Now()); left < v.policy.Validity.Task {
 		// Task certificates are cut at the root's end; past it nothing verifies.
-		i.log.Warn("the root CA expires before a task certificate would: root rollover is not supported yet",
-			"root_not_after", i.root.cert.NotAfter, "left", left.Round(time.Second))
+		i.log.Warn("the root CA expires before a task certificate would: rotate the root (an update that raises root_generation)",
+			"root_not_after", v.root.cred.cert.NotAfter, "left", left.Round(time.Second))
 	}
 	return nil
 }
@@ -452,7 +488,7 @@ func (i *Issuer) loadRoot(ctx context.Context, fresh bool) (*credential, error) 
 		if !errors.Is(err, errNotFound) {
 			return nil, err
 		}
-		if c, err = newRoot(i.cfg.Rand, i.cfg.Now(), i.genesisValidity(), i.cfg.Platform.Simulated()); err != nil {
+		if c, err = newRoot(i.cfg.Rand, i.cfg.Now(), i.genesisValidity(), i.cfg.Platform.Simulated(), 1); err != nil {
 			return nil, err
 		}
 		if _, err = i.store.putCredential(ctx, rootKey, c, nil, rev); err == nil {
@@ -484,7 +520,11 @@ func (i *Issuer) build(ctx context.Context, rec *policyRecord, rev uint64) (*vie
 	if err != nil {
 		return nil, nil, fmt.Errorf("issuer: the policy in force: %w", err)
 	}
-	v := &view{policy: p, record: rec, rev: rev, clusters: make(map[string]*clusterKey, len(p.Clusters))}
+	root, err := i.rootOf(ctx, p.RootGeneration, p.Validity.Root)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issuer: the root of generation %d: %w", p.RootGeneration, err)
+	}
+	v := &view{root: root, policy: p, record: rec, rev: rev, clusters: make(map[string]*clusterKey, len(p.Clusters))}
 	for _, c := range p.Clusters {
 		if v.clusters[c.ID], err = i.loadCluster(ctx, c.ID); err != nil {
 			return nil, nil, fmt.Errorf("issuer: cluster %q: %w", c.ID, err)
@@ -502,9 +542,9 @@ func (i *Issuer) build(ctx context.Context, rec *policyRecord, rev uint64) (*vie
 					return !slices.ContainsFunc(t.measurements, func(k []byte) bool { return bytes.Equal(k, m) })
 				})
 			},
-			spec: taskSpec(i.root.cert, t, p.Validity.Task, p.AcceptSimulated),
+			spec: taskSpec(root.cred.cert, t, p.Validity.Task, p.AcceptSimulated),
 			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
-				return issueTask(i.cfg.Rand, i.cfg.Now(), i.root, t, key, p.Validity.Task, p.AcceptSimulated)
+				return issueTask(i.cfg.Rand, i.cfg.Now(), root.cred, t, key, p.Validity.Task, p.AcceptSimulated)
 			},
 		}
 		changed, err := i.loadSlot(ctx, s)
@@ -525,9 +565,9 @@ func (i *Issuer) build(ctx context.Context, rec *policyRecord, rev uint64) (*vie
 				id, err := identity.FromCertificate(c)
 				return err == nil && slices.ContainsFunc(id.Tasks, func(task string) bool { return !g.Has(task) })
 			},
-			spec: groupSpec(i.root.cert, g, p.Validity.Group, p.AcceptSimulated),
+			spec: groupSpec(root.cred.cert, g, p.Validity.Group, p.AcceptSimulated),
 			issue: func(key *ecdsa.PrivateKey) (*x509.Certificate, error) {
-				return issueGroup(i.cfg.Rand, i.cfg.Now(), i.root, g, key, p.Validity.Group, p.AcceptSimulated)
+				return issueGroup(i.cfg.Rand, i.cfg.Now(), root.cred, g, key, p.Validity.Group, p.AcceptSimulated)
 			},
 		}
 		changed, err := i.loadSlot(ctx, s)
@@ -539,7 +579,7 @@ func (i *Issuer) build(ctx context.Context, rec *policyRecord, rev uint64) (*vie
 		}
 		v.groups[g.ID] = s
 	}
-	if err := i.ensureRecovery(ctx, p); err != nil {
+	if err := i.ensureRecovery(ctx, p, root.cred); err != nil {
 		return nil, nil, fmt.Errorf("issuer: recovery record: %w", err)
 	}
 	return v, made, nil
@@ -721,16 +761,25 @@ func (i *Issuer) evidence(data []byte) ([]byte, *messages.Error) {
 	if err := messages.Decode(data, messages.MaxEvidenceRequest, &m); err != nil {
 		return nil, service.DecodeRefusal("evidence request", err)
 	}
-	p := i.view.Load().policy
+	if refusal := i.fence.check(); refusal != nil {
+		return nil, refusal
+	}
+	v := i.view.Load()
+	p, root := v.policy, v.root
 	hash := p.Hash()
-	rd := messages.EvidenceBinding(i.root.cert.Raw, hash[:], p.Version, m.Nonce)
+	rd := messages.EvidenceBinding(root.cred.cert.Raw, hash[:], p.Version, m.Nonce)
 	ev, err := i.cfg.Platform.Attest(rd)
 	if err != nil {
 		i.log.Error("attest", "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")
 	}
+	// Checked again as it leaves: a root adopted meanwhile holds it back.
+	if refusal := i.fence.check(); refusal != nil || i.view.Load().root != root {
+		return nil, firstRefusal(refusal, messages.Refusal(messages.CodeRotating, "the issuer switched roots while it answered: retry"))
+	}
 	return service.Encode(&messages.EvidenceReply{
-		V: messages.Version, Evidence: ev, Root: i.root.cert.Raw, PolicyHash: hash[:], PolicyVersion: p.Version, Backend: i.cfg.Platform.Name(),
+		V: messages.Version, Evidence: ev, Root: root.cred.cert.Raw, PolicyHash: hash[:], PolicyVersion: p.Version, Backend: i.cfg.Platform.Name(),
+		Vouchers: root.vouchers,
 	})
 }
 
@@ -748,6 +797,7 @@ func (i *Issuer) Certify(ctx context.Context, data []byte) ([]byte, error) {
 // outcome is what a certify request came to, as far as it got: for the
 // log, the audit event and the metrics.
 type outcome struct {
+	root        *rootState // the root of the view the request was decided in
 	task        string
 	measurement []byte
 	simulated   bool
@@ -761,14 +811,23 @@ type outcome struct {
 // encoded reply, or a refusal; a refusal changes nothing.
 func (i *Issuer) certify(ctx context.Context, data []byte) ([]byte, *messages.Error) {
 	start := time.Now()
-	var o outcome
+	if refusal := i.fence.check(); refusal != nil {
+		return nil, refusal // unsigned: the unit retries
+	}
+	o := outcome{root: i.view.Load().root}
 	reply, refusal := i.decide(ctx, data, &o)
 	i.report(&o, refusal, time.Since(start))
+	if reply != nil {
+		// Checked again as it leaves: a root adopted meanwhile holds it back.
+		if r := i.fence.check(); r != nil || i.view.Load().root != o.root {
+			return nil, firstRefusal(r, messages.Refusal(messages.CodeRotating, "the issuer switched roots while it answered: retry"))
+		}
+	}
 	if refusal != nil && o.requestHash != nil {
 		// Signed by the root, so that the unit can tell this refusal from
 		// one anybody on NATS could send.
 		d := messages.RefusalDigest(o.requestHash, refusal.Code, refusal.Reason)
-		if sig, err := ecdsa.SignASN1(i.cfg.Rand, i.root.key, d[:]); err == nil {
+		if sig, err := ecdsa.SignASN1(i.cfg.Rand, o.root.cred.key, d[:]); err == nil {
 			signed := *refusal
 			signed.Proof = sig
 			refusal = &signed
@@ -842,6 +901,7 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	}
 	// One view for the whole request: an update swaps it whole.
 	v := i.view.Load()
+	o.root = v.root
 	// Task names are answered only to verified evidence that binds the request.
 	task, ok := v.tasks[body.Task]
 	if !ok {
@@ -894,7 +954,7 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 		i.log.Error("seal report", "task", body.Task, "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "sealing the report failed")
 	}
-	chain := [][]byte{th.cred.cert.Raw, i.root.cert.Raw}
+	chain := [][]byte{th.cred.cert.Raw, v.root.cred.cert.Raw}
 	rb, err := messages.Marshal(&messages.ReportBody{
 		V: messages.Version, RequestHash: requestHash[:], Task: body.Task, Chain: chain, Groups: groupCerts, Sealed: sealed,
 	})
@@ -902,7 +962,7 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the report failed")
 	}
 	digest := messages.ReportDigest(rb)
-	sig, err := ecdsa.SignASN1(i.cfg.Rand, i.root.key, digest[:])
+	sig, err := ecdsa.SignASN1(i.cfg.Rand, v.root.cred.key, digest[:])
 	if err != nil {
 		i.log.Error("sign report", "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "signing the report failed")
@@ -944,4 +1004,12 @@ func acceptedKEM(id uint16) (hpke.KEM, error) {
 func fingerprint(c *x509.Certificate) string {
 	s := sha256.Sum256(c.Raw)
 	return hex.EncodeToString(s[:])
+}
+
+// firstRefusal returns the first refusal that is not nil.
+func firstRefusal(a, b *messages.Error) *messages.Error {
+	if a != nil {
+		return a
+	}
+	return b
 }

@@ -182,7 +182,15 @@ type obtained struct {
 func (i *Issuer) obtainKey(ctx context.Context, empty bool) (obtained, error) {
 	m, metaRev, err := i.store.loadMeta(ctx)
 	switch {
-	case errors.Is(err, errNotFound) && (empty || i.cfg.Init), err != nil && i.cfg.Init, err == nil && i.cfg.Init:
+	case err == nil && i.cfg.Init:
+		// A working state's root changes only by a signed update: --init
+		// would let whoever starts an issuer replace it, and split the
+		// service between two roots while another replica serves.
+		return obtained{}, fmt.Errorf("%w: --init refused: bucket %q holds a state (state key %x). Its root is rotated by a policy update that the administrators sign "+
+			"(root_generation: one more than in force), which keeps the policy history and moves every replica, unit and user along; "+
+			"to abandon the state instead (its key lost for good: no issuer and no recovery holders left), remove the bucket with an administrator's NATS credential first. Nothing was written",
+			ErrNoStateKey, i.cfg.Bucket, m.KeyID)
+	case errors.Is(err, errNotFound) && (empty || i.cfg.Init), err != nil && i.cfg.Init:
 		if err := i.initState(ctx, metaRev); errors.Is(err, errRaced) && !i.cfg.Init {
 			// Another issuer made the state first: obtain its key.
 			return i.obtainKey(ctx, false)

@@ -55,7 +55,7 @@ func startReplica(t *testing.T, srv *embednats.Server, secret []byte, dir string
 		t.Fatal(err)
 	}
 	r := &replica{nc: nc, done: make(chan error, 1)}
-	cfg := Config{Conn: nc, Platform: p, Policy: genesis, Ungoverned: true, KeyCache: FileKeyCache(dir + "/" + KeyCacheFile), PolicyPoll: 20 * time.Millisecond, PeerTimeout: time.Second}
+	cfg := Config{Conn: nc, Platform: p, Policy: genesis, Ungoverned: true, KeyCache: FileKeyCache(dir + "/" + KeyCacheFile), PolicyPoll: 20 * time.Millisecond, Lease: 300 * time.Millisecond, PeerTimeout: time.Second, NoEvents: true}
 	if hook != nil {
 		cfg.afterCommit = func() { hook(r) }
 	}

@@ -67,6 +67,12 @@ type Policy struct {
 	// Recovery names the recovery keys the state key is also sealed to,
 	// split so that Threshold of them restore it into a fresh issuer.
 	Recovery Quorum `yaml:"recovery"`
+	// RootGeneration numbers the state's root: 1 (the default) is the root
+	// the genesis made. An update that raises it by one rotates the root:
+	// the issuer makes a new root key and certificate, which the old root
+	// vouches for, every replica switches to it together, and task and
+	// group certificates are made anew under it (with the same keys).
+	RootGeneration uint32 `yaml:"root_generation"`
 	// AcceptSimulated lets units with simulated evidence be certified. Never
 	// set it in production: anyone can forge simulated evidence.
 	AcceptSimulated bool         `yaml:"accept_simulated"`
@@ -272,6 +278,12 @@ func (q *Quorum) check(name string, size int) error {
 func (p *Policy) check() error {
 	if p.Version < 1 || p.Version > maxPolicyVersion {
 		return fmt.Errorf("version %d, want 1 to %d", p.Version, uint64(maxPolicyVersion))
+	}
+	if p.RootGeneration == 0 {
+		p.RootGeneration = 1
+	}
+	if p.RootGeneration > messages.MaxVouchers+1 {
+		return fmt.Errorf("root_generation %d, at most %d", p.RootGeneration, messages.MaxVouchers+1)
 	}
 	if len(p.Issuers) > maxIssuers {
 		return fmt.Errorf("%d issuer measurements, at most %d", len(p.Issuers), maxIssuers)

@@ -90,7 +90,7 @@ func (r *recoveryRecord) signedBy(root *x509.Certificate) bool {
 
 // ensureRecovery keeps the recovery record in step with the policy p and
 // the state key: made anew, with fresh shares, for each policy version.
-func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy) error {
+func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy, root *credential) error {
 	r, err := i.store.get(ctx, recoveryKey)
 	var over uint64
 	switch {
@@ -103,11 +103,11 @@ func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy) error {
 	default:
 		over = r.rev
 		if cur, err := decodeRecoveryRecord(r.data); err == nil && !r.gone && bytes.Equal(cur.KeyID, i.store.key.id) &&
-			cur.Policy == p.Version && int(cur.Threshold) == p.Recovery.Threshold && len(cur.Shares) == len(p.Recovery.Keys) && cur.signedBy(i.root.cert) {
+			cur.Policy == p.Version && int(cur.Threshold) == p.Recovery.Threshold && len(cur.Shares) == len(p.Recovery.Keys) && cur.signedBy(root.cert) {
 			return nil
 		}
 	}
-	rec := &recoveryRecord{V: recordVersion, KeyID: i.store.key.id, Policy: p.Version, Threshold: uint8(p.Recovery.Threshold), Root: i.root.cert.Raw}
+	rec := &recoveryRecord{V: recordVersion, KeyID: i.store.key.id, Policy: p.Version, Threshold: uint8(p.Recovery.Threshold), Root: root.cert.Raw}
 	if n := len(p.Recovery.Keys); n > 0 {
 		shares, err := shamir.Split(i.cfg.Rand, i.store.key.raw, n, p.Recovery.Threshold)
 		if err != nil {
@@ -123,7 +123,7 @@ func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy) error {
 			}
 			sh := recoveryShare{Name: holder.Name, Key: holder.raw, Index: s.X, Sealed: sealed, Commit: commit}
 			d := rec.digest(&sh)
-			if sh.Signature, err = ecdsa.SignASN1(i.cfg.Rand, i.root.key, d[:]); err != nil {
+			if sh.Signature, err = ecdsa.SignASN1(i.cfg.Rand, root.key, d[:]); err != nil {
 				return err
 			}
 			rec.Shares = append(rec.Shares, sh)

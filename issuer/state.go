@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -108,6 +109,7 @@ type envelope struct {
 // destroy its state but cannot roll it back to an earlier policy or swap
 // keys between tasks.
 type store struct {
+	nc     *nats.Conn // for reads from the stream's leader
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	bucket string
@@ -162,7 +164,7 @@ func trustedStream(got, want jetstream.StreamConfig) error {
 
 // openStore opens the state bucket, creating it if there is none. empty
 // reports whether it has never held a record.
-func openStore(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (s *store, empty bool, err error) {
+func openStore(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucket string, replicas int) (s *store, empty bool, err error) {
 	// Created, never updated: the issuer's credential may not update,
 	// purge or delete its bucket (package access).
 	want := stateStream(bucket, replicas)
@@ -178,7 +180,7 @@ func openStore(ctx context.Context, js jetstream.JetStream, bucket string, repli
 		return nil, false, fmt.Errorf("%w: state bucket %q was made otherwise than cohort makes it (%v): "+
 			"an earlier cohort's, or tampered with; give the issuer a fresh bucket", ErrTampered, bucket, err)
 	}
-	return &store{js: js, stream: st, bucket: bucket}, info.State.LastSeq == 0, nil
+	return &store{nc: nc, js: js, stream: st, bucket: bucket}, info.State.LastSeq == 0, nil
 }
 
 func (s *store) subject(name string) string { return "$KV." + s.bucket + "." + name }
@@ -199,6 +201,8 @@ type raw struct {
 const directPatience = 5 * time.Second
 
 // get reads the last message of a record; errNotFound when there is none.
+// It reads directly, from any replica of the stream, which may lag the
+// leader by the last writes: current reads from the leader.
 func (s *store) get(ctx context.Context, name string) (*raw, error) {
 	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(name))
 	for end := time.Now().Add(directPatience); errors.Is(err, nats.ErrNoResponders) && time.Now().Before(end) && ctx.Err() == nil; {
@@ -214,6 +218,59 @@ func (s *store) get(ctx context.Context, name string) (*raw, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state %q: read: %w", name, err)
 	}
+	return s.parse(name, m)
+}
+
+// msgGet is the JetStream API's answer to a message get.
+type msgGet struct {
+	Message *struct {
+		Subject string `json:"subject"`
+		Seq     uint64 `json:"seq"`
+		Header  []byte `json:"hdrs,omitempty"`
+		Data    []byte `json:"data,omitempty"`
+	} `json:"message"`
+	Error *jetstream.APIError `json:"error"`
+}
+
+// current reads the last message of a record from the stream's leader,
+// which answers only with what is committed, and nothing once it has lost
+// its leadership: what it returns is the record as of when the request was
+// sent, or later. errNotFound when there is none.
+func (s *store) current(ctx context.Context, name string) (*raw, error) {
+	req, err := json.Marshal(map[string]string{"last_by_subj": s.subject(name)})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, directPatience)
+	defer cancel()
+	reply, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.stream.CachedInfo().Config.Name, req)
+	if err != nil {
+		return nil, fmt.Errorf("state %q: read from the leader: %w", name, err)
+	}
+	var resp msgGet
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return nil, fmt.Errorf("state %q: read from the leader: %w", name, err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+			return nil, errNotFound
+		}
+		return nil, fmt.Errorf("state %q: read from the leader: %w", name, resp.Error)
+	}
+	if resp.Message == nil || resp.Message.Subject != s.subject(name) {
+		return nil, fmt.Errorf("state %q: read from the leader: no message in the answer", name)
+	}
+	m := &jetstream.RawStreamMsg{Subject: resp.Message.Subject, Sequence: resp.Message.Seq, Data: resp.Message.Data, Header: nats.Header{}}
+	if len(resp.Message.Header) > 0 {
+		if m.Header, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
+			return nil, fmt.Errorf("state %q: read from the leader: headers: %w", name, err)
+		}
+	}
+	return s.parse(name, m)
+}
+
+// parse checks a stored message of a record.
+func (s *store) parse(name string, m *jetstream.RawStreamMsg) (*raw, error) {
 	r := &raw{data: m.Data, rev: m.Sequence}
 	if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
 		r.gone = true
@@ -299,6 +356,11 @@ func (s *store) load(ctx context.Context, name string) ([]byte, uint64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	return s.decrypt(name, r)
+}
+
+// decrypt opens a record read with get or current, as load does.
+func (s *store) decrypt(name string, r *raw) ([]byte, uint64, error) {
 	if r.gone {
 		return nil, r.rev, fmt.Errorf("%w: state %q was deleted", ErrTampered, name)
 	}

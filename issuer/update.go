@@ -75,8 +75,8 @@ func (i *Issuer) loadPolicy(ctx context.Context, fresh bool) (*policyRecord, uin
 			return nil, 0, err
 		}
 		if rev, err = i.store.put(ctx, policyKey, b, rev); err == nil {
-			i.log.Info("genesis policy in force", "policy_version", g.Version, "policy_hash", hex.EncodeToString(h[:]), "root", fingerprint(i.root.cert))
-			i.lifecycle(events.Event{Kind: events.IssuerGenesis, Policy: g.Version, PolicyHash: hex.EncodeToString(h[:]), Root: fingerprint(i.root.cert),
+			i.log.Info("genesis policy in force", "policy_version", g.Version, "policy_hash", hex.EncodeToString(h[:]), "root", fingerprint(i.roots[1].cred.cert))
+			i.lifecycle(events.Event{Kind: events.IssuerGenesis, Policy: g.Version, PolicyHash: hex.EncodeToString(h[:]), Root: fingerprint(i.roots[1].cred.cert),
 				Measurement: hex.EncodeToString(i.self), Simulated: i.cfg.Platform.Simulated(), Reason: genesisSummary(g)})
 			return rec, rev, nil
 		}
@@ -110,6 +110,9 @@ func (p *Policy) VerifyUpdate(next *Policy, sigs []messages.PolicySignature) ([]
 	}
 	if next.Version <= p.Version {
 		return nil, messages.Refusal(messages.CodePolicyVersion, "version %d is not higher than version %d in force (an old update replayed?)", next.Version, p.Version)
+	}
+	if next.RootGeneration != p.RootGeneration && next.RootGeneration != p.RootGeneration+1 {
+		return nil, messages.Refusal(messages.CodePolicyInvalid, "root_generation %d: the policy in force has %d; an update keeps it or raises it by one (one rotation)", next.RootGeneration, p.RootGeneration)
 	}
 	var signers []string
 	seen := map[string]bool{}
@@ -179,6 +182,15 @@ func (i *Issuer) apply(ctx context.Context, data []byte) ([]byte, *messages.Erro
 		if err != nil {
 			return nil, messages.Refusal(messages.CodeInternal, "encoding the policy record failed")
 		}
+		if next.RootGeneration != v.policy.RootGeneration {
+			// The new root is made, create-only, before the update that
+			// names it commits: a replica that adopts the update finds it.
+			if _, err := i.rootOf(ctx, next.RootGeneration, next.Validity.Root); err != nil {
+				i.log.Error("make the rotated root", "err", err)
+				return nil, messages.Refusal(messages.CodeInternal, "making the new root failed; nothing changed")
+			}
+		}
+		sent := time.Now()
 		rev, err := i.store.put(ctx, policyKey, b, v.rev)
 		if errors.Is(err, errExists) && attempt == 0 {
 			// Another replica applied an update first: judge this one
@@ -201,10 +213,16 @@ func (i *Issuer) apply(ctx context.Context, data []byte) ([]byte, *messages.Erro
 			i.log.Error("adopt the policy update", "err", err)
 			return nil, messages.Refusal(messages.CodeInternal, "the update is stored but its certificates are not all made yet: apply it again")
 		}
-		i.view.Store(nv)
+		i.adopt(v, nv, sent)
 		i.toCache(i.store.key, nv.policy.Version)
 		i.log.Info("policy update applied", "policy_version", next.Version, "policy_hash", hex.EncodeToString(h[:]), "signers", signers, "reissued", made)
 		i.lifecycle(events.Event{Kind: events.PolicyApplied, Policy: next.Version, PolicyHash: hex.EncodeToString(h[:]), Reason: "signed by " + joinNames(signers)})
+		if nv.root != v.root {
+			i.log.Warn("root rotated", "root_generation", nv.root.gen, "root", fingerprint(nv.root.cred.cert), "previous", fingerprint(v.root.cred.cert), "signers", signers)
+			i.lifecycle(events.Event{Kind: events.RootRotated, Policy: next.Version, PolicyHash: hex.EncodeToString(h[:]), Root: fingerprint(nv.root.cred.cert),
+				Reason: fmt.Sprintf("root generation %d (sha256 %s) replaces generation %d (sha256 %s), which vouches for it; signed by %s",
+					nv.root.gen, fingerprint(nv.root.cred.cert), v.root.gen, fingerprint(v.root.cred.cert), joinNames(signers))})
+		}
 		return i.applied(nv, made)
 	}
 }
@@ -259,11 +277,15 @@ func (i *Issuer) follow(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
+		sent := time.Now()
 		if err := i.refresh(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			i.log.Warn("following the policy in force", "err", err)
+		} else {
+			// What this replica serves is the policy in force as of sent.
+			i.fence.confirm(sent)
 		}
 		p := i.view.Load().policy
 		if p.Version != seen && len(p.issuers) > 0 && !p.AcceptsIssuer(i.self, i.self) {
@@ -275,9 +297,27 @@ func (i *Issuer) follow(ctx context.Context) error {
 	}
 }
 
-// refresh adopts the stored policy record when it moved on.
+// adopt makes nv the view served after cur. A new root is served only
+// after a lease in which this replica answers under neither: every replica
+// that still serves the old root stops within the lease, for want of a
+// confirmation, or adopts the new one. sent, when not zero, is when the
+// write that put nv's policy in force was sent: the replica that made it
+// confirms it.
+func (i *Issuer) adopt(cur, nv *view, sent time.Time) {
+	if nv.root != cur.root {
+		i.fence.switching()
+	}
+	i.view.Store(nv)
+	if !sent.IsZero() {
+		i.fence.confirm(sent)
+	}
+}
+
+// refresh adopts the policy record in force when it moved on. It reads
+// from the stream's leader: when it returns nil, this replica serves the
+// policy that was in force when it was called.
 func (i *Issuer) refresh(ctx context.Context) error {
-	r, err := i.store.get(ctx, policyKey)
+	r, err := i.store.current(ctx, policyKey)
 	if err != nil {
 		return err
 	}
@@ -290,7 +330,11 @@ func (i *Issuer) refresh(ctx context.Context) error {
 }
 
 func (i *Issuer) refreshLocked(ctx context.Context) error {
-	plain, rev, err := i.store.load(ctx, policyKey)
+	r, err := i.store.current(ctx, policyKey)
+	if err != nil {
+		return err
+	}
+	plain, rev, err := i.store.decrypt(policyKey, r)
 	if err != nil {
 		return err
 	}
@@ -322,7 +366,11 @@ func (i *Issuer) refreshLocked(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	i.view.Store(nv)
+	i.adopt(cur, nv, time.Time{})
+	if nv.root != cur.root {
+		i.log.Warn("root rotated by another replica: this one answers under neither root for a lease, then under the new", "root_generation", nv.root.gen,
+			"root", fingerprint(nv.root.cred.cert), "previous", fingerprint(cur.root.cred.cert), "lease", i.cfg.Lease)
+	}
 	i.toCache(i.store.key, nv.policy.Version)
 	h := next.Hash()
 	i.log.Info("adopted the policy in force", "policy_version", next.Version, "policy_hash", hex.EncodeToString(h[:]), "reissued", made)

@@ -87,6 +87,12 @@ type Config struct {
 	// nothing but replies (package access).
 	Serve *nats.Conn
 	Root  *x509.Certificate // required: the issuer's root, to verify units' chains
+	// Roots, if set, tells the manager the issuer's current root every
+	// RootPoll, so that it follows a rotation without a restart: from
+	// then on it takes joins only under the new root (units join again as
+	// they renew under it). Default none: Root throughout.
+	Roots    RootFollower
+	RootPoll time.Duration // default 10s
 
 	Interval time.Duration // heartbeat interval units are told; default 1s
 	Misses   int           // heartbeats missed in a row before eviction; default 3
@@ -117,6 +123,9 @@ func (c *Config) fill() error {
 	}
 	if c.Serve == nil {
 		c.Serve = c.Conn
+	}
+	if c.RootPoll <= 0 {
+		c.RootPoll = 10 * time.Second
 	}
 	if c.Interval <= 0 {
 		c.Interval = time.Second
@@ -165,12 +174,31 @@ func (c *Config) fill() error {
 	return nil
 }
 
+// RootFollower tells the root the issuer serves now, given the root held:
+// the same, or one that the held root vouches for (a rotation). An error
+// when it cannot tell. issuerclient.Follower is one.
+type RootFollower interface {
+	Follow(ctx context.Context, held *x509.Certificate) (*x509.Certificate, error)
+}
+
+// trusted is the root the manager verifies chains to.
+type trusted struct {
+	root *x509.Certificate
+	pool *x509.CertPool
+}
+
+func trustIn(root *x509.Certificate) *trusted {
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	return &trusted{root: root, pool: pool}
+}
+
 // Manager is the cluster manager.
 type Manager struct {
 	cfg    Config
 	log    *slog.Logger
 	table  *Table
-	roots  *x509.CertPool
+	trust  atomic.Pointer[trusted]
 	ready  chan struct{}
 	kv     jetstream.KeyValue
 	js     jetstream.JetStream
@@ -187,6 +215,7 @@ type Manager struct {
 type verifiedLeaf struct {
 	leaf *x509.Certificate
 	id   identity.Identity
+	root *trusted // the root it was verified to
 }
 
 // Stats counts what the manager did, for metrics and tests.
@@ -199,13 +228,12 @@ func New(cfg Config) (*Manager, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(cfg.Root)
 	m := &Manager{
-		cfg: cfg, log: cfg.Logger, table: NewTable(cfg.Interval, cfg.Misses, 2*cfg.MaxClockSkew), roots: roots,
+		cfg: cfg, log: cfg.Logger, table: NewTable(cfg.Interval, cfg.Misses, 2*cfg.MaxClockSkew),
 		ready: make(chan struct{}), chains: make(map[[32]byte]*verifiedLeaf), joinLatency: newJoinLatency(),
 		joins: replay.New(2*cfg.MaxClockSkew, cfg.Now()),
 	}
+	m.trust.Store(trustIn(cfg.Root))
 	if cfg.Metrics != nil {
 		if err := m.register(cfg.Metrics); err != nil {
 			return nil, fmt.Errorf("manager: metrics: %w", err)
@@ -294,6 +322,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	}
 	wg.Go(func() { m.sweep(ctx) })
+	if m.cfg.Roots != nil {
+		wg.Go(func() { m.followRoot(ctx) })
+	}
 	// The server must know the subscriptions before anyone is told to ask.
 	if err := svc.Flush(); err != nil {
 		return fmt.Errorf("manager: %w", err)
@@ -491,7 +522,11 @@ func stamped(h nats.Header) *messages.Error {
 	case "Client":
 		return nil
 	case "":
-		return messages.Refusal(messages.CodeWrongSubject, "the NATS server's stamp of the sender names no kind of sender: the cluster's import of the manager's subjects must share its requesters (share: true; package access writes it so)")
+		return messages.Refusal(messages.CodeWrongSubject, "the NATS server's stamp of the sender names no kind of sender: the cluster's import of the manager's subjects must share its requesters "+
+			"(share: true, as package access writes it: reload the NATS servers' configuration from this cohort's deployment before its manager)")
+	case "Leafnode":
+		return messages.Refusal(messages.CodeWrongSubject, "the request came through a leaf node, behind which the server cannot tell a unit from its own answers: "+
+			"units connect to the servers that hold the deployment's accounts")
 	default:
 		return messages.Refusal(messages.CodeWrongSubject, "the request was published by the NATS server itself (%s, in account %s) on a unit's behalf, not by a unit", ci.Kind, ci.Account)
 	}
@@ -609,10 +644,11 @@ func (m *Manager) store(ctx context.Context, mem *Member) (uint64, bool, error) 
 
 func (m *Manager) verifyChain(chain [][]byte, now time.Time) (*verifiedLeaf, error) {
 	h := sha256.Sum256(bytes.Join(chain, nil))
+	tr := m.trust.Load()
 	m.chainsMu.Lock()
 	v, ok := m.chains[h]
 	m.chainsMu.Unlock()
-	if ok {
+	if ok && v.root == tr {
 		if now.Before(v.leaf.NotBefore) || now.After(v.leaf.NotAfter) {
 			return nil, errors.New("the certificate is outside its validity")
 		}
@@ -631,7 +667,7 @@ func (m *Manager) verifyChain(chain [][]byte, now time.Time) (*verifiedLeaf, err
 		inter.AddCert(c)
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: m.roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		Roots: tr.pool, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		return nil, fmt.Errorf("the chain does not verify to the issuer's root: %w", err)
 	}
@@ -639,7 +675,7 @@ func (m *Manager) verifyChain(chain [][]byte, now time.Time) (*verifiedLeaf, err
 	if err != nil {
 		return nil, err
 	}
-	v = &verifiedLeaf{leaf: leaf, id: id}
+	v = &verifiedLeaf{leaf: leaf, id: id, root: tr}
 	m.chainsMu.Lock()
 	if len(m.chains) >= chainCache {
 		clear(m.chains) // replicas share certificates: the cache refills with the few in use
@@ -705,4 +741,39 @@ func (m *Manager) serveStatus(service.Msg) ([]byte, *messages.Error) {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the status failed")
 	}
 	return b, nil
+}
+
+// Root is the issuer's root the manager verifies units' chains to.
+func (m *Manager) Root() *x509.Certificate { return m.trust.Load().root }
+
+// followRoot asks Config.Roots for the issuer's root every RootPoll, and
+// takes a new one, until ctx is done.
+func (m *Manager) followRoot(ctx context.Context) {
+	t := time.NewTicker(m.cfg.RootPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		held := m.trust.Load().root
+		root, err := m.cfg.Roots.Follow(ctx, held)
+		if err != nil {
+			if ctx.Err() == nil {
+				m.log.Debug("asking the issuer for its root", "err", err)
+			}
+			continue
+		}
+		if bytes.Equal(root.Raw, held.Raw) {
+			continue
+		}
+		m.trust.Store(trustIn(root))
+		m.chainsMu.Lock()
+		clear(m.chains)
+		m.chainsMu.Unlock()
+		h, p := sha256.Sum256(root.Raw), sha256.Sum256(held.Raw)
+		m.log.Warn("the issuer's root was rotated: joins are taken under the new root from now on; units join again as they renew",
+			"root", hex.EncodeToString(h[:]), "previous", hex.EncodeToString(p[:]))
+	}
 }

@@ -11,7 +11,7 @@ import (
 
 // Version is the protocol version every message carries. See the package
 // documentation for the history of bumps.
-const Version uint16 = 6
+const Version uint16 = 7
 
 // maxDepth bounds the nesting of any payload. cohort's messages nest two
 // levels (a map holding an array of byte strings); the margin is for growth.

@@ -58,4 +58,10 @@
 //     measurements are 32 or 48 bytes (JoinRequest.Measurement, and the
 //     identity extension of certificates); refusals platform_not_accepted,
 //     tcb_status_not_accepted, tcb_too_low and collateral_unavailable.
+//   - 7: root rotation: the issuer's evidence carries the vouchers of its
+//     root (EvidenceReply.Vouchers: each earlier root's certificate of the
+//     next one's key), by which a holder of an earlier root moves to the
+//     current one; refusals root_rotating (the issuer replicas switch roots
+//     and answer under neither for a moment) and state_unconfirmed (a
+//     replica that could not confirm the policy in force answers no one).
 package messages

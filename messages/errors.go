@@ -45,6 +45,9 @@ const (
 	CodeTCBStatus  Code = "tcb_status_not_accepted" // the platform's TCB status is not one the task's policy accepts
 	CodeTCB        Code = "tcb_too_low"             // a TCB component or security version below the task's minimum, or a platform setting it refuses
 	CodeCollateral Code = "collateral_unavailable"  // the collateral the evidence needs is missing or expired at the issuer
+	// Root rotation's (version 7): both pass; retry in a moment.
+	CodeRotating    Code = "root_rotating"     // the issuer replicas are switching to a new root and answer under neither
+	CodeUnconfirmed Code = "state_unconfirmed" // this issuer replica could not confirm the policy in force lately, so cannot tell whether its root is current
 )
 
 const (
@@ -98,6 +101,9 @@ var (
 	ErrTCBStatus  = &Error{Code: CodeTCBStatus}
 	ErrTCB        = &Error{Code: CodeTCB}
 	ErrCollateral = &Error{Code: CodeCollateral}
+
+	ErrRotating    = &Error{Code: CodeRotating}
+	ErrUnconfirmed = &Error{Code: CodeUnconfirmed}
 )
 
 // Refusal returns an Error with the given code and a formatted reason.

@@ -34,7 +34,7 @@ const (
 	MaxGroupKey    = 256 // PKCS #8; a P-256 key is 138 bytes
 
 	MaxEvidenceRequest = 128
-	MaxEvidenceReply   = MaxEvidence + MaxCertificate + 256
+	MaxEvidenceReply   = MaxEvidence + (1+MaxVouchers)*(MaxCertificate+8) + 256
 	MaxCertifyBody     = 2 << 10
 	MaxCertifyRequest  = MaxCertifyBody + MaxEvidence + 64
 	MaxReportBody      = MaxChain*(MaxCertificate+8) + MaxGroups*(MaxCertificate+MaxTaskName+32) + MaxSealed + 256
@@ -81,7 +81,16 @@ type EvidenceReply struct {
 	// PolicyVersion is the version of the policy in force.
 	PolicyVersion uint64 `msgpack:"policy_version"`
 	Backend       string `msgpack:"backend"` // the issuer's enclave backend, "sim" or "sgx"
+	// Vouchers, after a rotation, certify the root's key by the roots
+	// before it, oldest first: the first is signed by the state's first
+	// root and certifies the second root's key, and so on to Root's. Each
+	// is a DER certificate whose subject and key are the next root's. They
+	// are not bound by the evidence: they verify on their own (version 7).
+	Vouchers [][]byte `msgpack:"vouchers,omitempty"`
 }
+
+// MaxVouchers bounds the rotations a root's vouchers record.
+const MaxVouchers = 16
 
 // Validate implements Validator.
 func (m *EvidenceReply) Validate() error {
@@ -93,7 +102,20 @@ func (m *EvidenceReply) Validate() error {
 		between("root", m.Root, 1, MaxCertificate),
 		exactly("policy_hash", m.PolicyHash, HashSize),
 		stringBetween("backend", m.Backend, 1, MaxBackend),
+		vouchers(m.Vouchers),
 	)
+}
+
+func vouchers(v [][]byte) error {
+	if len(v) > MaxVouchers {
+		return fmt.Errorf("vouchers: %d, at most %d", len(v), MaxVouchers)
+	}
+	for k, c := range v {
+		if err := between(fmt.Sprintf("vouchers[%d]", k), c, 1, MaxCertificate); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // CertifyRequest asks for the task's certificate pair. Body is an encoded

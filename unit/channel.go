@@ -59,12 +59,25 @@ func (u *Unit) serveChannel(ctx context.Context, ck *issuerclient.ClusterKey, up
 	ch := &cluster{u: u, ck: ck, claimKey: claimKey, st: st}
 	for _, ep := range []service.Endpoint{
 		{Name: "handshake", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbHandshake), Handle: func(m service.Msg) ([]byte, *messages.Error) {
+			if refusal := u.notServing(); refusal != nil {
+				return nil, refusal
+			}
 			reply, refusal := ch.handshake(ctx, m)
 			u.metrics.handshake(refusal == nil)
 			return reply, refusal
 		}},
-		{Name: "call", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbCall), Handle: func(m service.Msg) ([]byte, *messages.Error) { return ch.call(ctx, m) }},
-		{Name: "close", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbClose), Handle: func(m service.Msg) ([]byte, *messages.Error) { return ch.close(ctx, m) }},
+		{Name: "call", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbCall), Handle: func(m service.Msg) ([]byte, *messages.Error) {
+			if refusal := u.notServing(); refusal != nil {
+				return nil, refusal
+			}
+			return ch.call(ctx, m)
+		}},
+		{Name: "close", Subject: messages.ClusterFilter(u.cfg.Cluster, messages.VerbClose), Handle: func(m service.Msg) ([]byte, *messages.Error) {
+			if refusal := u.notServing(); refusal != nil {
+				return nil, refusal
+			}
+			return ch.close(ctx, m)
+		}},
 	} {
 		if err := svc.Add(ep); err != nil {
 			return fmt.Errorf("unit: %w", err)

@@ -101,6 +101,15 @@ func unitID(name string) string {
 // does not answer costs nothing but retries: the unit serves regardless.
 func (u *Unit) membership(ctx context.Context) {
 	for failures := 0; ctx.Err() == nil; {
+		if u.expired.Load() {
+			// Out of the cluster until renewed: the renewal wakes it.
+			select {
+			case <-ctx.Done():
+				return
+			case <-u.rejoin:
+			}
+			continue
+		}
 		reply, err := u.join(ctx)
 		if err != nil {
 			wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
@@ -114,20 +123,42 @@ func (u *Unit) membership(ctx context.Context) {
 		failures = 0
 		u.token.Store(&reply.Token)
 		u.log.Info("joined cluster", "cluster", u.cfg.Cluster, "unit_id", u.cfg.ID)
-		if known := u.heartbeat(ctx, reply); !known {
+		switch u.heartbeat(ctx, reply) {
+		case unknown:
 			u.log.Info("the manager no longer knows this unit; joining again", "cluster", u.cfg.Cluster)
+			continue
+		case changed:
+			if u.expired.Load() {
+				u.leave(ctx, reply.Token)
+				continue
+			}
+			u.log.Info("joining the cluster again with the renewed certificate", "cluster", u.cfg.Cluster)
 			continue
 		}
 		// ctx is done: leave politely.
-		leave, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaveTimeout)
-		req, _ := messages.Marshal(&messages.Heartbeat{V: messages.Version, Cluster: u.cfg.Cluster, Unit: u.cfg.ID, Token: reply.Token})
-		if _, err := service.Request(leave, u.cfg.Conn, messages.ManagerSubject(messages.VerbLeave, u.cfg.Cluster, u.cfg.ID), req, leaveTimeout); err != nil {
-			u.log.Debug("leave", "err", err)
-		}
-		cancel()
+		u.leave(ctx, reply.Token)
 		return
 	}
 }
+
+// leave tells the manager the unit leaves, within leaveTimeout.
+func (u *Unit) leave(ctx context.Context, token []byte) {
+	leave, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaveTimeout)
+	defer cancel()
+	req, _ := messages.Marshal(&messages.Heartbeat{V: messages.Version, Cluster: u.cfg.Cluster, Unit: u.cfg.ID, Token: token})
+	if _, err := service.Request(leave, u.cfg.Conn, messages.ManagerSubject(messages.VerbLeave, u.cfg.Cluster, u.cfg.ID), req, leaveTimeout); err != nil {
+		u.log.Debug("leave", "err", err)
+	}
+}
+
+// Why heartbeating ended.
+type beat int
+
+const (
+	done    beat = iota // ctx is done
+	unknown             // the manager does not know the unit
+	changed             // the certificate changed root, expired, or was renewed after it expired
+)
 
 func (u *Unit) join(ctx context.Context) (*messages.JoinReply, error) {
 	addr := "" // a unit without HTTPS advertises none
@@ -141,16 +172,18 @@ func (u *Unit) join(ctx context.Context) (*messages.JoinReply, error) {
 	return Join(ctx, u.cfg.Conn, u.cfg.Cluster, u.cfg.ID, req, u.cfg.Timeout)
 }
 
-// heartbeat sends heartbeats until ctx is done (true) or the manager does
-// not know the unit (false).
-func (u *Unit) heartbeat(ctx context.Context, j *messages.JoinReply) bool {
+// heartbeat sends heartbeats until ctx is done, the manager does not know
+// the unit, or its certificate changed.
+func (u *Unit) heartbeat(ctx context.Context, j *messages.JoinReply) beat {
 	interval := max(time.Duration(j.Interval), heartbeatMinFloor)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return true
+			return done
+		case <-u.rejoin:
+			return changed
 		case <-t.C:
 		}
 		known, err := Heartbeat(ctx, u.cfg.Conn, u.cfg.Cluster, u.cfg.ID, j.Token, interval)
@@ -158,7 +191,7 @@ func (u *Unit) heartbeat(ctx context.Context, j *messages.JoinReply) bool {
 		case err != nil && !errors.Is(err, context.Canceled):
 			u.log.Debug("heartbeat", "err", err) // the manager may be restarting: keep beating
 		case err == nil && !known:
-			return false
+			return unknown
 		}
 	}
 }

@@ -47,6 +47,7 @@ import (
 	"crypto/hkdf"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -121,14 +122,18 @@ type Config struct {
 	// was made with.
 	SessionsMaxBytes int64
 	CallsMaxBytes    int64
-	StoreTimeout     time.Duration         // how long a handshake waits for the manager to store its record; default 3s, less than a client's 5s
-	Workers          int                   // channel workers; default 2 × GOMAXPROCS
-	RetryMin         time.Duration         // first retry after a failure; default 500ms
-	RetryMax         time.Duration         // longest wait between retries; default 5s
-	Timeout          time.Duration         // per issuer request; default 5s
-	Metrics          prometheus.Registerer // registers the unit's metrics (metrics.go); nil for none
-	Logger           *slog.Logger
-	Now              func() time.Time
+	StoreTimeout     time.Duration // how long a handshake waits for the manager to store its record; default 3s, less than a client's 5s
+	Workers          int           // channel workers; default 2 × GOMAXPROCS
+	RetryMin         time.Duration // first retry after a failure; default 500ms
+	RetryMax         time.Duration // longest wait between retries; default 5s
+	Timeout          time.Duration // per issuer request; default 5s
+	// RootCheck is how often the unit asks the issuer whether it still
+	// serves the root the unit holds, so that it follows a rotation
+	// (following.go); default 1m.
+	RootCheck time.Duration
+	Metrics   prometheus.Registerer // registers the unit's metrics (metrics.go); nil for none
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 func (c *Config) fill() error {
@@ -212,6 +217,9 @@ func (c *Config) fill() error {
 	if c.RetryMax < c.RetryMin {
 		c.RetryMax = max(5*time.Second, c.RetryMin)
 	}
+	if c.RootCheck <= 0 {
+		c.RootCheck = time.Minute
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -232,6 +240,8 @@ type Unit struct {
 	cert  atomic.Pointer[tls.Certificate]
 
 	running  atomic.Bool
+	expired  atomic.Bool            // the certificate expired before it was renewed (following.go)
+	rejoin   chan struct{}          // the membership must change: a new root, an expiry, a renewal after one
 	token    atomic.Pointer[[]byte] // membership token, once joined
 	js       jetstream.JetStream
 	sessions sessionTable
@@ -246,7 +256,7 @@ func New(cfg Config) (*Unit, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	u := &Unit{cfg: cfg, log: cfg.Logger, ready: make(chan struct{}), hellos: replay.New(2*maxClockSkew, cfg.Now()), quotas: newQuotas(cfg.Quota)}
+	u := &Unit{cfg: cfg, log: cfg.Logger, ready: make(chan struct{}), rejoin: make(chan struct{}, 1), hellos: replay.New(2*maxClockSkew, cfg.Now()), quotas: newQuotas(cfg.Quota)}
 	if u.cfg.Handler == nil {
 		u.cfg.Handler = http.HandlerFunc(u.hello)
 	}
@@ -346,8 +356,13 @@ func (u *Unit) serveHTTPS() (stop func(context.Context) error, err error) {
 	}
 	u.addr.Store(ln.Addr().(*net.TCPAddr))
 	tlsConf := &tls.Config{
-		MinVersion:     tls.VersionTLS12,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return u.cert.Load(), nil },
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if u.expired.Load() {
+				return nil, ErrExpired
+			}
+			return u.cert.Load(), nil
+		},
 	}
 	if ck := u.pair.Load().ClusterKey; ck != nil {
 		// Every unit of the cluster derives the same ticket key, so a TLS
@@ -381,16 +396,20 @@ func (u *Unit) serveHTTPS() (stop func(context.Context) error, err error) {
 }
 
 // renewLoop renews the pair at two thirds of the life of its first
-// certificate to be due, task or group, until ctx is done.
+// certificate to be due, task or group, or at once when the issuer's root
+// was rotated (checked every RootCheck), until ctx is done.
 func (u *Unit) renewLoop(ctx context.Context) error {
 	for {
-		delay := max(PairRenewalDelay(u.cfg.Now(), u.pair.Load()), u.cfg.RetryMin) // never spin on a certificate that is already due
-		t := time.NewTimer(delay)
+		due := max(PairRenewalDelay(u.cfg.Now(), u.pair.Load()), u.cfg.RetryMin) // never spin on a certificate that is already due
+		t := time.NewTimer(min(due, u.cfg.RootCheck))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
 		case <-t.C:
+		}
+		if due > u.cfg.RootCheck && !u.checkRoot(ctx) {
+			continue
 		}
 		if err := u.renew(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -407,12 +426,13 @@ func (u *Unit) renew(ctx context.Context) error {
 	for failures := 0; ; failures++ {
 		pair, err := u.obtain(ctx)
 		if err == nil {
-			old := u.pair.Swap(pair)
 			cert := pair.TLSCertificate()
 			u.cert.Store(&cert)
+			old := u.pair.Swap(pair)
 			if old != nil {
 				u.log.Info("renewed certificate", "serial", u.serial(), "not_after", pair.Leaf.NotAfter)
 			}
+			u.adopted(old, pair)
 			return nil
 		}
 		if Terminal(err) {
@@ -431,6 +451,13 @@ func (u *Unit) renew(ctx context.Context) error {
 			}
 		}
 		wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
+		if p := u.pair.Load(); p != nil {
+			if left := u.untilExpiry(); left <= 0 {
+				u.expire(p)
+			} else {
+				wait = min(wait, left) // wake when it expires, to say so
+			}
+		}
 		u.log.Warn("obtaining certificate failed; retrying", "err", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
@@ -442,16 +469,24 @@ func (u *Unit) renew(ctx context.Context) error {
 	}
 }
 
-func (u *Unit) obtain(ctx context.Context) (*issuerclient.Pair, error) {
-	client := issuerclient.Config{
+// issuerConfig is how the unit reaches and recognises the issuer, holding
+// root (nil before its first pair).
+func (u *Unit) issuerConfig(root *x509.Certificate) issuerclient.Config {
+	return issuerclient.Config{
 		Conn: u.cfg.Conn, Verifier: u.cfg.Platform, IssuerMeasurement: u.cfg.IssuerMeasurement,
-		AllowSimulated: u.cfg.AllowSimulatedIssuer, PolicyHash: u.cfg.PolicyHash, Timeout: u.cfg.Timeout,
+		AllowSimulated: u.cfg.AllowSimulatedIssuer, PolicyHash: u.cfg.PolicyHash, Timeout: u.cfg.Timeout, Root: root,
 	}
+}
+
+func (u *Unit) obtain(ctx context.Context) (*issuerclient.Pair, error) {
+	var held *x509.Certificate
 	if p := u.pair.Load(); p != nil {
 		// Renewal: the root this unit holds vouches for any issuer that
-		// holds its key, an upgraded build included.
-		client.Root = p.Root()
+		// holds its key, an upgraded build included, and for the roots
+		// it was rotated to.
+		held = p.Root()
 	}
+	client := u.issuerConfig(held)
 	trust, err := issuerclient.VerifyIssuer(ctx, client)
 	if err != nil {
 		return nil, err

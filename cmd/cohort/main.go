@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -334,16 +335,33 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	out := fs.String("out", "", "where to write the root CA certificate, PEM")
 	allowSim := fs.Bool("allow-simulated", true, "accept an issuer on simulated attestation (this build verifies no other kind)")
 	policyHash := fs.String("policy-hash", "", "optional: the SHA-256 of the policy the issuer must serve, hex")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the issuer")
+	update := fs.Bool("update", false, "move the root in --out to the issuer's current one, which it must vouch for (after a rotation); no --issuer-measurement needed")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the issuer (its replicas answer under neither root for a moment while they rotate it)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := required(fs, "issuer-measurement", "out"); err != nil {
+	if err := required(fs, "out"); err != nil {
 		return err
 	}
-	m, err := measurement(*pin)
-	if err != nil {
-		return err
+	var held *x509.Certificate
+	var m []byte
+	var err error
+	if *update {
+		if held, err = issuerclient.LoadRoot(*out); err != nil {
+			return fmt.Errorf("%w: --update moves the root held in --out: %v", errUsage, err)
+		}
+		if *pin != "" {
+			if m, err = measurement(*pin); err != nil {
+				return err
+			}
+		}
+	} else {
+		if err := required(fs, "issuer-measurement"); err != nil {
+			return err
+		}
+		if m, err = measurement(*pin); err != nil {
+			return err
+		}
 	}
 	ph, err := optionalHash("policy-hash", *policyHash)
 	if err != nil {
@@ -358,10 +376,18 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer nc.Close()
 	trust, err := issuerclient.VerifyIssuer(ctx, issuerclient.Config{
-		Conn: nc, Verifier: clientVerifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, PolicyHash: ph, Timeout: *timeout,
+		Conn: nc, Verifier: clientVerifier(), IssuerMeasurement: m, AllowSimulated: *allowSim, PolicyHash: ph, Timeout: *timeout, Root: held,
 	})
 	if err != nil {
 		return err
+	}
+	if *update {
+		if trust.Previous == nil {
+			fmt.Fprintf(stdout, "the issuer serves the root held in %s (sha256 %x): nothing to update\n", *out, sha256.Sum256(held.Raw))
+			return nil
+		}
+		fmt.Fprintf(stdout, "the root was rotated: %q (sha256 %x) vouches for %q (sha256 %x)\n",
+			held.Subject.CommonName, sha256.Sum256(held.Raw), trust.Root.Subject.CommonName, sha256.Sum256(trust.Root.Raw))
 	}
 	if trust.Simulated {
 		fmt.Fprintln(stderr, "WARNING: the issuer's evidence is SIMULATED. Anyone can forge simulated evidence: this root is fit for development only.")
@@ -370,8 +396,8 @@ func cmdTrust(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := os.WriteFile(*out, pemBytes, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "issuer verified: measurement %s, backend %s, policy version %d sha256 %x\nroot CA %q written to %s\n",
-		*pin, trust.Backend, trust.PolicyVersion, trust.PolicyHash, trust.Root.Subject.CommonName, *out)
+	fmt.Fprintf(stdout, "issuer verified: measurement %x, backend %s, policy version %d sha256 %x\nroot CA %q written to %s\n",
+		trust.Measurement, trust.Backend, trust.PolicyVersion, trust.PolicyHash, trust.Root.Subject.CommonName, *out)
 	return nil
 }
 
@@ -596,6 +622,8 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer nc.Close()
 	defer serve.Close()
 	var root *x509.Certificate
+	// The manager follows the issuer's root: a rotation it vouches for.
+	follow := issuerclient.Config{Conn: nc, Verifier: clientVerifier(), AllowSimulated: true}
 	if *rootFile != "" {
 		if root, err = issuerclient.LoadRoot(*rootFile); err != nil {
 			return err
@@ -605,7 +633,8 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if root, err = awaitIssuer(ctx, issuerclient.Config{Conn: nc, Verifier: clientVerifier(), IssuerMeasurement: m, AllowSimulated: true}, newLogger(stderr, lv)); err != nil {
+		follow.IssuerMeasurement = m
+		if root, err = awaitIssuer(ctx, follow, newLogger(stderr, lv)); err != nil {
 			return err
 		}
 	}
@@ -615,7 +644,7 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	mgr, err := manager.New(manager.Config{
-		Conn: nc, Serve: serve, Root: root, Interval: *interval, Misses: *misses, Replicas: *replicas, Metrics: reg, Logger: log,
+		Conn: nc, Serve: serve, Root: root, Roots: issuerclient.Follower{Config: follow}, Interval: *interval, Misses: *misses, Replicas: *replicas, Metrics: reg, Logger: log,
 	})
 	if err != nil {
 		return err

@@ -90,9 +90,34 @@ func TestPolicyCommandsAgainstDevStack(t *testing.T) {
 	must("signed by ada, bo", "policy", "apply", "--policy", "v3.yaml", "v3.ada.sig", "v3.bo.sig")
 	refused("policy_version_not_higher", "policy", "apply", "--policy", "v2.yaml", "dev.sig")
 	show := must("policy version 3", "policy", "show", "--issuer-measurement", pin)
-	for _, want := range []string{"administrators: 2 of 2 (ada, bo)", "version 1 ", "version 2 ", "signed by dev", "signed by ada, bo"} {
+	for _, want := range []string{"administrators: 2 of 2 (ada, bo)", "version 1 ", "version 2 ", "signed by dev", "signed by ada, bo", "root generation 1"} {
 		if !strings.Contains(show, want) {
 			t.Errorf("policy show lacks %q:\n%s", want, show)
 		}
 	}
+
+	// The rotation, as the README writes it: the document in force from
+	// policy show --document, a higher version and root_generation, two
+	// signatures; then a user holding the old root.pem moves with one
+	// command, and the history keeps every version.
+	must("root CA", "trust", "--issuer-measurement", pin, "--out", "root.pem")
+	before, _ := os.ReadFile("root.pem")
+	inForce3 := must("version: 3", "policy", "show", "--document")
+	if inForce3 != v3 {
+		t.Fatalf("policy show --document printed %q, not the document in force %q", inForce3, v3)
+	}
+	v4 := strings.Replace(inForce3, "version: 3", "version: 4\nroot_generation: 2", 1)
+	if err := os.WriteFile("v4.yaml", []byte(v4), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	must("signature written", "policy", "sign", "--key", "ada.key", "--policy", "v4.yaml", "--out", "v4.ada.sig")
+	must("signature written", "policy", "sign", "--key", "bo.key", "--policy", "v4.yaml", "--out", "v4.bo.sig")
+	must("policy version 4", "policy", "apply", "--policy", "v4.yaml", "v4.ada.sig", "v4.bo.sig")
+	must("the root was rotated", "trust", "--update", "--out", "root.pem")
+	after, _ := os.ReadFile("root.pem")
+	if string(after) == string(before) {
+		t.Fatal("trust --update kept the old root")
+	}
+	must("nothing to update", "trust", "--update", "--out", "root.pem")
+	must("root generation 2", "policy", "show", "--issuer-measurement", pin)
 }

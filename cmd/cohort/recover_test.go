@@ -37,7 +37,7 @@ func runBackground(t *testing.T, args ...string) (*syncBuffer, func() int) {
 // The README's recovery, with the commands as written: an issuer whose
 // policy names two of three recovery keys; every issuer's data lost; a
 // fresh issuer with --recover; `cohort recover` with one key (not enough),
-// then a second: the same root. --init instead makes a new one.
+// then a second: the same root. --init over the state is refused.
 func TestRecoverCommand(t *testing.T) {
 	plainNATS(t)
 	keys := regexp.MustCompile(`(?s)recovery:.*?key: ([0-9a-f]{64})`)
@@ -111,13 +111,18 @@ func TestRecoverCommand(t *testing.T) {
 		t.Fatalf("issuer: exit %d: %s", code, logs.String())
 	}
 
-	// --init makes a new root over the state, on purpose.
-	logs, stop = runBackground(t, "issuer", "--data", "fresh-data", "--policy", "policy.yaml", "--init", "--ungoverned")
-	if newRoot := trust("new.pem"); newRoot == root {
-		t.Fatal("--init kept the old root")
+	// --init over a working state is refused, naming the signed rotation,
+	// and changes nothing.
+	code, _, stderr = runCmd(t, "issuer", "--data", "fresh-data", "--policy", "policy.yaml", "--init", "--ungoverned")
+	if code == 0 || !strings.Contains(stderr, "--init refused") || !strings.Contains(stderr, "root_generation") {
+		t.Fatalf("issuer --init over a working state: exit %d: %s", code, stderr)
+	}
+	logs, stop = runBackground(t, "issuer", "--data", "fresh-data")
+	if again := trust("still.pem"); again != root {
+		t.Fatal("the refused --init changed the root")
 	}
 	if code := stop(); code != 0 {
-		t.Fatalf("issuer --init: exit %d: %s", code, logs.String())
+		t.Fatalf("issuer: exit %d: %s", code, logs.String())
 	}
 }
 

@@ -200,7 +200,7 @@ func cmdPolicyShow(ctx context.Context, args []string, stdout, stderr io.Writer)
 	nf := addNATSFlags(fs, stderr)
 	pin := fs.String("issuer-measurement", os.Getenv("COHORT_ISSUER_MEASUREMENT"), "optional: check the issuer's evidence against this measurement, and that it binds the policy shown")
 	allowSim := fs.Bool("allow-simulated", true, "accept an issuer on simulated attestation")
-	doc := fs.Bool("document", false, "print the policy document itself")
+	doc := fs.Bool("document", false, "print only the policy document in force, as it was signed: the start of the next update (edit, raise version:, sign)")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the issuer")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -236,7 +236,12 @@ func cmdPolicyShow(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("the policy in force does not parse here: %w", err)
 	}
+	if *doc {
+		_, err := stdout.Write(r.Document)
+		return err
+	}
 	fmt.Fprintf(stdout, "policy version %d, sha256 %x (%s)\n", r.Version, r.Hash, verified)
+	fmt.Fprintf(stdout, "root generation %d (an update that raises root_generation rotates the root)\n", p.RootGeneration)
 	if len(p.Issuers) == 0 {
 		fmt.Fprintln(stdout, "issuers: only the build that runs")
 	} else {
@@ -251,9 +256,6 @@ func cmdPolicyShow(ctx context.Context, args []string, stdout, stderr io.Writer)
 			who = "signed by " + strings.Join(h.Signers, ", ")
 		}
 		fmt.Fprintf(stdout, "  version %d  sha256 %x  %s  %s\n", h.Version, h.Hash, time.Unix(0, h.Applied).UTC().Format(time.RFC3339), who)
-	}
-	if *doc {
-		fmt.Fprintf(stdout, "---\n%s", r.Document)
 	}
 	return nil
 }
