@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"strings"
@@ -166,4 +167,63 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// TestExpiredUnitStopsServing: a unit whose issuer is gone past its
+// certificate's end serves neither HTTPS nor its cluster's channel under
+// the expired certificate, and leaves its cluster; once an issuer is back
+// it renews, serves and joins again, without a restart.
+func TestExpiredUnitStopsServing(t *testing.T) {
+	l := newLifecycle(t)
+	ib := buildMeasure(t, sim.IssuerIdentity, "")
+	demo := buildMeasure(t, sim.UnitIdentity("demo"), "")
+	machine := newMachine(t)
+	doc := l.doc(1, 3*time.Second, [][]byte{demo}, [][]byte{ib}, "")
+	iss, stopIssuer, issDone := l.startIssuer(machine, "", doc)
+	mgr := l.startManager(iss.Root())
+	u, unitDone := runUnit(t, l.unitOf("u1", "", 3*time.Second))
+	eventually(t, "u1 joined", func() bool { return mgr.Table().Counts(time.Now())[manager.Active] == 1 })
+	roots := x509.NewCertPool()
+	roots.AddCert(iss.Root())
+	httpsServes := func() error {
+		conn, err := tls.Dial("tcp", u.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "localhost"})
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	}
+	if err := httpsServes(); err != nil {
+		t.Fatalf("HTTPS before: %v", err)
+	}
+
+	stopIssuer()
+	<-issDone
+	notAfter := u.Pair().Leaf.NotAfter
+	eventually(t, "HTTPS refused under the expired certificate", func() bool { return time.Now().After(notAfter) && httpsServes() != nil })
+	user := l.conn(access.Grant{Role: access.User, Name: "alice"}, access.State)
+	_, err := client.Dial(testContext(t), client.Config{Conn: user, User: "alice", Cluster: "c1", Roots: roots, Timeout: time.Second})
+	if !errors.Is(err, &messages.Error{Code: messages.CodeNotReady}) {
+		t.Fatalf("a handshake with the expired unit: %v, want %s", err, messages.CodeNotReady)
+	}
+	eventually(t, "u1 left its cluster", func() bool { return len(mgr.Table().Snapshot(time.Now())) == 0 })
+	select {
+	case err := <-unitDone:
+		t.Fatalf("the unit stopped: %v", err)
+	default:
+	}
+
+	iss2, _, _ := l.startIssuer(machine, "", nil)
+	if !bytes.Equal(iss2.Root().Raw, iss.Root().Raw) {
+		t.Fatal("the issuer came back with another root")
+	}
+	eventually(t, "u1 renewed", func() bool { return u.Pair().Leaf.NotAfter.After(notAfter) })
+	eventually(t, "HTTPS serves again", func() bool { return httpsServes() == nil })
+	eventually(t, "u1 joined again", func() bool { return mgr.Table().Counts(time.Now())[manager.Active] == 1 })
+	s, err := client.Dial(testContext(t), client.Config{Conn: user, User: "alice", Cluster: "c1", Roots: roots})
+	if err != nil {
+		t.Fatalf("a handshake after the renewal: %v", err)
+	}
+	if _, err := s.Call(testContext(t), []byte("back")); err != nil {
+		t.Fatal(err)
+	}
 }
