@@ -68,7 +68,7 @@ const (
 	maxMember  = 4 << 10
 	memberV    = 2
 	chainCache = 1024
-	maxMisses  = 1000
+	MaxMisses  = 1000 // the most heartbeats Config.Misses may allow missed
 	// A status reply must fit NATS's default 1 MiB message: at most
 	// statusLimit units, each under 700 bytes of JSON with every field at
 	// its cap, plus their clusters' headers. A larger view is marked
@@ -133,8 +133,8 @@ func (c *Config) fill() error {
 	if c.Misses <= 0 {
 		c.Misses = 3
 	}
-	if c.Misses > maxMisses {
-		return fmt.Errorf("manager: Config.Misses is %d, at most %d", c.Misses, maxMisses)
+	if c.Misses > MaxMisses {
+		return fmt.Errorf("manager: Config.Misses is %d, at most %d", c.Misses, MaxMisses)
 	}
 	if c.Bucket == "" {
 		c.Bucket = DefaultBucket

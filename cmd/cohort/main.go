@@ -615,6 +615,12 @@ func cmdManager(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if (*pin == "") == (*rootFile == "") {
 		return fmt.Errorf("%w: give one of --issuer-measurement and --root", errUsage)
 	}
+	if *misses < 1 || *misses > manager.MaxMisses {
+		return fmt.Errorf("%w: --misses %d: want 1 to %d heartbeats", errUsage, *misses, manager.MaxMisses)
+	}
+	if *interval <= 0 {
+		return fmt.Errorf("%w: --heartbeat %v: want a positive interval", errUsage, *interval)
+	}
 	nc, serve, err := nf.connectService(ctx, "cohort manager", access.Manager)
 	if err != nil {
 		return err

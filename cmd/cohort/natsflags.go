@@ -47,7 +47,7 @@ func (n *natsFlags) credential(role access.Role) (*access.Credential, error) {
 		n.cred = c
 	}
 	if role != "" && n.cred.Grant.Role != role {
-		return nil, fmt.Errorf("%w: --creds %s holds the credential of %s, not of a %s", errUsage, *n.creds, n.cred.Grant, role)
+		return nil, fmt.Errorf("%w: --creds %s holds the credential of %s, not the %s's: %s", errUsage, *n.creds, n.cred.Grant, role, credsHint(role))
 	}
 	return n.cred, nil
 }
@@ -174,4 +174,15 @@ func env(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// credsHint says where a role's credential is.
+func credsHint(role access.Role) string {
+	switch role {
+	case access.Unit:
+		return "each unit has one of its own (cohort dev writes DATA/creds/unit-CLUSTER-ID.creds)"
+	case access.User:
+		return "each user has one of their own (cohort dev writes DATA/creds/user-NAME.creds)"
+	}
+	return fmt.Sprintf("cohort dev writes DATA/creds/%s.creds", role)
 }
