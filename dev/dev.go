@@ -207,12 +207,14 @@ func (s *Stack) recover(ctx context.Context, cfg Config) error {
 // development administrator key and applies it.
 func (s *Stack) acceptThisBuild(ctx context.Context, cfg Config) error {
 	cur := s.Issuer.Policy()
-	want, err := Policy(cur.Version, s.Admin, s.Tasks)
+	// The root generation in force is kept: dev's update accepts builds, it
+	// does not rotate (nor undo a rotation).
+	want, err := policyAt(cur.Version, cur.RootGeneration, s.Admin, s.Tasks)
 	if err != nil {
 		return err
 	}
 	if !bytes.Equal(want, cur.Document()) {
-		if want, err = Policy(cur.Version+1, s.Admin, s.Tasks); err != nil {
+		if want, err = policyAt(cur.Version+1, cur.RootGeneration, s.Admin, s.Tasks); err != nil {
 			return err
 		}
 		nc, err := s.Connect(access.Grant{Role: access.Operator}, access.State)
@@ -485,6 +487,11 @@ func DemoPolicy(version uint64, admin *adminkey.Key) ([]byte, error) {
 // each accepted for the measurement recorded, with certificates for
 // localhost and 127.0.0.1, and a cluster of its name.
 func Policy(version uint64, admin *adminkey.Key, tasks []Task) ([]byte, error) {
+	return policyAt(version, 1, admin, tasks)
+}
+
+// policyAt is Policy at a root generation.
+func policyAt(version uint64, rootGeneration uint32, admin *adminkey.Key, tasks []Task) ([]byte, error) {
 	m, err := sim.Measure(sim.UnitIdentity(DemoTask))
 	if err != nil {
 		return nil, err
@@ -493,9 +500,13 @@ func Policy(version uint64, admin *adminkey.Key, tasks []Task) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	gen := ""
+	if rootGeneration > 1 {
+		gen = fmt.Sprintf("root_generation: %d\n", rootGeneration)
+	}
 	return fmt.Appendf(nil, `# Written by cohort dev for this build. SIMULATED attestation: not for production.
 version: %d
-accept_simulated: true
+%saccept_simulated: true
 validity:
   root: 87600h
   task: 24h
@@ -516,7 +527,7 @@ tasks:
 %sclusters:
   - id: %s
     task: %s
-%s`, version, hex.EncodeToString(im), admin.AdminPublic(), admin.RecoveryPublic(), DemoTask, hex.EncodeToString(m), hostedTasks(tasks), DemoCluster, DemoTask, hostedClusters(tasks)), nil
+%s`, version, gen, hex.EncodeToString(im), admin.AdminPublic(), admin.RecoveryPublic(), DemoTask, hex.EncodeToString(m), hostedTasks(tasks), DemoCluster, DemoTask, hostedClusters(tasks)), nil
 }
 
 func hostedTasks(tasks []Task) string {

@@ -35,8 +35,8 @@ func TestRotationGovernedAndFollowed(t *testing.T) {
 	demo := buildMeasure(t, sim.UnitIdentity("demo"), "")
 	m1 := newMachine(t)
 	lease := func(cfg *issuer.Config) { cfg.Lease = 500 * time.Millisecond }
-	a, _, aDone := l.startIssuerTuned(m1, l.doc(1, time.Hour, [][]byte{demo}, [][]byte{ib}, ""), lease)
-	b, _, bDone := l.startIssuerTuned(newMachine(t), nil, lease)
+	a, stopA, aDone := l.startIssuerTuned(m1, l.doc(1, time.Hour, [][]byte{demo}, [][]byte{ib}, ""), lease)
+	b, stopB, bDone := l.startIssuerTuned(newMachine(t), nil, lease)
 	old := a.Root()
 	g := access.Grant{Role: access.Manager}
 	mgr, err := manager.New(manager.Config{Conn: l.conn(g, access.State), Serve: l.conn(g, access.Serve), Root: old, Interval: heartbeat, Logger: logger(t),
@@ -152,6 +152,41 @@ func TestRotationGovernedAndFollowed(t *testing.T) {
 			t.Fatalf("an issuer replica stopped: %v", err)
 		default:
 		}
+	}
+
+	// Every issuer lost: two holders who kept the root.pem of before the
+	// rotation restore the state into a fresh issuer, which serves the new
+	// root; the old root vouches for the state's.
+	stopA()
+	stopB()
+	<-aDone
+	<-bDone
+	waiting := make(chan string, 1)
+	rcfg := l.issuerConfig(newMachine(t), "", nil)
+	rcfg.AwaitRecovery, rcfg.Lease = true, 500*time.Millisecond
+	rcfg.Waiting = func(instance string) { waiting <- instance }
+	fresh, _, freshDone := l.run(rcfg)
+	select {
+	case <-waiting:
+	case err := <-freshDone:
+		t.Fatalf("the fresh issuer stopped: %v", err)
+	case <-time.After(deadline):
+		t.Fatal("the fresh issuer does not wait for recovery")
+	}
+	for _, k := range []int{0, 1} {
+		if _, err := issuerclient.Recover(context.Background(), issuerclient.RecoverConfig{Conn: l.op, Verifier: sim.Verifier(), IssuerMeasurement: ib, AllowSimulated: true, Key: l.recovery[k], Root: old}); err != nil {
+			t.Fatalf("holder %d, holding the root of before the rotation: %v", k, err)
+		}
+	}
+	select {
+	case <-fresh.Ready():
+	case err := <-freshDone:
+		t.Fatalf("the recovered issuer stopped: %v", err)
+	case <-time.After(deadline):
+		t.Fatal("the recovered issuer is not ready")
+	}
+	if !bytes.Equal(fresh.Root().Raw, newRoot.Raw) {
+		t.Fatal("the recovered issuer serves another root than the rotated one")
 	}
 }
 

@@ -579,7 +579,7 @@ func (i *Issuer) build(ctx context.Context, rec *policyRecord, rev uint64) (*vie
 		}
 		v.groups[g.ID] = s
 	}
-	if err := i.ensureRecovery(ctx, p, root.cred); err != nil {
+	if err := i.ensureRecovery(ctx, p, root); err != nil {
 		return nil, nil, fmt.Errorf("issuer: recovery record: %w", err)
 	}
 	return v, made, nil

@@ -36,6 +36,9 @@ type recoveryRecord struct {
 	Threshold uint8           `msgpack:"threshold"`
 	Root      []byte          `msgpack:"root"` // the state's root certificate, DER
 	Shares    []recoveryShare `msgpack:"shares"`
+	// Vouchers lead from the state's earlier roots to Root (a rotation),
+	// so that a holder who trusts an earlier root recovers the state.
+	Vouchers [][]byte `msgpack:"vouchers,omitempty"`
 }
 
 type recoveryShare struct {
@@ -47,7 +50,7 @@ type recoveryShare struct {
 	Signature []byte `msgpack:"signature"` // the root key's, over messages.ShareDigest
 }
 
-const maxRecoveryRecord = 64 << 10
+const maxRecoveryRecord = 64<<10 + messages.MaxVouchers*messages.MaxCertificate
 
 func decodeRecoveryRecord(b []byte) (*recoveryRecord, error) {
 	var r recoveryRecord
@@ -59,6 +62,9 @@ func decodeRecoveryRecord(b []byte) (*recoveryRecord, error) {
 	}
 	if len(r.Root) == 0 || len(r.Root) > messages.MaxCertificate {
 		return nil, errors.New("recovery record: root certificate out of bounds")
+	}
+	if len(r.Vouchers) > messages.MaxVouchers || slices.ContainsFunc(r.Vouchers, func(v []byte) bool { return len(v) == 0 || len(v) > messages.MaxCertificate }) {
+		return nil, errors.New("recovery record: vouchers out of bounds")
 	}
 	for _, s := range r.Shares {
 		if s.Index == 0 || len(s.Key) != messages.RecoveryKeySize || len(s.Sealed) == 0 || len(s.Sealed) > 512 ||
@@ -90,7 +96,8 @@ func (r *recoveryRecord) signedBy(root *x509.Certificate) bool {
 
 // ensureRecovery keeps the recovery record in step with the policy p and
 // the state key: made anew, with fresh shares, for each policy version.
-func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy, root *credential) error {
+func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy, rs *rootState) error {
+	root := rs.cred
 	r, err := i.store.get(ctx, recoveryKey)
 	var over uint64
 	switch {
@@ -107,7 +114,7 @@ func (i *Issuer) ensureRecovery(ctx context.Context, p *Policy, root *credential
 			return nil
 		}
 	}
-	rec := &recoveryRecord{V: recordVersion, KeyID: i.store.key.id, Policy: p.Version, Threshold: uint8(p.Recovery.Threshold), Root: root.cert.Raw}
+	rec := &recoveryRecord{V: recordVersion, KeyID: i.store.key.id, Policy: p.Version, Threshold: uint8(p.Recovery.Threshold), Root: root.cert.Raw, Vouchers: rs.vouchers}
 	if n := len(p.Recovery.Keys); n > 0 {
 		shares, err := shamir.Split(i.cfg.Rand, i.store.key.raw, n, p.Recovery.Threshold)
 		if err != nil {
@@ -239,7 +246,7 @@ func (i *Issuer) recoverHello(w *waiting, data []byte) ([]byte, *messages.Error)
 	w.mu.Unlock()
 	body, err := messages.Marshal(&messages.RecoverOffer{V: messages.Version, Instance: i.cfg.Instance, KeyID: w.keyID, Nonce: m.Nonce,
 		KEM: messages.KEMMLKEM768X25519, PublicKey: w.pub, Index: share.Index, Share: share.Sealed, Need: w.rec.Threshold, Have: uint8(have), Policy: w.rec.Policy,
-		Root: w.rec.Root, Commit: share.Commit, Signature: share.Signature})
+		Root: w.rec.Root, Commit: share.Commit, Signature: share.Signature, Vouchers: w.rec.Vouchers})
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the offer failed")
 	}

@@ -91,10 +91,6 @@ func Recover(ctx context.Context, cfg RecoverConfig) (*messages.RecoverAck, erro
 	if cfg.Conn == nil || cfg.Verifier == nil || cfg.Key == nil || cfg.Root == nil {
 		return nil, errors.New("issuerclient: RecoverConfig.Conn, Verifier, Root and Key are required")
 	}
-	rootKey, ok := cfg.Root.PublicKey.(*ecdsa.PublicKey)
-	if !ok {
-		return nil, errors.New("issuerclient: the root's key is not ECDSA")
-	}
 	if !enclave.ValidMeasurement(cfg.IssuerMeasurement) {
 		return nil, fmt.Errorf("issuerclient: the issuer measurement to recover into is %d bytes, want 32 or 48", len(cfg.IssuerMeasurement))
 	}
@@ -141,8 +137,22 @@ func Recover(ctx context.Context, cfg RecoverConfig) (*messages.RecoverAck, erro
 	if !bytes.Equal(offer.Nonce, nonce) {
 		return nil, fmt.Errorf("issuerclient: recover: %w: the offer answers another request", ErrUnauthentic)
 	}
+	root := cfg.Root
 	if !bytes.Equal(offer.Root, cfg.Root.Raw) {
-		return nil, fmt.Errorf("issuerclient: recover: %w: the waiting issuer's state has another root than the one given", ErrUnauthentic)
+		// A later root the one given vouches for: the state's root was
+		// rotated since the holder took its root.pem.
+		later, err := x509.ParseCertificate(offer.Root)
+		if err == nil {
+			err = VerifyVouchers(cfg.Root, later, offer.Vouchers)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("issuerclient: recover: %w: the waiting issuer's state has another root than the one given, and %w", ErrUnauthentic, err)
+		}
+		root = later
+	}
+	rootKey, ok := root.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, errors.New("issuerclient: the root's key is not ECDSA")
 	}
 	d := messages.ShareDigest(offer.KeyID, offer.Policy, offer.Need, offer.Index, cfg.Key.RecoveryPublic(), offer.Share, offer.Commit)
 	if !ecdsa.VerifyASN1(rootKey, d[:], offer.Signature) {

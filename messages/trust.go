@@ -52,7 +52,7 @@ const (
 	MaxPolicyApplied     = 64 << 10
 	MaxPolicyShowReply   = MaxPolicyDocument + MaxPolicySignatures*(AdminKeySize+AdminSignatureSize+8) + MaxPolicyHistory*(MaxPolicySignatures*(MaxSignerName+2)+64) + 64
 	MaxRecoverHello      = 128
-	MaxRecoverOffer      = 16 << 10
+	MaxRecoverOffer      = 16<<10 + MaxVouchers*(MaxCertificate+8)
 	MaxRecoverReply      = MaxRecoverOffer + MaxEvidence + 64
 	MaxRecoverShare      = 4 << 10
 	MaxRecoverAck        = 256
@@ -298,6 +298,10 @@ type RecoverOffer struct {
 	// made by an issuer holding the root key, for this holder.
 	Commit    []byte `msgpack:"commit"`
 	Signature []byte `msgpack:"signature"`
+	// Vouchers, after a rotation, lead from the state's earlier roots to
+	// Root (as EvidenceReply.Vouchers), so that a holder who trusts an
+	// earlier root recovers the state (version 7).
+	Vouchers [][]byte `msgpack:"vouchers,omitempty"`
 }
 
 // Validate implements Validator.
@@ -310,7 +314,8 @@ func (m *RecoverOffer) Validate() error {
 	}
 	return firstError(exactly("key_id", m.KeyID, KeyIDSize), exactly("nonce", m.Nonce, NonceSize),
 		between("public_key", m.PublicKey, 1, MaxPublicKey), between("share", m.Share, 1, 1<<10),
-		between("root", m.Root, 1, MaxCertificate), exactly("commit", m.Commit, HashSize), between("signature", m.Signature, 8, MaxSignature))
+		between("root", m.Root, 1, MaxCertificate), exactly("commit", m.Commit, HashSize), between("signature", m.Signature, 8, MaxSignature),
+		vouchers(m.Vouchers))
 }
 
 // RecoverShare hands the waiting issuer one share, opened by its holder and
