@@ -789,13 +789,7 @@ func TestRecovery(t *testing.T) {
 	if ack, err = rc(l.recovery[2], ib1); err != nil || !ack.Done {
 		t.Fatalf("the second share: %+v, %v", ack, err)
 	}
-	select {
-	case <-fresh.Ready():
-	case err := <-freshDone:
-		t.Fatalf("the recovered issuer stopped: %v", err)
-	case <-time.After(deadline):
-		t.Fatal("the recovered issuer is not ready")
-	}
+	readyAfterRecovery(t, fresh, freshDone)
 	if !bytes.Equal(fresh.Root().Raw, root.Raw) {
 		t.Fatal("recovery gave another root")
 	}
@@ -817,5 +811,17 @@ func TestRecovery(t *testing.T) {
 	l.eventsOnce(events.IssuerRecovered, 1)
 	if countEvents(l.events(), events.RecoveryRefused, "") == 0 {
 		t.Error("the refusals of recovery shares are not recorded")
+	}
+}
+
+// readyAfterRecovery waits until an issuer that took its last share serves.
+func readyAfterRecovery(t *testing.T, iss *issuer.Issuer, done <-chan error) {
+	t.Helper()
+	select {
+	case <-iss.Ready():
+	case err := <-done:
+		t.Fatalf("the recovered issuer stopped: %v", err)
+	case <-time.After(deadline):
+		t.Fatal("the recovered issuer is not ready")
 	}
 }

@@ -178,13 +178,7 @@ func TestRotationGovernedAndFollowed(t *testing.T) {
 			t.Fatalf("holder %d, holding the root of before the rotation: %v", k, err)
 		}
 	}
-	select {
-	case <-fresh.Ready():
-	case err := <-freshDone:
-		t.Fatalf("the recovered issuer stopped: %v", err)
-	case <-time.After(deadline):
-		t.Fatal("the recovered issuer is not ready")
-	}
+	readyAfterRecovery(t, fresh, freshDone)
 	if !bytes.Equal(fresh.Root().Raw, newRoot.Raw) {
 		t.Fatal("the recovered issuer serves another root than the rotated one")
 	}
