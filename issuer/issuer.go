@@ -427,7 +427,6 @@ func (i *Issuer) load(ctx context.Context) error {
 		return fmt.Errorf("issuer: root: %w", err)
 	}
 	i.roots[1] = &rootState{gen: 1, cred: genesis}
-	read := time.Now()
 	rec, rev, err := i.loadPolicy(ctx, fresh)
 	if err != nil {
 		return err
@@ -464,7 +463,13 @@ func (i *Issuer) load(ctx context.Context) error {
 		return err
 	}
 	i.view.Store(v)
-	i.fence.confirm(read)
+	// The policy was read from any replica of the stream, which may lag:
+	// this replica answers once the leader confirms it (here, or when it
+	// next follows the policy, adopting a later one).
+	sent := time.Now()
+	if r, err := i.store.current(ctx, policyKey); err == nil && r.rev == v.rev {
+		i.fence.confirm(sent)
+	}
 	i.toCache(i.store.key, v.policy.Version)
 	if left := v.root.cred.cert.NotAfter.Sub(i.cfg.Now()); left < v.policy.Validity.Task {
 		// Task certificates are cut at the root's end; past it nothing verifies.
