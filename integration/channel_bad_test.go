@@ -289,3 +289,30 @@ func TestStreamsThatDoNotFitAreNamed(t *testing.T) {
 		t.Errorf("a 1 KiB bound: %v, want refused", err)
 	}
 }
+
+// A hello whose key share does not check out is refused without its nonce
+// being remembered: the same nonce in a hello that checks out opens a
+// session; that hello sent again is a replay.
+func TestBadHelloTakesNoNonce(t *testing.T) {
+	c := startCluster(t, 1, "n", nil)
+	user := connect(t, c.srv)
+	nonce := bytes.Repeat([]byte{0x5a}, messages.NonceSize)
+	hello := func(pub []byte) []byte {
+		return mustMarshal(t, &messages.Hello{V: messages.Version, Cluster: "c1", KEM: messages.KEMX25519, PublicKey: pub, Nonce: nonce, Time: time.Now().UnixNano()})
+	}
+	subject := messages.HandshakeSubject("c1", "alice")
+	if code := requestCode(t, user, subject, hello(make([]byte, 31))); code != messages.CodeUnsupportedKEM {
+		t.Fatalf("a hello with a key share of 31 bytes: %q, want %s", code, messages.CodeUnsupportedKEM)
+	}
+	_, pub, err := channel.NewClient(messages.KEMX25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := hello(pub)
+	if code := requestCode(t, user, subject, good); code != "" {
+		t.Fatalf("the same nonce in a hello that checks out: %q, want a session", code)
+	}
+	if code := requestCode(t, user, subject, good); code != messages.CodeReplay {
+		t.Fatalf("that hello again: %q, want %s", code, messages.CodeReplay)
+	}
+}

@@ -6,10 +6,14 @@
 // Guarantees: a nonce checked at t is reported Seen by every check until at
 // least t + window; the cache is bounded (MaxNonces in all), and a full
 // shard refuses new nonces (Full) rather than grow or forget one early; it
-// is sharded so that concurrent checks rarely share a lock.
+// is sharded so that concurrent checks rarely share a lock. A nonce's shard
+// is a hash of it under a seed drawn for each cache: whoever chooses nonces
+// (a requester) cannot aim them at one shard to fill it, and so cannot make
+// others' requests fail as Full sooner than by filling the whole cache.
 package replay
 
 import (
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -27,6 +31,7 @@ const MaxNonces = replayShards * maxReplayPerShard
 // their first 32 bytes: give it at least that much randomness.
 type Cache struct {
 	window time.Duration
+	seed   maphash.Seed
 	shards [replayShards]replayShard
 }
 
@@ -38,7 +43,7 @@ type replayShard struct {
 
 // New returns an empty cache whose nonces live at least window.
 func New(window time.Duration, now time.Time) *Cache {
-	c := &Cache{window: window}
+	c := &Cache{window: window, seed: maphash.MakeSeed()}
 	for i := range c.shards {
 		c.shards[i].cur = make(map[[replayNonceKeySize]byte]struct{})
 		c.shards[i].prev = make(map[[replayNonceKeySize]byte]struct{})
@@ -62,7 +67,7 @@ const (
 func (c *Cache) Check(nonce []byte, now time.Time) Verdict {
 	var k [replayNonceKeySize]byte
 	copy(k[:], nonce)
-	s := &c.shards[k[0]%replayShards]
+	s := &c.shards[c.shard(&k)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now.Sub(s.rotated) >= c.window {
@@ -84,4 +89,9 @@ func (c *Cache) Check(nonce []byte, now time.Time) Verdict {
 	}
 	s.cur[k] = struct{}{}
 	return Fresh
+}
+
+// shard is a nonce's shard: its seeded hash.
+func (c *Cache) shard(k *[replayNonceKeySize]byte) uint64 {
+	return maphash.Bytes(c.seed, k[:]) % replayShards
 }

@@ -161,6 +161,13 @@ func (c *cluster) handshake(ctx context.Context, m service.Msg) ([]byte, *messag
 	if _, ok := u.sessions.get(id); ok {
 		return nil, messages.Refusal(messages.CodeReplay, "this hello opened session %x already", id)
 	}
+	// The key agreement first: a hello whose key share does not check out
+	// takes no room among the nonces remembered.
+	enc, secret, err := channel.Accept(h.KEM, h.PublicKey, m.Data)
+	if err != nil {
+		return nil, messages.Refusal(messages.CodeUnsupportedKEM, "%v", err)
+	}
+	defer clear(secret)
 	switch u.hellos.Check(h.Nonce, now) {
 	case replay.Seen:
 		return nil, messages.Refusal(messages.CodeReplay, "this hello's nonce was used before")
@@ -170,7 +177,7 @@ func (c *cluster) handshake(ctx context.Context, m service.Msg) ([]byte, *messag
 	if !u.sessions.reserve(user, u.cfg.Quota.Sessions) {
 		return nil, messages.Refusal(messages.CodeQuota, "user %s holds %d live sessions in cluster %s, as many as a user may: close one, or wait until one expires", user, u.cfg.Quota.Sessions, u.cfg.Cluster)
 	}
-	reply, s, refusal := c.open(ctx, pair, &h, m.Data, id, user, *token, now)
+	reply, s, refusal := c.open(ctx, pair, m.Data, id, user, *token, now, enc, secret)
 	if refusal != nil {
 		u.sessions.unreserve(user)
 		return nil, refusal
@@ -179,13 +186,10 @@ func (c *cluster) handshake(ctx context.Context, m service.Msg) ([]byte, *messag
 	return reply, nil
 }
 
-// open agrees a session's keys and has its record stored.
-func (c *cluster) open(ctx context.Context, pair *issuerclient.Pair, h *messages.Hello, hello, id []byte, user string, token []byte, now time.Time) ([]byte, *session, *messages.Error) {
+// open derives a session's keys from the agreed secret and has its record
+// stored.
+func (c *cluster) open(ctx context.Context, pair *issuerclient.Pair, hello, id []byte, user string, token []byte, now time.Time, enc, secret []byte) ([]byte, *session, *messages.Error) {
 	u := c.u
-	enc, secret, err := channel.Accept(h.KEM, h.PublicKey, hello)
-	if err != nil {
-		return nil, nil, messages.Refusal(messages.CodeUnsupportedKEM, "%v", err)
-	}
 	expires := now.Add(u.cfg.SessionTTL)
 	body, err := messages.Marshal(&messages.HelloReplyBody{
 		V: messages.Version, Session: id, Enc: enc, Unit: u.cfg.ID, Expires: expires.UnixNano(), Chain: pair.Chain[:len(pair.Chain)-1],
@@ -195,7 +199,6 @@ func (c *cluster) open(ctx context.Context, pair *issuerclient.Pair, h *messages
 	}
 	tr := channel.Transcript(hello, body)
 	keys, err := channel.DeriveKeys(secret, tr)
-	clear(secret)
 	if err != nil {
 		return nil, nil, messages.Refusal(messages.CodeInternal, "deriving the keys failed")
 	}
