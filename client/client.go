@@ -222,8 +222,12 @@ func (s *Session) Call(ctx context.Context, data []byte) (*Answer, error) {
 }
 
 // Close closes the session for the whole cluster: once it returns, no unit
-// runs a call of the session.
+// runs a call of the session. Safe to call twice: a closed session stays
+// closed.
 func (s *Session) Close(ctx context.Context) error {
+	if s.closed.Load() {
+		return nil // closed already: safe to call twice
+	}
 	a, err := s.send(ctx, channel.KindClose, messages.CloseSubject(s.Cluster, s.cfg.User), []byte(messages.CloseMarker))
 	if err != nil {
 		return err

@@ -119,6 +119,9 @@ func TestClosedSessionStaysClosed(t *testing.T) {
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatalf("closing again: %v", err)
+	}
 	// Straight after Close, before other units may have read the record:
 	// every unit the queue group picks refuses.
 	for range 9 {

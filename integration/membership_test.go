@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -210,6 +211,9 @@ func TestTwoManagersAgree(t *testing.T) {
 	iss := startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	a := startManager(t, connect(t, srv), iss.Root(), heartbeat)
 	b := startManager(t, connect(t, srv), iss.Root(), heartbeat)
+	if err := a.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "Run called twice") {
+		t.Fatalf("a second Run of a running manager: %v, want it refused", err)
+	}
 
 	conns := make([]*nats.Conn, 4)
 	for i := range conns {

@@ -195,16 +195,17 @@ func trustIn(root *x509.Certificate) *trusted {
 
 // Manager is the cluster manager.
 type Manager struct {
-	cfg    Config
-	log    *slog.Logger
-	table  *Table
-	trust  atomic.Pointer[trusted]
-	ready  chan struct{}
-	kv     jetstream.KeyValue
-	js     jetstream.JetStream
-	events *events.Publisher
-	stats  Stats
-	joins  *replay.Cache // nonces of recent joins
+	cfg     Config
+	log     *slog.Logger
+	table   *Table
+	trust   atomic.Pointer[trusted]
+	ready   chan struct{}
+	running atomic.Bool
+	kv      jetstream.KeyValue
+	js      jetstream.JetStream
+	events  *events.Publisher
+	stats   Stats
+	joins   *replay.Cache // nonces of recent joins
 
 	joinLatency prometheus.Histogram
 
@@ -253,6 +254,9 @@ func (m *Manager) Stats() *Stats { return &m.stats }
 
 // Run loads the members, serves until ctx is done, and returns.
 func (m *Manager) Run(ctx context.Context) error {
+	if !m.running.CompareAndSwap(false, true) {
+		return errors.New("manager: Run called twice")
+	}
 	js, err := jetstream.New(m.cfg.Conn)
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)

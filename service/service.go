@@ -338,9 +338,11 @@ func (s *Service) send(to string, reply []byte, refusal *messages.Error) {
 	}
 }
 
-// Stop unsubscribes every endpoint and stops the workers; requests still
-// queued are dropped (the requester's timeout and retry cover them). Safe to
-// call twice.
+// Stop drains every endpoint's subscription, so that the requests the server
+// already routed to this instance still reach it (for up to 5 s; none more
+// comes), then stops the workers once they have answered every request
+// queued: nothing routed here is dropped. It returns when the workers have
+// stopped. Safe to call twice.
 func (s *Service) Stop() {
 	s.stop.Do(func() {
 		s.mu.Lock()

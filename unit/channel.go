@@ -83,8 +83,18 @@ func (u *Unit) serveChannel(ctx context.Context, ck *issuerclient.ClusterKey, up
 			return fmt.Errorf("unit: %w", err)
 		}
 	}
-	if err := svc.Flush(); err != nil {
-		u.log.Warn("flushing the channel's subscriptions", "err", err)
+	// Ready only once the server knows the subscriptions: until then a
+	// handshake sent here would find no responder.
+	for failures := 0; ; failures++ {
+		err := svc.Flush()
+		if err == nil {
+			break
+		}
+		wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
+		u.log.Warn("the NATS server has not confirmed the channel's subscriptions; trying again", "err", err, "retry_in", wait)
+		if !sleep(ctx, wait) {
+			return nil
+		}
 	}
 	close(up)
 	<-ctx.Done()

@@ -28,7 +28,7 @@ func cmdFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	units := fs.Int("units", 3, "units of the cluster that full service has active")
 	health := fs.String("health", "", "URLs that must answer 200 for full service, comma-separated (the NATS servers' /healthz)")
 	targets := fs.String("targets", "", "what to kill, in turn, comma-separated, each NAME or NAME=BAR (its own recovery bar, e.g. nats-1=10s); NAME is put in --kill for {}")
-	kill := fs.String("kill", "", "shell command that kills target {}, e.g. 'docker-compose kill -s SIGKILL {}'; a supervisor restarts it")
+	kill := fs.String("kill", "", "shell command that kills target {} so that its supervisor restarts it, e.g. 'kill -9 $(docker inspect -f \"{{.State.Pid}}\" $(docker compose ps -q {}))' (docker compose kill counts as a manual stop: no restart)")
 	stopAll := fs.String("stop-all", "", "shell command that stops everything, for a last, planned target; empty skips it")
 	startAll := fs.String("start-all", "", "shell command that starts everything again after --stop-all")
 	recovery := fs.Duration("recovery", 5*time.Second, "the most a kill may take to full service")
