@@ -284,7 +284,7 @@ func New(cfg Config) (*Issuer, error) {
 		replay:  replay.New(2*cfg.MaxClockSkew, cfg.Now()),
 		metrics: m,
 		self:    cfg.Platform.Measurement(),
-		fence:   &fence{lease: cfg.Lease, now: time.Now},
+		fence:   newFence(cfg.Lease, time.Now),
 		roots:   map[uint32]*rootState{},
 	}, nil
 }

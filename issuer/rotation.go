@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cohort-dev/cohort/messages"
@@ -102,23 +103,38 @@ func (i *Issuer) rootOf(ctx context.Context, gen uint32, validity time.Duration)
 
 // fence decides whether a replica may answer under its root: only within
 // the lease of its last confirmation of the policy in force, and not while
-// it switches roots. Times are this process's monotonic clock.
+// it switches roots. Times are this process's monotonic clock, as offsets
+// from base, kept in atomics: every request checks the fence, so it takes
+// no lock.
 type fence struct {
 	lease time.Duration
 	now   func() time.Time
+	base  time.Time
 
-	mu        sync.Mutex
-	confirmed time.Time // when the last read that found the policy in force was sent
-	until     time.Time // no answer before: the replica is switching roots
+	confirmed atomic.Int64 // when the last read that found the policy in force was sent
+	until     atomic.Int64 // no answer before: the replica is switching roots
 }
+
+func newFence(lease time.Duration, now func() time.Time) *fence {
+	f := &fence{lease: lease, now: now, base: now()}
+	f.confirmed.Store(never)
+	return f
+}
+
+// never is the confirmation time of a replica that has not confirmed.
+const never = math.MinInt64 / 2
+
+func (f *fence) at(t time.Time) int64 { return int64(t.Sub(f.base)) }
 
 // confirm records a read, sent at sent, that found the policy this
 // replica serves to be the one in force.
 func (f *fence) confirm(sent time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if sent.After(f.confirmed) {
-		f.confirmed = sent
+	at := f.at(sent)
+	for {
+		cur := f.confirmed.Load()
+		if at <= cur || f.confirmed.CompareAndSwap(cur, at) {
+			return
+		}
 	}
 }
 
@@ -126,20 +142,20 @@ func (f *fence) confirm(sent time.Time) {
 // root, which it may serve only once every replica that has not seen it
 // has stopped serving the old one.
 func (f *fence) switching() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.until = f.now().Add(f.lease)
+	f.until.Store(f.at(f.now().Add(f.lease)))
 }
 
 // check refuses an answer the fence holds back.
 func (f *fence) check() *messages.Error {
-	now := f.now()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if now.Before(f.until) {
-		return messages.Refusal(messages.CodeRotating, "the issuer replicas are switching to a new root: retry in %v", f.until.Sub(now).Round(time.Millisecond))
+	now := f.at(f.now())
+	if until := f.until.Load(); now < until {
+		return messages.Refusal(messages.CodeRotating, "the issuer replicas are switching to a new root: retry in %v", time.Duration(until-now).Round(time.Millisecond))
 	}
-	if since := now.Sub(f.confirmed); since > f.lease {
+	confirmed := f.confirmed.Load()
+	if confirmed == never {
+		return messages.Refusal(messages.CodeUnconfirmed, "this issuer replica has not yet confirmed the policy in force with its state stream's leader: retry")
+	}
+	if since := time.Duration(now - confirmed); since > f.lease {
 		return messages.Refusal(messages.CodeUnconfirmed, "this issuer replica has not confirmed the policy in force for %v (its JetStream does not answer?), so cannot tell whether its root is current: retry", since.Round(time.Millisecond))
 	}
 	return nil

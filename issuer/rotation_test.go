@@ -164,3 +164,46 @@ func TestRotationServesOneRootAtATime(t *testing.T) {
 		t.Fatal("a replica started after the rotation serves another root")
 	}
 }
+
+// The fence, by its clock: no answer before the first confirmation, nor
+// after a lease without one, nor for a lease after a switch of roots; a
+// confirmation older than the last does not move it back.
+func TestFence(t *testing.T) {
+	now := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	f := newFence(time.Second, func() time.Time { return now })
+	code := func() messages.Code {
+		if r := f.check(); r != nil {
+			return r.Code
+		}
+		return ""
+	}
+	if c := code(); c != messages.CodeUnconfirmed {
+		t.Fatalf("before any confirmation: %q", c)
+	}
+	f.confirm(now)
+	if c := code(); c != "" {
+		t.Fatalf("just confirmed: %q", c)
+	}
+	now = now.Add(time.Second + time.Nanosecond)
+	if c := code(); c != messages.CodeUnconfirmed {
+		t.Fatalf("a lease after the confirmation: %q", c)
+	}
+	f.confirm(now.Add(-2 * time.Second)) // a read sent before the last: changes nothing
+	if c := code(); c != messages.CodeUnconfirmed {
+		t.Fatalf("after an older confirmation: %q", c)
+	}
+	f.confirm(now)
+	f.switching()
+	if c := code(); c != messages.CodeRotating {
+		t.Fatalf("switching roots: %q", c)
+	}
+	now = now.Add(time.Second - time.Nanosecond)
+	f.confirm(now)
+	if c := code(); c != messages.CodeRotating {
+		t.Fatalf("still within the switch's lease: %q", c)
+	}
+	now = now.Add(time.Nanosecond)
+	if c := code(); c != "" {
+		t.Fatalf("after the switch's lease, confirmed: %q", c)
+	}
+}
