@@ -58,11 +58,11 @@ Usage:
   cohort dev accept --data DIR [--task NAME=PATH]...
   cohort demo [replicas | mpc]
   cohort measure issuer | cohort measure unit --task NAME [--exe PATH]
-  cohort trust --nats URL --issuer-measurement HEX --out FILE
+  cohort trust --nats URL --issuer-measurement HEX --out FILE | cohort trust --update --out FILE
   cohort deploy --out DIR [--servers nats-1,nats-2,nats-3] [--policy FILE] [--units ID,...] [--users NAME,...]
   cohort user add NAME (--out DEPLOYMENT-DIR | --data DEV-DATA-DIR)
-  cohort issuer --nats URL --data DIR [--policy GENESIS-FILE] [--recover] [--init]
-  cohort policy keygen --out FILE | sign --key FILE --policy FILE | apply --policy FILE SIG... | show
+  cohort issuer --nats URL --data DIR [--policy GENESIS-FILE] [--recover] [--ungoverned]
+  cohort policy keygen --out FILE | pubkey --key FILE | sign --key FILE --policy FILE | apply --policy FILE SIG... | show [--document]
   cohort recover --nats URL --creds FILE --key FILE... --root root.pem --issuer-measurement HEX
   cohort evidence inspect [--collateral DIR] [--at TIME] [--json] FILE
   cohort collateral import --dir DIR FILE... | list --dir DIR [--at TIME]
