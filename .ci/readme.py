@@ -20,8 +20,9 @@ lines), run by one bash, so that exports carry on. Besides running it:
     command.
 A background process is up when its log says so: "Ctrl-C stops." for
 cohort dev, "Server is ready" for nats-server, "waiting for recovery" for
-an issuer started with --recover, "issuer serving" for other issuers, and
-"joined cluster" for a unit. Every other command must exit 0. At the end,
+an issuer started with --recover, "issuer serving" for other issuers,
+"joined cluster" for a unit of a cluster, "unit serving HTTPS" for one of
+none. Every other command must exit 0. At the end,
 the background processes are stopped.
 """
 import os, re, shlex, subprocess, sys
@@ -84,6 +85,8 @@ for line in lines:
             marker = "waiting for recovery"
         elif re.search(r"cohort\S* issuer ", cmd):
             marker = "issuer serving"
+        elif re.search(r"cohort\S* unit ", cmd) and "--cluster" not in cmd and "--creds" not in cmd:
+            marker = "unit serving HTTPS"  # a unit of no cluster joins none
         script.append(f"{cmd[:-1].strip()} >{log} 2>&1 &")
         script.append("bg+=($!)")
         script.append(f"up {log} {shlex.quote(marker)} {shlex.quote(cmd)}")

@@ -255,7 +255,7 @@ func (p *Publisher) deliver() {
 				if err == nil {
 					break
 				}
-				if failures%20 == 0 { // the first, then every 10 s or so
+				if n := failures + 1; n&(n-1) == 0 { // the 1st, 2nd, 4th, 8th… try: the waits it reports double
 					p.log.Warn("lifecycle event waits for the audit stream (no manager has made it, or JetStream does not answer); trying again", "subject", d.subject, "err", err, "tries", failures+1)
 				}
 				t := time.NewTimer(durableRetry)
