@@ -10,7 +10,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cohort-dev/cohort/leaderread"
 	"github.com/cohort-dev/cohort/messages"
 )
 
@@ -221,50 +221,18 @@ func (s *store) get(ctx context.Context, name string) (*raw, error) {
 	return s.parse(name, m)
 }
 
-// msgGet is the JetStream API's answer to a message get.
-type msgGet struct {
-	Message *struct {
-		Subject string `json:"subject"`
-		Seq     uint64 `json:"seq"`
-		Header  []byte `json:"hdrs,omitempty"`
-		Data    []byte `json:"data,omitempty"`
-	} `json:"message"`
-	Error *jetstream.APIError `json:"error"`
-}
-
-// current reads the last message of a record from the stream's leader,
-// which answers only with what is committed, and nothing once it has lost
-// its leadership: what it returns is the record as of when the request was
-// sent, or later. errNotFound when there is none.
+// current reads the last message of a record from the stream's leader
+// (package leaderread): what it returns is the record as of when the
+// request was sent, or later. errNotFound when there is none.
 func (s *store) current(ctx context.Context, name string) (*raw, error) {
-	req, err := json.Marshal(map[string]string{"last_by_subj": s.subject(name)})
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, directPatience)
 	defer cancel()
-	reply, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.stream.CachedInfo().Config.Name, req)
+	m, err := leaderread.Last(ctx, s.nc, s.stream.CachedInfo().Config.Name, s.subject(name))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, errNotFound
+	}
 	if err != nil {
 		return nil, fmt.Errorf("state %q: read from the leader: %w", name, err)
-	}
-	var resp msgGet
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return nil, fmt.Errorf("state %q: read from the leader: %w", name, err)
-	}
-	if resp.Error != nil {
-		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
-			return nil, errNotFound
-		}
-		return nil, fmt.Errorf("state %q: read from the leader: %w", name, resp.Error)
-	}
-	if resp.Message == nil || resp.Message.Subject != s.subject(name) {
-		return nil, fmt.Errorf("state %q: read from the leader: no message in the answer", name)
-	}
-	m := &jetstream.RawStreamMsg{Subject: resp.Message.Subject, Sequence: resp.Message.Seq, Data: resp.Message.Data, Header: nats.Header{}}
-	if len(resp.Message.Header) > 0 {
-		if m.Header, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
-			return nil, fmt.Errorf("state %q: read from the leader: headers: %w", name, err)
-		}
 	}
 	return s.parse(name, m)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cohort-dev/cohort/channel"
 	"github.com/cohort-dev/cohort/issuerclient"
+	"github.com/cohort-dev/cohort/leaderread"
 	"github.com/cohort-dev/cohort/messages"
 	"github.com/cohort-dev/cohort/replay"
 	"github.com/cohort-dev/cohort/service"
@@ -718,7 +719,15 @@ const closedAnswer = "closed"
 // fetchSession reads one session's record from the stream, for a session the
 // unit has not seen yet.
 func (u *Unit) fetchSession(ctx context.Context, ck *issuerclient.ClusterKey, st *streams, id []byte) bool {
-	m, err := st.sessions.GetLastMsgForSubject(ctx, messages.SessionSubject(u.cfg.Cluster, id))
+	subject := messages.SessionSubject(u.cfg.Cluster, id)
+	m, err := st.sessions.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// A replica may lag the record its leader acknowledged a moment
+		// ago: a miss counts only once the leader misses too.
+		leader, cancel := context.WithTimeout(ctx, u.cfg.Timeout)
+		m, err = leaderread.Last(leader, u.cfg.Conn, st.sessions.CachedInfo().Config.Name, subject)
+		cancel()
+	}
 	if err != nil { // jetstream.ErrMsgNotFound: no such session
 		return false
 	}
