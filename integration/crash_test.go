@@ -317,12 +317,35 @@ func TestCrashLosesNoAcknowledgedWrite(t *testing.T) {
 				return nc
 			}
 			m := newMachine(t)
-			iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: dial(), Platform: m.platform(t), Policy: parsePolicy(t, policyYAML(t, true, time.Hour)),
-				KeyCache: m.keyCache(), Replicas: c.replicas, Logger: logger(t)})
-			if err != nil {
-				t.Fatal(err)
+			// A cluster that formed a moment ago may take longer than the
+			// JetStream API's timeout to make the first replicated stream:
+			// the issuer then stops, and is started again, as a supervisor
+			// would.
+			var iss *issuer.Issuer
+			for attempt := 1; iss == nil; attempt++ {
+				i, err := issuer.New(issuer.Config{Ungoverned: true, Conn: dial(), Platform: m.platform(t), Policy: parsePolicy(t, policyYAML(t, true, time.Hour)),
+					KeyCache: m.keyCache(), Replicas: c.replicas, Logger: logger(t)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- i.Run(ctx) }()
+				select {
+				case <-i.Ready():
+					iss = i
+					t.Cleanup(func() { cancel(); <-done })
+				case err := <-done:
+					cancel()
+					if attempt == 3 || !errors.Is(err, context.DeadlineExceeded) {
+						t.Fatalf("the issuer stopped before it was ready (attempt %d): %v", attempt, err)
+					}
+					t.Logf("the issuer stopped before it was ready (attempt %d), started again: %v", attempt, err)
+				case <-time.After(deadline):
+					cancel()
+					t.Fatal("the issuer is not ready in time")
+				}
 			}
-			runUntilReady(t, iss.Run, iss.Ready())
 			mgr, err := manager.New(manager.Config{Conn: dial(), Root: iss.Root(), Interval: heartbeat, Replicas: c.replicas, Logger: logger(t)})
 			if err != nil {
 				t.Fatal(err)
