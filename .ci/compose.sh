@@ -44,7 +44,9 @@ bash deploy/build.sh
 "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 "${compose[@]}" up -d >"$work/up.log" 2>&1 || { cat "$work/up.log"; echo "FAIL: docker-compose up"; exit 1; }
 
-cohort=deploy/out/bin/cohort # the static binary the containers run
+cohort=deploy/out/bin/cohort # the static binary the containers run: the measured build
+tools=deploy/out/cohort       # the tools build, on the host: user add, faults
+if "$cohort" faults -h >/dev/null 2>&1; then echo "FAIL: the measured binary has the tools"; exit 1; fi
 creds=deploy/out/etc/creds
 export COHORT_NATS=tls://127.0.0.1:4222,tls://127.0.0.1:4223,tls://127.0.0.1:4224
 export COHORT_TLS_CA=deploy/out/etc/tls/ca.pem
@@ -77,7 +79,7 @@ units=$(grep -o 'answered by unit [a-z0-9-]*' "$work/answered.txt" | sort -u | w
 echo "ok: cohort trust from the host; 30 handshakes and calls over TLS, answered by $units units"
 
 # Another user, admitted while the deployment runs: the README's commands.
-"$cohort" user add bob --out deploy/out/etc >"$work/useradd.txt"
+"$tools" user add bob --out deploy/out/etc >"$work/useradd.txt"
 if "$cohort" call --creds "$creds/user-bob.creds" --cluster dev --trust "$work/root.pem" --timeout 2s "before" 2>"$work/bob0.err"; then
 	echo "FAIL: bob was served before the servers reloaded"; exit 1
 fi
@@ -118,7 +120,7 @@ case "$leader" in nats-[123]) ;; *) echo "FAIL: no leader for cohort_calls_dev_0
 other=nats-1
 [ "$leader" = nats-1 ] && other=nats-2
 kill_cmd='kill -9 $(docker inspect -f "{{.State.Pid}}" $('"${compose[*]}"' ps -q {}))'
-"$cohort" faults "${user[@]}" --cluster dev --trust "$work/root.pem" --status-creds "$creds/operator.creds" \
+"$tools" faults "${user[@]}" --cluster dev --trust "$work/root.pem" --status-creds "$creds/operator.creds" \
 	--health http://127.0.0.1:8222/healthz,http://127.0.0.1:8223/healthz,http://127.0.0.1:8224/healthz \
 	--targets "unit-2,manager,issuer,$other=12s,$leader=12s" --kill "$kill_cmd" \
 	--stop-all "${compose[*]} stop >/dev/null 2>&1" --start-all "${compose[*]} start >/dev/null 2>&1" \

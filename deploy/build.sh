@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds what docker-compose.yml runs, with nothing pulled:
-#   deploy/out/bin/   static binaries: cohort and nats-server
+#   deploy/out/bin/   static binaries: cohort, the measured build (-tags enclave:
+#                     the roles without the tools), and nats-server
+#   deploy/out/cohort the tools build of cohort, for the host: deploy, user add,
+#                     faults (it runs in no container)
 #   deploy/out/etc/   the deployment's configuration ('cohort deploy'): NATS
 #                     server configurations, TLS CA and certificates, the
 #                     credentials of each role, the issuer's policy
@@ -16,7 +19,8 @@ out=deploy/out
 mkdir -p "$out/bin"
 
 export CGO_ENABLED=0
-go build -trimpath -ldflags='-s -w' -o "$out/bin/cohort" ./cmd/cohort
+go build -trimpath -ldflags='-s -w' -tags enclave -o "$out/bin/cohort" ./cmd/cohort
+go build -trimpath -ldflags='-s -w' -o "$out/cohort" ./cmd/cohort
 go build -trimpath -ldflags='-s -w' -o "$out/bin/nats-server" github.com/nats-io/nats-server/v2
 
 measurement=$("$out/bin/cohort" measure issuer)
@@ -25,7 +29,7 @@ if [ ! -f "$out/etc/measurement" ] || [ "$(cat "$out/etc/measurement")" != "$mea
 		echo "build: cohort's measurement changed: new policy and credentials; run 'docker-compose down -v' to drop the old state" >&2
 	fi
 	rm -rf "$out/etc"
-	"$out/bin/cohort" deploy --out "$out/etc" --servers nats-1,nats-2,nats-3
+	"$out/cohort" deploy --out "$out/etc" --servers nats-1,nats-2,nats-3 --exe "$out/bin/cohort"
 	echo "$measurement" >"$out/etc/measurement"
 fi
 cat >"$out/cohort.env" <<ENV

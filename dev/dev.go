@@ -483,6 +483,13 @@ func DemoPolicy(version uint64, admin *adminkey.Key) ([]byte, error) {
 	return Policy(version, admin, nil)
 }
 
+// DemoPolicyOf is DemoPolicy for another build of cohort: the issuer and
+// the demo task measured as the executable at exe (a deployment's measured
+// binary, say), rather than as this one.
+func DemoPolicyOf(exe string, version uint64, admin *adminkey.Key) ([]byte, error) {
+	return policyOf(exe, version, 1, admin, nil)
+}
+
 // Policy is DemoPolicy with the tasks of the developer's own that dev hosts:
 // each accepted for the measurement recorded, with certificates for
 // localhost and 127.0.0.1, and a cluster of its name.
@@ -492,11 +499,20 @@ func Policy(version uint64, admin *adminkey.Key, tasks []Task) ([]byte, error) {
 
 // policyAt is Policy at a root generation.
 func policyAt(version uint64, rootGeneration uint32, admin *adminkey.Key, tasks []Task) ([]byte, error) {
-	m, err := sim.Measure(sim.UnitIdentity(DemoTask))
+	return policyOf("", version, rootGeneration, admin, tasks)
+}
+
+// policyOf is policyAt for the build at exe; "" is this one.
+func policyOf(exe string, version uint64, rootGeneration uint32, admin *adminkey.Key, tasks []Task) ([]byte, error) {
+	measure := sim.Measure
+	if exe != "" {
+		measure = func(identity string) ([]byte, error) { return sim.MeasureFile(exe, identity) }
+	}
+	m, err := measure(sim.UnitIdentity(DemoTask))
 	if err != nil {
 		return nil, err
 	}
-	im, err := sim.Measure(sim.IssuerIdentity)
+	im, err := measure(sim.IssuerIdentity)
 	if err != nil {
 		return nil, err
 	}

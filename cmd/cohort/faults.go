@@ -1,3 +1,5 @@
+//go:build !enclave && !ego
+
 package main
 
 import (
