@@ -25,6 +25,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/channel"
 	"github.com/cohort-dev/cohort/identity"
 	"github.com/cohort-dev/cohort/messages"
@@ -264,7 +265,7 @@ func (s *Session) send(ctx context.Context, kind channel.Kind, subject string, d
 		case errors.Is(err, messages.ErrInProgress):
 			// Another unit runs it (or ran it and died, until its claim's
 			// lease runs out): ask again for the answer it stores.
-			if !pause(ctx, min(s.cfg.CallTimeout, time.Duration(try+1)*200*time.Millisecond)) {
+			if !backoff.Wait(ctx, backoff.Policy{Min: 200 * time.Millisecond, Max: s.cfg.CallTimeout}.Delay(try)) {
 				return nil, ctx.Err()
 			}
 		case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
@@ -272,7 +273,7 @@ func (s *Session) send(ctx context.Context, kind channel.Kind, subject string, d
 		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, messages.ErrOverloaded):
 			// No unit listens, or one could not store: the same call again
 			// after a pause, so that a failover has time to happen.
-			if !pause(ctx, min(s.cfg.CallTimeout, time.Duration(try+1)*100*time.Millisecond)) {
+			if !backoff.Wait(ctx, backoff.Policy{Min: 100 * time.Millisecond, Max: s.cfg.CallTimeout}.Delay(try)) {
 				return nil, ctx.Err()
 			}
 		default:
@@ -285,18 +286,6 @@ func (s *Session) send(ctx context.Context, kind channel.Kind, subject string, d
 		return nil, fmt.Errorf("client: call %d was taken and not answered within %d attempts (its unit may have died running it; cohort does not run a call twice): %w", seq, s.cfg.Retries, last)
 	}
 	return nil, fmt.Errorf("client: call failed after %d attempts: %w", s.cfg.Retries, last)
-}
-
-// pause waits d, or until ctx is done; it reports whether it waited d.
-func pause(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 func (s *Session) attempt(ctx context.Context, kind channel.Kind, subject string, seq uint64, req []byte) (*Answer, error) {

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/rate"
 )
 
@@ -157,10 +158,13 @@ type durable struct {
 // Bounds of the durable path: the events it holds at once, how often it
 // tries again while the stream takes none, and how long one try waits.
 const (
-	maxDurable   = 1024
-	durableRetry = 500 * time.Millisecond
-	durableWait  = 2 * time.Second
+	maxDurable  = 1024
+	durableWait = 2 * time.Second
 )
+
+// durableBackoff spaces the tries of a durable event while the stream
+// takes none.
+var durableBackoff = backoff.Policy{Min: 500 * time.Millisecond, Max: 8 * time.Second}
 
 // Limits of the refusals a publisher records from one source.
 const (
@@ -258,7 +262,7 @@ func (p *Publisher) deliver() {
 				if n := failures + 1; n&(n-1) == 0 { // the 1st, 2nd, 4th, 8th… try: the waits it reports double
 					p.log.Warn("lifecycle event waits for the audit stream (no manager has made it, or JetStream does not answer); trying again", "subject", d.subject, "err", err, "tries", failures+1)
 				}
-				t := time.NewTimer(durableRetry)
+				t := time.NewTimer(durableBackoff.Delay(failures))
 				select {
 				case <-p.done:
 					t.Stop()

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/events"
 	"github.com/cohort-dev/cohort/identity"
@@ -713,6 +714,10 @@ func secrets(clusters map[string]*clusterKey, task *held, cluster string, groups
 	return sec
 }
 
+// reissueBackoff spaces the reissues of a certificate that failed: from 2 s
+// after the first failure to a minute.
+var reissueBackoff = backoff.Policy{Min: time.Second, Max: time.Minute}
+
 // current returns the slot's credential, reissuing it first when it is due.
 // Only one request reissues; the others meanwhile get the current
 // certificate, which stays valid until its NotAfter, well after it is due. A
@@ -731,7 +736,7 @@ func (i *Issuer) current(ctx context.Context, s *slot) *held {
 	defer cancel()
 	if err := i.reissue(ctx, s, h); err != nil {
 		s.fails++
-		s.retry = now.Add(min(time.Second<<min(s.fails, 6), time.Minute))
+		s.retry = now.Add(reissueBackoff.Delay(s.fails))
 		i.log.Error("reissue "+s.kind+" certificate", s.kind, s.name, "err", err, "retry_at", s.retry)
 		return h
 	}

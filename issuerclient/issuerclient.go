@@ -33,6 +33,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/messages"
 	"github.com/cohort-dev/cohort/service"
@@ -231,8 +232,10 @@ func fingerprint(c *x509.Certificate) []byte {
 // replicas switching roots, or one that could not confirm its state.
 var retryable = []error{messages.ErrRotating, messages.ErrUnconfirmed}
 
-// retryEvery is how often a request refused as retryable is sent again.
-const retryEvery = 250 * time.Millisecond
+// retryBackoff spaces the tries of a request refused as retryable: an
+// unconfirmed replica is usually confirmed within a leader read, a
+// rotation lasts a lease.
+var retryBackoff = backoff.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 
 // request sends a request to the issuer as service.Request does, and sends
 // it again while the issuer refuses it as retryable, until ctx is done or
@@ -240,17 +243,13 @@ const retryEvery = 250 * time.Millisecond
 func request(ctx context.Context, nc *nats.Conn, subject string, data []byte, timeout time.Duration) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	for {
+	for failures := 0; ; failures++ {
 		reply, err := service.Request(ctx, nc, subject, data, timeout)
 		if err == nil || !slices.ContainsFunc(retryable, func(r error) bool { return errors.Is(err, r) }) {
 			return reply, err
 		}
-		t := time.NewTimer(retryEvery)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.Wait(ctx, retryBackoff.Delay(failures)) {
 			return nil, err
-		case <-t.C:
 		}
 	}
 }

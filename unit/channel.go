@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/channel"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/leaderread"
@@ -91,9 +92,9 @@ func (u *Unit) serveChannel(ctx context.Context, ck *issuerclient.ClusterKey, up
 		if err == nil {
 			break
 		}
-		wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
+		wait := u.retryIn(failures)
 		u.log.Warn("the NATS server has not confirmed the channel's subscriptions; trying again", "err", err, "retry_in", wait)
-		if !sleep(ctx, wait) {
+		if !backoff.Wait(ctx, wait) {
 			return nil
 		}
 	}
@@ -276,7 +277,7 @@ func (u *Unit) followSessions(ctx context.Context, ck *issuerclient.ClusterKey) 
 			break
 		}
 		u.log.Debug("following session records; retrying", "err", err)
-		if !sleep(ctx, Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)) {
+		if !backoff.Wait(ctx, u.retryIn(failures)) {
 			return nil
 		}
 	}

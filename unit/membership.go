@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/messages"
 	"github.com/cohort-dev/cohort/service"
@@ -112,10 +113,10 @@ func (u *Unit) membership(ctx context.Context) {
 		}
 		reply, err := u.join(ctx)
 		if err != nil {
-			wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
+			wait := u.retryIn(failures)
 			failures++
 			u.log.Warn("joining the cluster failed; retrying", "cluster", u.cfg.Cluster, "err", err, "retry_in", wait)
-			if !sleep(ctx, wait) {
+			if !backoff.Wait(ctx, wait) {
 				return
 			}
 			continue
@@ -193,17 +194,5 @@ func (u *Unit) heartbeat(ctx context.Context, j *messages.JoinReply) beat {
 		case err == nil && !known:
 			return unknown
 		}
-	}
-}
-
-// sleep waits for d or until ctx is done; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"time"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/issuerclient"
 )
 
@@ -30,15 +31,9 @@ func PairRenewalDelay(now time.Time, p *issuerclient.Pair) time.Duration {
 	return d
 }
 
-// Backoff is the wait before retry number failures+1: doubling from lo,
-// capped at hi.
-func Backoff(failures int, lo, hi time.Duration) time.Duration {
-	d := max(lo, time.Millisecond)
-	for range failures {
-		if d >= hi/2 {
-			return hi
-		}
-		d *= 2
-	}
-	return min(d, hi)
+// retryIn is the wait before a unit's try number failures+1 of anything
+// it retries: doubling from Config.RetryMin to RetryMax, jittered (package
+// backoff), so that the units of a deployment do not retry in step.
+func (u *Unit) retryIn(failures int) time.Duration {
+	return backoff.Policy{Min: u.cfg.RetryMin, Max: u.cfg.RetryMax}.Delay(failures)
 }

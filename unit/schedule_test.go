@@ -2,7 +2,6 @@ package unit
 
 import (
 	"crypto/x509"
-	"math"
 	"testing"
 	"time"
 
@@ -38,47 +37,6 @@ func TestRenewalDelay(t *testing.T) {
 	leaf = &x509.Certificate{NotBefore: nb, NotAfter: nb.Add(-time.Hour)}
 	if got := RenewalDelay(nb, leaf); got != 0 {
 		t.Errorf("inverted certificate: RenewalDelay = %v, want 0", got)
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	const lo, hi = 500 * time.Millisecond, 30 * time.Second
-	for failures, want := range []time.Duration{
-		500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, hi, hi, hi,
-	} {
-		if got := Backoff(failures, lo, hi); got != want {
-			t.Errorf("Backoff(%d) = %v, want %v", failures, got, want)
-		}
-	}
-	for _, failures := range []int{-1, math.MinInt} {
-		if got := Backoff(failures, lo, hi); got != lo {
-			t.Errorf("Backoff(%d) = %v, want %v", failures, got, lo)
-		}
-	}
-}
-
-func TestBackoffNeverExceedsHi(t *testing.T) {
-	for _, c := range []struct{ lo, hi time.Duration }{
-		{time.Nanosecond, time.Duration(math.MaxInt64)},
-		{time.Millisecond, time.Hour},
-		{3 * time.Second, 7 * time.Second},
-		{time.Second, time.Second},
-		{time.Minute, time.Second}, // lo above hi: hi wins
-	} {
-		prev := time.Duration(0)
-		for _, failures := range []int{0, 1, 2, 3, 10, 62, 63, 64, 100, 1 << 20, math.MaxInt} {
-			got := Backoff(failures, c.lo, c.hi)
-			if got <= 0 || got > c.hi {
-				t.Fatalf("Backoff(%d, %v, %v) = %v, want in (0, hi]", failures, c.lo, c.hi, got)
-			}
-			if got < prev {
-				t.Fatalf("Backoff(%d, %v, %v) = %v, less than for fewer failures (%v)", failures, c.lo, c.hi, got, prev)
-			}
-			prev = got
-		}
-		if got := Backoff(math.MaxInt, c.lo, c.hi); got != c.hi {
-			t.Fatalf("Backoff(MaxInt, %v, %v) = %v, want hi", c.lo, c.hi, got)
-		}
 	}
 }
 

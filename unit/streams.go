@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/channel"
 	"github.com/cohort-dev/cohort/messages"
 )
@@ -175,7 +176,7 @@ func (u *Unit) ensureStreams(ctx context.Context) (st *streams, err error) {
 				err, u.cfg.SessionsMaxBytes, u.cfg.CallsMaxBytes, u.cfg.Replicas)
 		}
 		u.log.Warn("making the cluster's streams failed; retrying", "err", err)
-		if !sleep(ctx, Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)) {
+		if !backoff.Wait(ctx, u.retryIn(failures)) {
 			return nil, ctx.Err()
 		}
 	}

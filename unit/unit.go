@@ -450,7 +450,7 @@ func (u *Unit) renew(ctx context.Context) error {
 				return fmt.Errorf("unit: renewal refused: %w", err)
 			}
 		}
-		wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
+		wait := u.retryIn(failures)
 		if p := u.pair.Load(); p != nil {
 			if left := u.untilExpiry(); left <= 0 {
 				u.expire(p)

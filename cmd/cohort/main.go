@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/collateral"
 	"github.com/cohort-dev/cohort/enclave"
@@ -720,22 +721,10 @@ func awaitIssuer(ctx context.Context, cfg issuerclient.Config, log *slog.Logger)
 		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
 			return nil, err
 		}
-		wait := unit.Backoff(failures, 100*time.Millisecond, 2*time.Second)
+		wait := backoff.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second}.Delay(failures)
 		log.Warn("no issuer answers yet; waiting", "err", err, "retry_in", wait)
-		if !pauseFor(ctx, wait) {
+		if !backoff.Wait(ctx, wait) {
 			return nil, ctx.Err()
 		}
-	}
-}
-
-// pauseFor waits d, or until ctx is done; it reports whether it waited d.
-func pauseFor(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cohort-dev/cohort/access"
-	"github.com/cohort-dev/cohort/unit"
+	"github.com/cohort-dev/cohort/backoff"
 )
 
 // natsFlags are the flags, common to every command that connects, that say
@@ -137,9 +137,9 @@ func (n *natsFlags) connectService(ctx context.Context, name string, role access
 				}
 				return nil, nil, err
 			}
-			wait := unit.Backoff(failures, 100*time.Millisecond, 2*time.Second)
+			wait := backoff.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second}.Delay(failures)
 			fmt.Fprintf(n.stderr, "%s: no NATS server answers yet (%v); again in %v\n", name, err, wait)
-			if !pauseFor(ctx, wait) {
+			if !backoff.Wait(ctx, wait) {
 				if state != nil {
 					state.Close()
 				}
