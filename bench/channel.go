@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cohort-dev/cohort/access"
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
@@ -62,7 +63,7 @@ func waitMembers(ctx context.Context, m *manager.Manager, n int) error {
 		if time.Now().After(deadline) {
 			return errors.New("timed out")
 		}
-		if !sleepCtx(ctx, 10*time.Millisecond) {
+		if !backoff.Wait(ctx, 10*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
@@ -344,7 +345,7 @@ func Channel(ctx context.Context, cfg ChannelConfig) (*ChannelResult, error) {
 		res.FirstError = hs.firstErr.Error()
 	}
 	// Give the last sessions a moment to reach every unit, then read when each did.
-	sleepCtx(ctx, 200*time.Millisecond)
+	backoff.Wait(ctx, 200*time.Millisecond)
 	var usable []time.Duration
 	for id, start := range starts {
 		if at, ok := seen.onAll(id, cfg.Units); ok {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/enclave/sim"
 	"github.com/cohort-dev/cohort/issuer"
@@ -191,7 +192,7 @@ func Members(ctx context.Context, cfg MembersConfig) (*MembersResult, error) {
 		m := &members[i]
 		offset := time.Duration(int64(cfg.Heartbeat) * int64(i) / int64(cfg.Units))
 		beaters.Go(func() {
-			if !sleepCtx(hbCtx, offset) {
+			if !backoff.Wait(hbCtx, offset) {
 				return
 			}
 			t := time.NewTicker(cfg.Heartbeat)
@@ -215,7 +216,7 @@ func Members(ctx context.Context, cfg MembersConfig) (*MembersResult, error) {
 		})
 	}
 	defer func() { stopBeats(); beaters.Wait() }()
-	if !sleepCtx(ctx, 2*cfg.Heartbeat) { // settle
+	if !backoff.Wait(ctx, 2*cfg.Heartbeat) { // settle
 		return nil, ctx.Err()
 	}
 	cpu0, err := processCPU(mgr.Process.Pid)
@@ -223,7 +224,7 @@ func Members(ctx context.Context, cfg MembersConfig) (*MembersResult, error) {
 		return nil, err
 	}
 	beats0, t0 := beats.Load(), time.Now()
-	if !sleepCtx(ctx, cfg.Steady) {
+	if !backoff.Wait(ctx, cfg.Steady) {
 		return nil, ctx.Err()
 	}
 	cpu1, err := processCPU(mgr.Process.Pid)
@@ -330,20 +331,9 @@ func waitStatus(ctx context.Context, nc *nats.Conn, ok func(*manager.Status) boo
 		if time.Now().After(deadline) {
 			return errors.New("timed out")
 		}
-		if !sleepCtx(ctx, 20*time.Millisecond) {
+		if !backoff.Wait(ctx, 20*time.Millisecond) {
 			return ctx.Err()
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

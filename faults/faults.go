@@ -26,6 +26,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/client"
 	"github.com/cohort-dev/cohort/messages"
 )
@@ -224,7 +225,7 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 	for len(steady) < cfg.Sessions {
 		s, err := l.dial(ctx)
 		if err != nil {
-			if cfg.Now().After(deadline) || !pause(ctx, 100*time.Millisecond) {
+			if cfg.Now().After(deadline) || !backoff.Wait(ctx, 100*time.Millisecond) {
 				return nil, fmt.Errorf("faults: open a session: %w", err)
 			}
 			continue
@@ -240,7 +241,7 @@ func Run(ctx context.Context, cfg Config, targets []Target) (*Report, error) {
 				l.gate.RLock()
 				_ = l.call(lctx, s, fmt.Appendf(nil, "load %d/%d", i, n))
 				l.gate.RUnlock()
-				pause(lctx, cfg.Interval)
+				backoff.Wait(lctx, cfg.Interval)
 			}
 		})
 	}
@@ -359,7 +360,7 @@ func waitFullService(ctx context.Context, l *load, killed time.Time, planned boo
 		if cfg.Trace {
 			fmt.Fprintf(cfg.Out, "faults:   +%5.2f s not yet: %v\n", cfg.Now().Sub(killed).Seconds(), last)
 		}
-		if !pause(ctx, 50*time.Millisecond) {
+		if !backoff.Wait(ctx, 50*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
@@ -404,16 +405,4 @@ func probe(ctx context.Context, l *load, killed time.Time, before []*client.Sess
 		return fmt.Errorf("first call of a new session: %w", err)
 	}
 	return nil
-}
-
-// pause waits d, or until ctx is done; it reports whether it waited d.
-func pause(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
