@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/cohort-dev/cohort/enclave"
 	"github.com/cohort-dev/cohort/enclave/snp"
