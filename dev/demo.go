@@ -160,10 +160,11 @@ func Demo(ctx context.Context, out io.Writer) error {
 		}
 		defer inc.Close()
 		defer isc.Close()
-		again, err := secondIssuer(ctx, dir, s, inc, isc)
+		again, stopAgain, err := secondIssuer(ctx, dir, s, inc, isc)
 		if err != nil {
 			return err
 		}
+		defer stopAgain()
 		before, _ := s.Issuer.TaskCertificate(DemoTask)
 		after, _ := again.TaskCertificate(DemoTask)
 		if !bytes.Equal(again.Root().Raw, s.Issuer.Root().Raw) || !bytes.Equal(after.Raw, before.Raw) {
@@ -255,30 +256,36 @@ func sha256Hex(b []byte) string {
 }
 
 // secondIssuer starts another issuer, on another simulated machine (its
-// own seal secret and key cache, under dir), and returns it once it serves;
-// it stops when ctx is done.
-func secondIssuer(ctx context.Context, dir string, s *Stack, nc, serve *nats.Conn) (*issuer.Issuer, error) {
+// own seal secret and key cache, under dir), and returns it once it serves,
+// with the function that stops it and waits until it has.
+func secondIssuer(ctx context.Context, dir string, s *Stack, nc, serve *nats.Conn) (*issuer.Issuer, func(), error) {
 	machine := filepath.Join(dir, "second-machine")
 	secret, err := sim.LoadOrCreateSealSecret(filepath.Join(machine, sim.SealSecretFile))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	p, err := sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	iss, err := issuer.New(issuer.Config{Ungoverned: true, Conn: nc, Serve: serve, Platform: p, KeyCache: issuer.FileKeyCache(filepath.Join(machine, issuer.KeyCacheFile))})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	failed := make(chan error, 1)
-	go func() { failed <- iss.Run(ctx) }()
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- iss.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	t := time.NewTimer(readyTimeout)
+	defer t.Stop()
 	select {
 	case <-iss.Ready():
-		return iss, nil
-	case err := <-failed:
-		return nil, fmt.Errorf("demo: second issuer: %w", err)
-	case <-time.After(readyTimeout):
-		return nil, errors.New("demo: second issuer not ready in time")
+		return iss, stop, nil
+	case err := <-done:
+		cancel()
+		return nil, nil, fmt.Errorf("demo: second issuer: %w", err)
+	case <-t.C:
+		stop()
+		return nil, nil, errors.New("demo: second issuer not ready in time")
 	}
 }

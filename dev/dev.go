@@ -345,7 +345,17 @@ func start(ctx context.Context, cfg Config, use func(context.Context, *Stack) er
 		KeyCache: issuer.FileKeyCache(filepath.Join(cfg.DataDir, issuer.KeyCacheFile)), AwaitRecovery: true, RecoverUnlisted: true, PeerTimeout: 200 * time.Millisecond,
 		Metrics: s.registerer(),
 		Lease:   3 * time.Second, // one NATS server: no leader elections to outlast
-		Waiting: func(string) { go func() { recovered <- s.recover(ctx, cfg) }() },
+		// Called from within the issuer's Run, so the group still waits on
+		// that when this joins it.
+		Waiting: func(string) {
+			g.Go(func() error {
+				select { // the first recovery's outcome is the one awaited
+				case recovered <- s.recover(ctx, cfg):
+				default:
+				}
+				return nil
+			})
+		},
 	}); err != nil {
 		return err
 	}
