@@ -126,7 +126,7 @@ func Check(got, want jetstream.StreamConfig) error {
 	// Fewer replicas keep an acknowledged write on fewer servers than
 	// cohort was told to count on. More are harmless.
 	if replicas(got.Replicas) < replicas(want.Replicas) {
-		add("num_replicas", replicas(got.Replicas), replicas(want.Replicas))
+		add("num_replicas", replicas(got.Replicas), atLeast(int64(replicas(want.Replicas))))
 	}
 	// Discarding old messages drops stored ones when a limit is reached;
 	// discarding new ones refuses the write, which the writer sees.
@@ -141,17 +141,17 @@ func Check(got, want jetstream.StreamConfig) error {
 	}
 	// Age removes messages whatever the discard policy.
 	if tighter(int64(got.MaxAge), int64(want.MaxAge)) {
-		add("max_age", age(got.MaxAge), age(want.MaxAge))
+		add("max_age", age(got.MaxAge), atLeast(int64(want.MaxAge), age(want.MaxAge)))
 	}
 	// The stream's bounds drop stored messages only where the oldest are
 	// discarded (the discard policy is compared above); where new ones are,
 	// a tighter bound refuses writes, which their writers see: harmless.
 	if got.Discard == jetstream.DiscardOld || want.Discard == jetstream.DiscardOld {
 		if tighter(got.MaxMsgs, want.MaxMsgs) {
-			add("max_msgs", got.MaxMsgs, want.MaxMsgs)
+			add("max_msgs", got.MaxMsgs, atLeast(want.MaxMsgs))
 		}
 		if tighter(got.MaxBytes, want.MaxBytes) {
-			add("max_bytes", got.MaxBytes, want.MaxBytes)
+			add("max_bytes", got.MaxBytes, atLeast(want.MaxBytes))
 		}
 	}
 	// The API's deletes and purges, and roll-ups (a publish that empties a
@@ -236,6 +236,18 @@ func unlimited(n int64) int64 {
 // and below is no limit.
 func tighter(got, want int64) bool {
 	return got > 0 && (want <= 0 || got < want)
+}
+
+// atLeast says what a limit must be: at least want, where 0 and below is
+// none; shown, if given, as it reads.
+func atLeast(want int64, shown ...string) string {
+	if want <= 0 {
+		return "unlimited"
+	}
+	if len(shown) > 0 {
+		return "at least " + shown[0]
+	}
+	return fmt.Sprintf("at least %d", want)
 }
 
 func age(d time.Duration) string {

@@ -126,8 +126,9 @@ func (u *Unit) upkeep(ctx context.Context, st *streams) {
 					return
 				}
 				wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
-				failures++
-				u.log.Warn("looking at the cluster's streams failed: calls are refused until a look succeeds; trying again", "err", err, "retry_in", wait, "failures", failures)
+				if failures++; failures&(failures-1) == 0 { // the 1st, 2nd, 4th, 8th… failure
+					u.log.Warn("looking at the cluster's streams failed: calls are refused until a look succeeds; trying again", "err", err, "retry_in", wait, "failures", failures)
+				}
 				look.Reset(wait)
 				continue
 			}
@@ -140,8 +141,9 @@ func (u *Unit) upkeep(ctx context.Context, st *streams) {
 	}
 }
 
-// lookEvery is how often a unit looks at its cluster's streams.
-const lookEvery = 30 * time.Second
+// lookEvery is how often a unit looks at its cluster's streams (a
+// variable for a test).
+var lookEvery = 30 * time.Second
 
 // cluster is what a unit's channel handlers share.
 type cluster struct {

@@ -195,3 +195,46 @@ func TestStreamWatch(t *testing.T) {
 		t.Fatalf("changed back: %v, %v; want still untrusted", err, w.usable())
 	}
 }
+
+// upkeep looks at the streams again, sooner, after a look that failed:
+// calls are refused while a stream cannot be seen, and taken again once it
+// is seen.
+func TestUpkeepLooksAgainAfterAFailedLook(t *testing.T) {
+	u, js := streamsUnit(t)
+	u.cfg.Now = time.Now
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := u.ensureStreams(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(every time.Duration) { lookEvery = every }(lookEvery)
+	lookEvery = 20 * time.Millisecond
+	running, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); u.upkeep(running, st) }()
+	defer func() { stop(); <-done }() // before lookEvery is restored
+
+	session := []byte("a session id of sixteen bytes.")
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for !cond() {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%s: not before the test's deadline", what)
+			case <-tick.C:
+			}
+		}
+	}
+	cfg := u.callsStream(messages.CallShard(session))
+	if err := js.DeleteStream(ctx, cfg.Name); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("calls refused while the stream cannot be seen", func() bool { return errors.Is(st.usable(session), errUnseen) })
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("calls taken once it is seen again", func() bool { return st.usable(session) == nil })
+}
