@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/rate"
+	"github.com/cohort-dev/cohort/streamcheck"
 )
 
 // StreamConfig sets the audit stream's limits. Zero fields take the defaults.
@@ -33,8 +33,33 @@ type StreamConfig struct {
 
 // EnsureStream creates the audit stream, or takes the one there is; the
 // manager calls it at start. No role may update the stream (package
-// access): a stream made with other limits keeps them, and is reported.
+// access). One made otherwise than it would be made is refused where it
+// could lose, alter, copy or add events (package streamcheck: shorter
+// limits among them, since it discards the oldest events at its limits);
+// one whose limits keep more keeps them, and is reported.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, log *slog.Logger) error {
+	want := streamConfig(cfg)
+	st, err := js.CreateStream(ctx, want)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		st, err = js.Stream(ctx, StreamName)
+	}
+	if err != nil {
+		return fmt.Errorf("events: stream %s: %w", StreamName, err)
+	}
+	got := st.CachedInfo().Config
+	if err := streamcheck.Check(got, want); err != nil {
+		return fmt.Errorf("events: %w: an administrator must make it again", err)
+	}
+	if got.MaxAge != want.MaxAge || got.MaxBytes != want.MaxBytes || got.Replicas != want.Replicas {
+		log.Warn("the audit stream keeps the limits it was made with", "stream", StreamName,
+			"max_age", got.MaxAge, "max_bytes", got.MaxBytes, "replicas", got.Replicas)
+	}
+	return nil
+}
+
+// streamConfig is the audit stream's configuration, cfg's zero fields
+// taking the defaults.
+func streamConfig(cfg StreamConfig) jetstream.StreamConfig {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
 	}
@@ -44,7 +69,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig,
 	if cfg.MaxBytes == 0 {
 		cfg.MaxBytes = 1 << 30
 	}
-	want := jetstream.StreamConfig{
+	return jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "cohort audit events: units joined, left, evicted or refused; certificates issued or refused; sessions opened and closed",
 		Subjects:    []string{SubjectAll},
@@ -59,26 +84,6 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig,
 		DenyDelete:  true,
 		DenyPurge:   true,
 	}
-	_, err := js.CreateStream(ctx, want)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		st, serr := js.Stream(ctx, StreamName)
-		if serr != nil {
-			return fmt.Errorf("events: stream %s: %w", StreamName, serr)
-		}
-		got := st.CachedInfo().Config
-		if !got.AllowDirect || !slices.Equal(got.Subjects, want.Subjects) {
-			return fmt.Errorf("events: stream %s exists with subjects %v and direct gets %v; want %v and true: an administrator must recreate it", StreamName, got.Subjects, got.AllowDirect, want.Subjects)
-		}
-		if got.MaxAge != want.MaxAge || got.MaxBytes != want.MaxBytes || got.Replicas != want.Replicas {
-			log.Warn("the audit stream keeps the limits it was made with", "stream", StreamName,
-				"max_age", got.MaxAge, "max_bytes", got.MaxBytes, "replicas", got.Replicas)
-		}
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("events: stream %s: %w", StreamName, err)
-	}
-	return nil
 }
 
 // maxPending bounds the events in flight to JetStream.
@@ -92,6 +97,7 @@ type Publisher struct {
 	now      func() time.Time
 	log      *slog.Logger
 	dropped  atomic.Int64
+	flushed  atomic.Int64 // dropped, as the last Flush reported it
 	refusals *rate.Buckets
 	held     atomic.Int64
 
@@ -339,7 +345,10 @@ func (p *Publisher) Dropped() int64 { return p.dropped.Load() }
 func (p *Publisher) Suppressed() int64 { return p.held.Load() }
 
 // Flush waits until every event published so far is acknowledged (the
-// durable ones stored), or ctx is done.
+// durable ones stored), or ctx is done. It returns ctx's error, or, once
+// they are, an error counting the events not published since the last
+// Flush: an acknowledgement may be JetStream's refusal, and a publish may
+// not have been tried at all.
 func (p *Publisher) Flush(ctx context.Context) error {
 	for _, c := range []<-chan struct{}{p.js.PublishAsyncComplete(), p.unsent.Zero()} {
 		select {
@@ -347,6 +356,10 @@ func (p *Publisher) Flush(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+	dropped := p.dropped.Load()
+	if before := p.flushed.Swap(dropped); dropped > before {
+		return fmt.Errorf("events: %d events not published since the last flush (%d in all)", dropped-before, dropped)
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package events
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cohort-dev/cohort/embednats"
+	"github.com/cohort-dev/cohort/streamcheck"
+	"github.com/cohort-dev/cohort/streamcheck/streamchecktest"
 )
 
 // A flood of refusals is recorded up to its limit; the next one recorded,
@@ -142,5 +146,87 @@ func TestDurableEventsWaitForTheStream(t *testing.T) {
 	p.PublishDurable(Event{Kind: IssuerStopped})
 	if p.Dropped() != 1 {
 		t.Errorf("%d events dropped, want the one published after Close", p.Dropped())
+	}
+}
+
+// Every untrusted setting of the audit stream, made by whoever holds the
+// manager's credential or runs NATS before the manager takes the stream, is
+// refused, and named.
+func TestUntrustedStreamSettingsAreRefused(t *testing.T) {
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := streamchecktest.Keep(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	cfg := StreamConfig{MaxBytes: 16 << 20}
+	want, log := streamConfig(cfg), slog.New(slog.DiscardHandler)
+	for _, m := range streamchecktest.Mutations() {
+		if !m.Applies(want) {
+			continue
+		}
+		t.Run(m.Setting, func(t *testing.T) {
+			defer func() {
+				if err := streamchecktest.Remove(ctx, js, StreamName); err != nil {
+					t.Fatal(err)
+				}
+			}()
+			if err := m.Make(ctx, js, want); err != nil {
+				t.Fatalf("making the stream: %v", err)
+			}
+			var serr *streamcheck.Error
+			if err := EnsureStream(ctx, js, cfg, log); !errors.As(err, &serr) || !slices.Contains(serr.Settings(), m.Setting) {
+				t.Fatalf("EnsureStream: %v; want the stream refused, naming %s", err, m.Setting)
+			}
+		})
+	}
+	if err := EnsureStream(ctx, js, cfg, log); err != nil {
+		t.Fatalf("the stream as made: %v", err)
+	}
+	// Made with more room than asked for, it is taken.
+	if err := EnsureStream(ctx, js, StreamConfig{MaxBytes: 8 << 20, MaxAge: time.Hour}, log); err != nil {
+		t.Fatalf("a stream that keeps more than asked: %v", err)
+	}
+}
+
+// Flush reports the events that were not published: here, with no stream
+// to take them.
+func TestFlushReportsDrops(t *testing.T) {
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	p, err := NewPublisher(nc, "manager/test", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p.Publish(Event{Kind: UnitJoined, Cluster: "c1", Unit: "u1"})
+	if err := p.Flush(ctx); err == nil || !strings.Contains(err.Error(), "1 events not published") {
+		t.Fatalf("a flush after an event was not published: %v", err)
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatalf("a flush with nothing more dropped: %v", err)
 	}
 }

@@ -206,6 +206,9 @@ type Issuer struct {
 	metrics *metrics
 	events  *events.Publisher // nil with NoEvents
 	self    []byte            // this issuer's measurement
+	// signRefusal signs a refusal's digest with the root's key:
+	// ecdsa.SignASN1, or a test's that fails.
+	signRefusal func(rand io.Reader, key *ecdsa.PrivateKey, digest []byte) ([]byte, error)
 
 	// Set before ready is closed, read-only after.
 	store *store
@@ -287,6 +290,8 @@ func New(cfg Config) (*Issuer, error) {
 		self:    cfg.Platform.Measurement(),
 		fence:   newFence(cfg.Lease, time.Now),
 		roots:   map[uint32]*rootState{},
+
+		signRefusal: ecdsa.SignASN1,
 	}, nil
 }
 
@@ -835,13 +840,21 @@ func (i *Issuer) certify(ctx context.Context, data []byte) ([]byte, *messages.Er
 	}
 	if refusal != nil && o.requestHash != nil {
 		// Signed by the root, so that the unit can tell this refusal from
-		// one anybody on NATS could send.
+		// one anybody on NATS could send. Signed or not at all: one that
+		// cannot be signed is answered with an internal error in its
+		// place, which decides nothing (a unit acts only on a signed
+		// refusal, and tries an internal error again) and says what
+		// happened, rather than with the decision unsigned, which would
+		// read as the issuer's to whoever does not check the proof.
 		d := messages.RefusalDigest(o.requestHash, refusal.Code, refusal.Reason)
-		if sig, err := ecdsa.SignASN1(i.cfg.Rand, o.root.cred.key, d[:]); err == nil {
-			signed := *refusal
-			signed.Proof = sig
-			refusal = &signed
+		sig, err := i.signRefusal(i.cfg.Rand, o.root.cred.key, d[:])
+		if err != nil {
+			i.log.Error("signing a refusal failed: answering an internal error in its place", "code", refusal.Code, "reason", refusal.Reason, "err", err)
+			return nil, messages.Refusal(messages.CodeInternal, "the issuer could not sign its refusal: retry")
 		}
+		signed := *refusal
+		signed.Proof = sig
+		refusal = &signed
 	}
 	return reply, refusal
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cohort-dev/cohort/leaderread"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/streamcheck"
 )
 
 // DefaultBucket is the JetStream key-value bucket of the issuer's state.
@@ -143,25 +144,6 @@ func stateStream(bucket string, replicas int) jetstream.StreamConfig {
 	}
 }
 
-// trustedStream checks an existing state stream's configuration: one made
-// otherwise (by an earlier cohort, or by whoever holds the issuer's
-// credential) could let a record's history be rolled up or purged.
-func trustedStream(got, want jetstream.StreamConfig) error {
-	switch {
-	case len(got.Subjects) != 1 || got.Subjects[0] != want.Subjects[0]:
-		return fmt.Errorf("subjects %v, want %v", got.Subjects, want.Subjects)
-	case got.MaxMsgsPerSubject != want.MaxMsgsPerSubject:
-		return fmt.Errorf("%d messages a subject, want %d", got.MaxMsgsPerSubject, want.MaxMsgsPerSubject)
-	case !got.DenyDelete || !got.DenyPurge || got.AllowRollup:
-		return errors.New("deletes, purges or roll-ups allowed")
-	case got.Mirror != nil || len(got.Sources) > 0 || got.RePublish != nil || got.SubjectTransform != nil:
-		return errors.New("a mirror, sources, republishing or a subject transform")
-	case !got.AllowDirect || got.AllowMsgTTL || got.MaxAge != 0:
-		return errors.New("no direct gets, or messages that expire")
-	}
-	return nil
-}
-
 // openStore opens the state bucket, creating it if there is none. empty
 // reports whether it has never held a record.
 func openStore(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucket string, replicas int) (s *store, empty bool, err error) {
@@ -176,7 +158,10 @@ func openStore(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucke
 		return nil, false, fmt.Errorf("open state bucket %q: %w", bucket, err)
 	}
 	info := st.CachedInfo()
-	if err := trustedStream(info.Config, want); err != nil {
+	// One made otherwise (by an earlier cohort, or by whoever holds the
+	// issuer's credential or runs NATS) could let a record's history be
+	// rolled up, purged, or lost (package streamcheck).
+	if err := streamcheck.Check(info.Config, want); err != nil {
 		return nil, false, fmt.Errorf("%w: state bucket %q was made otherwise than cohort makes it (%v): "+
 			"an earlier cohort's, or tampered with; give the issuer a fresh bucket", ErrTampered, bucket, err)
 	}

@@ -56,6 +56,7 @@ import (
 	"github.com/cohort-dev/cohort/messages"
 	"github.com/cohort-dev/cohort/replay"
 	"github.com/cohort-dev/cohort/service"
+	"github.com/cohort-dev/cohort/streamcheck"
 )
 
 // Version is the manager service's version as nats micro reports it.
@@ -261,21 +262,8 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	// Created, never updated: no role may update, purge or delete a
-	// stream (package access).
-	m.kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:       m.cfg.Bucket,
-		Description:  "cohort cluster members: units, their cluster, task, measurement and HTTPS address",
-		History:      1,
-		MaxValueSize: maxMember,
-		Storage:      jetstream.FileStorage,
-		Replicas:     m.cfg.Replicas,
-	})
-	if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		m.kv, err = js.KeyValue(ctx, m.cfg.Bucket)
-	}
-	if err != nil {
-		return fmt.Errorf("manager: members bucket %q: %w", m.cfg.Bucket, err)
+	if m.kv, err = openMembers(ctx, js, m.cfg.Bucket, m.cfg.Replicas); err != nil {
+		return err
 	}
 	if err := events.EnsureStream(ctx, js, events.StreamConfig{Replicas: m.cfg.Replicas}, m.log); err != nil {
 		return fmt.Errorf("manager: %w", err)
@@ -344,8 +332,61 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	flush, stop := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer stop()
-	_ = m.events.Flush(flush)
+	if err := m.events.Flush(flush); err != nil {
+		m.log.Warn("events not all stored at exit", "err", err)
+	}
 	return nil
+}
+
+// membersStream is the configuration of the members bucket's stream: a
+// key-value bucket's with one record a key, but without roll-ups or purges
+// (the manager writes, and deletes with a delete marker, one record at a
+// time), so that no record leaves the bucket without a delete the watch
+// sees.
+func membersStream(bucket string, replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              "KV_" + bucket,
+		Description:       "cohort cluster members: units, their cluster, task, measurement and HTTPS address",
+		Subjects:          []string{"$KV." + bucket + ".>"},
+		MaxMsgsPerSubject: 1,
+		MaxMsgSize:        maxMember,
+		Discard:           jetstream.DiscardNew,
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
+		AllowDirect:       true,
+		DenyDelete:        true,
+		DenyPurge:         true,
+	}
+}
+
+// ErrUntrusted: the members bucket's stream is configured otherwise than
+// the manager makes it, so that JetStream itself could lose, alter, copy or
+// add members (package streamcheck).
+var ErrUntrusted = errors.New("manager: the members bucket's stream is not as the manager makes it")
+
+// openMembers takes the members bucket, making its stream if there is
+// none; one made otherwise is refused. Created, never updated: no role may
+// update, purge or delete a stream (package access).
+func openMembers(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
+	want := membersStream(bucket, replicas)
+	st, err := js.CreateStream(ctx, want)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		st, err = js.Stream(ctx, want.Name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("manager: members bucket %q: %w", bucket, err)
+	}
+	if err := streamcheck.Check(st.CachedInfo().Config, want); err != nil {
+		// A bucket of an earlier manager allows roll-ups and purges, which
+		// an update may deny; JetStream lets no update undo the rest.
+		return nil, fmt.Errorf("%w (%v): an administrator must make it again, or, where it only allows roll-ups or purges, deny them (nats stream edit %s --no-allow-rollup --deny-purge)",
+			ErrUntrusted, err, want.Name)
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("manager: members bucket %q: %w", bucket, err)
+	}
+	return kv, nil
 }
 
 // watch mirrors the members bucket into the table. It closes synced once the

@@ -103,32 +103,48 @@ func (u *Unit) serveChannel(ctx context.Context, ck *issuerclient.ClusterKey, up
 	return nil
 }
 
-// upkeep drops expired sessions and looks at the calls stream, until ctx
-// is done.
+// upkeep drops expired sessions and looks at the cluster's streams, until
+// ctx is done. A look that fails is retried, sooner and sooner apart up to
+// RetryMax; until one succeeds, calls are refused (streams.usable).
 func (u *Unit) upkeep(ctx context.Context, st *streams) {
 	every := min(max(u.cfg.SessionTTL/4, 250*time.Millisecond), time.Minute)
 	t := time.NewTicker(every)
 	defer t.Stop()
-	looked := time.Now()
+	look := time.NewTimer(lookEvery)
+	defer look.Stop()
+	failures := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		if n := u.sessions.sweep(u.cfg.Now()); n > 0 {
-			u.log.Debug("dropped expired sessions", "sessions", n)
-		}
-		if time.Since(looked) >= 30*time.Second {
-			for _, sh := range st.calls {
-				if info, err := sh.stream.Info(ctx); err == nil {
-					sh.guard.look(info, u.cfg.Now())
-				}
+			if n := u.sessions.sweep(u.cfg.Now()); n > 0 {
+				u.log.Debug("dropped expired sessions", "sessions", n)
 			}
-			looked = time.Now()
+		case <-look.C:
+			if err := st.look(ctx, u.cfg.Now(), u.log); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
+				if failures++; failures&(failures-1) == 0 { // the 1st, 2nd, 4th, 8th… failure
+					u.log.Warn("looking at the cluster's streams failed: calls are refused until a look succeeds; trying again", "err", err, "retry_in", wait, "failures", failures)
+				}
+				look.Reset(wait)
+				continue
+			}
+			if failures > 0 {
+				u.log.Info("looked at the cluster's streams again: calls are taken", "failures", failures)
+			}
+			failures = 0
+			look.Reset(lookEvery)
 		}
 	}
 }
+
+// lookEvery is how often a unit looks at its cluster's streams (a
+// variable for a test).
+var lookEvery = 30 * time.Second
 
 // cluster is what a unit's channel handlers share.
 type cluster struct {
@@ -168,6 +184,12 @@ func (c *cluster) handshake(ctx context.Context, m service.Msg) ([]byte, *messag
 	token := u.token.Load()
 	if token == nil {
 		return nil, messages.Refusal(messages.CodeNotReady, "this unit has not joined its cluster yet")
+	}
+	if err := c.st.watch.usable(); err != nil { // the stream the session's record goes to
+		if errors.Is(err, channel.ErrTampered) {
+			return nil, messages.Refusal(messages.CodeTampered, "%v", err)
+		}
+		return nil, messages.Refusal(messages.CodeOverloaded, "%v: retry", err)
 	}
 	id := channel.SessionID(m.Data)
 	if _, ok := u.sessions.get(id); ok {
@@ -460,6 +482,14 @@ func (c *cluster) accept(ctx context.Context, m service.Msg, verb string, kind c
 	}
 	subject := messages.ClaimSubject(u.cfg.Cluster, call.Session, call.Seq)
 	a := &accepted{call: &call, session: s, request: request, subject: subject}
+	// Nothing is written for a call while its streams cannot be trusted,
+	// or were not seen at the last look.
+	if err := c.st.usable(call.Session); err != nil {
+		if errors.Is(err, channel.ErrTampered) {
+			return nil, messages.Refusal(messages.CodeTampered, "%v", err)
+		}
+		return nil, messages.Refusal(messages.CodeOverloaded, "%v: retry", err)
+	}
 	if kind == channel.KindCall && u.cfg.SideEffectFree {
 		// No claim: the call runs, and its answer is stored where no answer
 		// is yet (answerFree), one durable write a call. A call sent again
@@ -485,6 +515,10 @@ func (c *cluster) accept(ctx context.Context, m service.Msg, verb string, kind c
 		u.log.Info("took over a call whose unit stopped renewing its claim", "seq", call.Seq)
 	case err != nil:
 		return nil, messages.Refusal(messages.CodeOverloaded, "the call could not be claimed: %v", err)
+	}
+	if err := c.st.trusted(call.Session); err != nil {
+		u.log.Warn("refusing a call: a stream of the cluster was changed", "err", err)
+		return nil, messages.Refusal(messages.CodeTampered, "%v", err)
 	}
 	if err := c.st.shard(call.Session).guard.check(rev, sent, now); err != nil {
 		u.log.Warn("refusing a call: the calls stream looks made again", "err", err)

@@ -47,34 +47,6 @@ func TestCallsGuard(t *testing.T) {
 	}
 }
 
-// A stream made with what could lose a claim, or let one be rolled up or
-// purged, is not trusted.
-func TestTrustedStreams(t *testing.T) {
-	want := jetstream.StreamConfig{Subjects: []string{"cohort.v1.calls.c1.>"}, MaxMsgsPerSubject: 1, DenyDelete: true, DenyPurge: true,
-		AllowDirect: true, AllowMsgTTL: true, MaxAge: time.Hour}
-	if err := trusted(want, want); err != nil {
-		t.Fatal(err)
-	}
-	for name, edit := range map[string]func(*jetstream.StreamConfig){
-		"roll-ups":        func(c *jetstream.StreamConfig) { c.AllowRollup = true },
-		"deletes":         func(c *jetstream.StreamConfig) { c.DenyDelete = false },
-		"purges":          func(c *jetstream.StreamConfig) { c.DenyPurge = false },
-		"more subjects":   func(c *jetstream.StreamConfig) { c.Subjects = append(c.Subjects, "x") },
-		"other subjects":  func(c *jetstream.StreamConfig) { c.Subjects = []string{"cohort.v1.calls.>"} },
-		"history":         func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 5 },
-		"republish":       func(c *jetstream.StreamConfig) { c.RePublish = &jetstream.RePublish{Source: ">", Destination: "x.>"} },
-		"sources":         func(c *jetstream.StreamConfig) { c.Sources = []*jetstream.StreamSource{{Name: "x"}} },
-		"short lives":     func(c *jetstream.StreamConfig) { c.MaxAge = time.Minute },
-		"no message TTLs": func(c *jetstream.StreamConfig) { c.AllowMsgTTL = false },
-	} {
-		got := want
-		edit(&got)
-		if err := trusted(got, want); err == nil {
-			t.Errorf("a stream with %s trusted", name)
-		}
-	}
-}
-
 // The session table counts each user's live sessions: reserved, held,
 // learned from the stream before the unit's own store returned, closed,
 // expired.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/cohort-dev/cohort/backoff"
 	"github.com/cohort-dev/cohort/channel"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/streamcheck"
 )
 
 // Limits of the cluster's streams, which its units make.
@@ -44,13 +46,123 @@ const (
 // fsyncs) in parallel.
 type streams struct {
 	sessions jetstream.Stream
+	watch    streamWatch // the sessions stream's
 	calls    [messages.CallShards]*callShard
 }
 
-// callShard is one of a cluster's calls streams, with its watch.
+// callShard is one of a cluster's calls streams, with its watches.
 type callShard struct {
 	stream jetstream.Stream
+	watch  streamWatch
 	guard  callsGuard
+}
+
+// usable refuses a call (or close) of session before anything is written
+// for it while a stream it depends on cannot be trusted, or was not seen
+// at the last look.
+func (s *streams) usable(session []byte) error {
+	if err := s.watch.usable(); err != nil {
+		return err
+	}
+	return s.shard(session).watch.usable()
+}
+
+// trusted refuses, as tampered with, a call of session whose streams were
+// seen changed to what could lose what they keep.
+func (s *streams) trusted(session []byte) error {
+	if err := s.watch.trusted(); err != nil {
+		return err
+	}
+	return s.shard(session).watch.trusted()
+}
+
+// errUnseen: a stream the unit depends on did not answer the last look,
+// so whether it was changed or made again is not known: calls are refused
+// (nothing written for them) until a look succeeds, which is retried.
+var errUnseen = errors.New("unit: a stream of the cluster could not be looked at: whether it was changed or made again is not known")
+
+// streamWatch is what the periodic looks at a stream found: whether the
+// last look failed, and whether the stream was ever seen configured
+// otherwise than the unit trusts (package streamcheck). A stream once seen
+// so stays untrusted: what it allowed meanwhile (a roll-up, a republish) is
+// not undone by a change back.
+type streamWatch struct {
+	mu        sync.Mutex
+	want      jetstream.StreamConfig
+	unseen    error // why the last look failed; nil if it succeeded
+	untrusted error // the first deviation seen; nil if none
+}
+
+func (w *streamWatch) bind(want jetstream.StreamConfig) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.want = want
+}
+
+// failed records a look that did not get the stream's information.
+func (w *streamWatch) failed(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.unseen = err
+}
+
+// looked checks the stream's configuration as a look found it; it returns
+// the deviation when it is the first seen.
+func (w *streamWatch) looked(info *jetstream.StreamInfo) (first error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.unseen = nil
+	if w.untrusted != nil {
+		return nil
+	}
+	if err := streamcheck.Check(info.Config, w.want); err != nil {
+		w.untrusted = fmt.Errorf("%w: %w: %v", channel.ErrTampered, errUntrusted, err)
+		return w.untrusted
+	}
+	return nil
+}
+
+func (w *streamWatch) usable() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.untrusted != nil {
+		return w.untrusted
+	}
+	if w.unseen != nil {
+		return fmt.Errorf("%w (%v)", errUnseen, w.unseen)
+	}
+	return nil
+}
+
+func (w *streamWatch) trusted() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.untrusted
+}
+
+// look takes a look at every stream of the cluster; it returns what
+// failed. Between looks the watches keep what the last one found.
+func (s *streams) look(ctx context.Context, now time.Time, log *slog.Logger) error {
+	var errs []error
+	see := func(st jetstream.Stream, w *streamWatch) *jetstream.StreamInfo {
+		info, err := st.Info(ctx)
+		if err != nil {
+			w.failed(err)
+			errs = append(errs, fmt.Errorf("stream %s: %w", st.CachedInfo().Config.Name, err))
+			return nil
+		}
+		if err := w.looked(info); err != nil {
+			log.Error("a stream of the cluster was changed after the unit took it: what depends on it is refused from now on", "err", err)
+		}
+		return info
+	}
+	see(s.sessions, &s.watch)
+	for _, sh := range s.calls {
+		if info := see(sh.stream, &sh.watch); info != nil {
+			sh.guard.look(info, now)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // shard is the calls stream of a session's claims and closed mark.
@@ -102,13 +214,10 @@ func (g *callsGuard) check(seq uint64, sent, now time.Time) error {
 	return nil
 }
 
-// ensureStreams makes the cluster's streams, or takes the ones there are,
-// retrying until ctx is done. A stream whose configuration could lose a
-// claim or let a record be rolled up or purged is refused: no role may
-// change a stream, and a unit does not serve over one it cannot trust.
-func (u *Unit) ensureStreams(ctx context.Context) (st *streams, err error) {
+// sessionsStream is the configuration of the cluster's sessions stream.
+func (u *Unit) sessionsStream() jetstream.StreamConfig {
 	c := u.cfg.Cluster
-	sessions := jetstream.StreamConfig{
+	return jetstream.StreamConfig{
 		Name:              messages.SessionsStream(c),
 		Description:       "cohort session records of cluster " + c + ": session keys sealed under the cluster's key, one subject a session",
 		Subjects:          []string{messages.SessionsOfCluster(c)},
@@ -126,34 +235,47 @@ func (u *Unit) ensureStreams(ctx context.Context) (st *streams, err error) {
 		Storage:           jetstream.FileStorage,
 		Replicas:          u.cfg.Replicas,
 	}
-	calls := func(k int) jetstream.StreamConfig {
-		return jetstream.StreamConfig{
-			Name:              messages.CallsStream(c, k),
-			Description:       fmt.Sprintf("cohort call claims of cluster %s, shard %d of %d: which unit took each call and its sealed answer, for five minutes; closed sessions, until they expire", c, k, messages.CallShards),
-			Subjects:          []string{messages.ClaimsOfShard(c, k)},
-			Retention:         jetstream.LimitsPolicy,
-			Discard:           jetstream.DiscardNew,
-			MaxAge:            maxSessionTTL + 2*time.Minute, // each message has its own TTL, within it
-			AllowMsgTTL:       true,
-			MaxBytes:          u.cfg.CallsMaxBytes / messages.CallShards,
-			MaxMsgSize:        messages.MaxCallClaim,
-			MaxMsgsPerSubject: 1,
-			Duplicates:        duplicatesWindow,
-			AllowDirect:       true,
-			DenyDelete:        true,
-			DenyPurge:         true,
-			Storage:           jetstream.FileStorage,
-			Replicas:          u.cfg.Replicas,
-		}
+}
+
+// callsStream is the configuration of the cluster's calls stream k.
+func (u *Unit) callsStream(k int) jetstream.StreamConfig {
+	c := u.cfg.Cluster
+	return jetstream.StreamConfig{
+		Name:              messages.CallsStream(c, k),
+		Description:       fmt.Sprintf("cohort call claims of cluster %s, shard %d of %d: which unit took each call and its sealed answer, for five minutes; closed sessions, until they expire", c, k, messages.CallShards),
+		Subjects:          []string{messages.ClaimsOfShard(c, k)},
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardNew,
+		MaxAge:            maxSessionTTL + 2*time.Minute, // each message has its own TTL, within it
+		AllowMsgTTL:       true,
+		MaxBytes:          u.cfg.CallsMaxBytes / messages.CallShards,
+		MaxMsgSize:        messages.MaxCallClaim,
+		MaxMsgsPerSubject: 1,
+		Duplicates:        duplicatesWindow,
+		AllowDirect:       true,
+		DenyDelete:        true,
+		DenyPurge:         true,
+		Storage:           jetstream.FileStorage,
+		Replicas:          u.cfg.Replicas,
 	}
+}
+
+// ensureStreams makes the cluster's streams, or takes the ones there are,
+// retrying until ctx is done. A stream whose configuration could lose a
+// claim or let a record be rolled up or purged is refused: no role may
+// change a stream, and a unit does not serve over one it cannot trust.
+func (u *Unit) ensureStreams(ctx context.Context) (st *streams, err error) {
+	c, sessions, calls := u.cfg.Cluster, u.sessionsStream(), u.callsStream
 	st = &streams{}
 	for failures := 0; ; failures++ {
 		st.sessions, err = u.ensureStream(ctx, sessions)
+		st.watch.bind(sessions)
 		for k := 0; err == nil && k < messages.CallShards; k++ {
 			if st.calls[k] == nil {
 				var shard jetstream.Stream
 				if shard, err = u.ensureStream(ctx, calls(k)); err == nil {
 					st.calls[k] = &callShard{stream: shard}
+					st.calls[k].watch.bind(calls(k))
 					st.calls[k].guard.bind(shard.CachedInfo())
 				}
 			}
@@ -222,9 +344,12 @@ func (u *Unit) ensureStream(ctx context.Context, want jetstream.StreamConfig) (j
 		}
 	}
 	if err == nil {
-		if err := trusted(st.CachedInfo().Config, want); err != nil {
+		if err := streamcheck.Check(st.CachedInfo().Config, want); err != nil {
 			return nil, fmt.Errorf("unit: stream %s: %w: %v; an administrator must make it again", want.Name, errUntrusted, err)
 		}
+		// Limits that passed the check but differ keep what the stream
+		// promised: more replicas or a longer age, or a bound that refuses
+		// writes sooner or later.
 		if got := st.CachedInfo().Config; got.MaxBytes != want.MaxBytes || got.Replicas != want.Replicas || got.MaxAge != want.MaxAge {
 			u.log.Warn("a stream of the cluster keeps the limits it was made with", "stream", want.Name,
 				"max_bytes", got.MaxBytes, "replicas", got.Replicas, "max_age", got.MaxAge)
@@ -232,23 +357,4 @@ func (u *Unit) ensureStream(ctx context.Context, want jetstream.StreamConfig) (j
 		return st, nil
 	}
 	return st, err
-}
-
-// trusted checks what a stream must hold to for a unit to serve over it.
-func trusted(got, want jetstream.StreamConfig) error {
-	switch {
-	case len(got.Subjects) != 1 || got.Subjects[0] != want.Subjects[0]:
-		return fmt.Errorf("subjects %v, want %v", got.Subjects, want.Subjects)
-	case got.MaxMsgsPerSubject != want.MaxMsgsPerSubject:
-		return fmt.Errorf("%d messages a subject, want %d", got.MaxMsgsPerSubject, want.MaxMsgsPerSubject)
-	case !got.DenyDelete || !got.DenyPurge || got.AllowRollup:
-		return errors.New("deletes, purges or roll-ups allowed")
-	case got.Mirror != nil || len(got.Sources) > 0 || got.RePublish != nil || got.SubjectTransform != nil:
-		return errors.New("a mirror, sources, republishing or a subject transform")
-	case !got.AllowDirect || got.AllowMsgTTL != want.AllowMsgTTL:
-		return errors.New("direct gets or message TTLs not as made")
-	case got.MaxAge != 0 && got.MaxAge < want.MaxAge:
-		return fmt.Errorf("messages kept %v, want at least %v", got.MaxAge, want.MaxAge)
-	}
-	return nil
 }
