@@ -126,7 +126,7 @@ func (u *Unit) upkeep(ctx context.Context, st *streams) {
 				if ctx.Err() != nil {
 					return
 				}
-				wait := Backoff(failures, u.cfg.RetryMin, u.cfg.RetryMax)
+				wait := u.retryIn(failures)
 				if failures++; failures&(failures-1) == 0 { // the 1st, 2nd, 4th, 8th… failure
 					u.log.Warn("looking at the cluster's streams failed: calls are refused until a look succeeds; trying again", "err", err, "retry_in", wait, "failures", failures)
 				}
