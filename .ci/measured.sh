@@ -2,9 +2,10 @@
 # The measured binary holds only what must be trusted. The issuer and the
 # units run cmd/cohort built with -tags enclave (-tags ego for SGX, which
 # implies it); a measurement policy pins that build, and the host picks its
-# arguments, so it must not link what could forge or fake: test signers,
-# go-sev-guest's and go-tdx-guest's testing packages, an embedded NATS
-# server, the benchmarks, dev, deploy, faults, the examples.
+# arguments, so it must not link what could forge or fake: test signers and
+# every test helper of cohort's (a package under another, named ...test, as
+# enclave/snp/snptest), go-sev-guest's and go-tdx-guest's testing packages,
+# an embedded NATS server, the benchmarks, dev, deploy, faults, the examples.
 #
 #   .ci/measured.sh          check both measured builds, then check that the
 #                            check fails on a tree that links a test signer
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-deny='^github\.com/nats-io/nats-server/|(^|/)testing(/|$)|/fakekds$|/(snptest|tdxtest)$|/testdata(/|$)|^net/http/httptest$|^github\.com/cohort-dev/cohort/(dev|bench|faults|deploy|examples|embednats|integration)(/|$)'
+deny='^github\.com/nats-io/nats-server/|(^|/)testing(/|$)|/fakekds$|^github\.com/cohort-dev/cohort/.+/[a-z]+test$|/testdata(/|$)|^net/http/httptest$|^github\.com/cohort-dev/cohort/(dev|bench|faults|deploy|examples|embednats|integration)(/|$)'
 
 check() { # check TAGS: the deny list's packages that the build links, if any, fail it
 	local deps found
