@@ -18,7 +18,9 @@
 //     (package access), and state is written over another connection.
 //   - Load never grows memory or latency without bound: requests wait for a
 //     worker in a queue of fixed size, and one that finds it full is
-//     refused at once as "overloaded".
+//     refused at once as "overloaded". An endpoint may refuse a request
+//     before it is queued (Endpoint.Admit: a requester's rate), so that a
+//     flood of what it refuses takes no place there.
 //   - A handler's panic answers its request as internal, is logged with its
 //     stack, and leaves the service serving.
 package service
