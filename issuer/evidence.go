@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cohort-dev/cohort/events"
@@ -85,6 +86,7 @@ type evidenceGate struct {
 	each, total *rate.Buckets
 	logs        *rate.Buckets // refusals logged, by requester
 	now         func() time.Time
+	unshared    atomic.Bool // a request stamped with its account only was logged
 }
 
 func newEvidenceGate(each, total rate.Limit) *evidenceGate {
@@ -99,29 +101,36 @@ func newEvidenceGate(each, total rate.Limit) *evidenceGate {
 // requester names who sent a request, from the NATS server's stamp, and the
 // class it counts in. The name is the account and the key (what the
 // server's stamp names: a key's public part), "" for the unstamped.
-func requester(m service.Msg) (key, class string, refusal *messages.Error) {
+// unshared reports a stamp that names the account only: the account's
+// import does not share its requesters.
+func requester(m service.Msg) (key, class string, unshared bool, refusal *messages.Error) {
 	s, stamped, err := service.SenderOf(m.Header)
 	switch {
 	case !stamped:
-		return "", classOwn, nil
+		return "", classOwn, false, nil
 	case err != nil:
-		return "", "", messages.Refusal(messages.CodeMalformed, "%v", err)
+		return "", "", false, messages.Refusal(messages.CodeMalformed, "%v", err)
 	}
 	key = "account " + s.Account
 	if s.User != "" {
 		key += " key " + s.User
 	}
+	class = classOthers
 	if strings.HasPrefix(s.Account, clusterAccountPrefix) {
-		return key, classUnits, nil
+		class = classUnits
 	}
-	return key, classOthers, nil
+	return key, class, s.User == "", nil
 }
 
 // admitEvidence takes an evidence request within its requester's rate and
 // its class's total, and refuses it as rate_limited otherwise: on the
 // subscription's goroutine, before it is queued or attested.
 func (i *Issuer) admitEvidence(m service.Msg) *messages.Error {
-	key, class, refusal := requester(m)
+	key, class, unshared, refusal := requester(m)
+	if unshared && i.gate.unshared.CompareAndSwap(false, true) {
+		i.log.Warn("an evidence request is stamped with its account only: the account's import of the evidence does not share its requesters, "+
+			"so all of the account's keys are one requester to the rates; reload the NATS servers' configuration from this cohort's deployment", "requester", key)
+	}
 	if refusal == nil {
 		refusal = i.gate.take(key, class)
 	}

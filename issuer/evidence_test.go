@@ -36,9 +36,12 @@ func TestEvidenceRequester(t *testing.T) {
 		{"no stamp", service.Msg{Subject: messages.SubjectEvidence}, "", classOwn, false},
 		{"a stamp that does not decode", stamped(`{"acc":`), "", "", true},
 	} {
-		key, class, refusal := requester(c.msg)
+		key, class, unshared, refusal := requester(c.msg)
 		if key != c.key || class != c.class || (refusal != nil) != c.refused {
 			t.Errorf("%s: %q %q %v, want %q %q refused %v", c.name, key, class, refusal, c.key, c.class, c.refused)
+		}
+		if want := c.name == "an import that does not share"; unshared != want {
+			t.Errorf("%s: unshared %v, want %v", c.name, unshared, want)
 		}
 		if refusal != nil && refusal.Code != messages.CodeMalformed {
 			t.Errorf("%s: %v, want %s", c.name, refusal, messages.CodeMalformed)
