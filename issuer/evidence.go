@@ -26,10 +26,10 @@ import (
 // request with (service.SenderOf): every account imports the endpoint
 // sharing its requesters (package access), and the server writes the stamp
 // over any the sender wrote. A request with no stamp crossed no import: it
-// comes from within the issuer's own account (a peer issuer, on the
-// issuer's credential), or from a deployment without accounts, where no
-// requester can be told from another; those all count as one requester,
-// held to EvidenceTotal.
+// comes from within the issuer's own account (whose credential may not
+// publish it: package access), or from a deployment without accounts
+// (embedded, tests, benchmarks), where no requester can be told from
+// another; those all count as one requester, held to EvidenceTotal.
 //
 // The classes, each held to EvidenceTotal: the units of every cluster
 // (accounts cluster-<C>), who ask before they certify and every RootCheck;
@@ -47,17 +47,18 @@ var (
 	DefaultEvidenceRate = rate.Limit{Rate: 5, Burst: 10}
 	// DefaultEvidenceTotal is Config.EvidenceTotal's default: ten
 	// requesters of a class at their full rate; 100 units (re)starting at
-	// once are answered at once, then 50 a second. Two classes at their
-	// totals keep DefaultEvidenceWorkers busy with attestations of up to
-	// 20 ms, so that what is admitted is answered as fast as it comes.
+	// once are answered at once, then 50 a second. The units and the users
+	// at their totals, 100 attestations a second, take
+	// DefaultEvidenceWorkers' time while an attestation takes up to 20 ms:
+	// what is admitted is answered as fast as it comes.
 	DefaultEvidenceTotal = rate.Limit{Rate: 50, Burst: 100}
 )
 
 // DefaultEvidenceWorkers is Config.EvidenceWorkers' default: attestations
 // mostly wait on the platform (the firmware, or a quoting service), which
 // serves one at a time; two workers overlap one's wait with the other's
-// work, and spend at most two cores' worth when attestation is computed
-// (the simulated platform's takes 25 µs).
+// work. Where attestation is computed (the simulated platform's, 25 µs),
+// the totals hold it to a few milliseconds of CPU a second.
 const DefaultEvidenceWorkers = 2
 
 // maxEvidenceRequesters bounds the requesters whose rates the issuer tracks
@@ -74,7 +75,7 @@ const (
 var classNames = map[string]string{
 	classUnits:  "the units of every cluster",
 	classOthers: "users, operators and managers",
-	classOwn:    "requests from within the issuer's account (peer issuers; or every requester, without accounts)",
+	classOwn:    "requests that crossed no import (from within the issuer's account, or every requester in a deployment without accounts)",
 }
 
 // clusterAccountPrefix starts the name of a cluster's account

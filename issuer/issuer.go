@@ -129,9 +129,9 @@ type Config struct {
 	EvidenceRate rate.Limit
 	// EvidenceTotal bounds the evidence requests of each class of
 	// requesters together: the units of every cluster; users, operators
-	// and managers; and requests from within the issuer's account (peer
-	// issuers, or everyone in a deployment without accounts), which count
-	// as one requester. Default DefaultEvidenceTotal.
+	// and managers; and requests that crossed no import (everyone, in a
+	// deployment without accounts), which count as one requester. Default
+	// DefaultEvidenceTotal.
 	EvidenceTotal rate.Limit
 
 	// MaxClockSkew bounds how far a request's time may be from the issuer's
