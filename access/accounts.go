@@ -38,7 +38,10 @@ func importOf(from, subject string) any {
 
 // sharedImportOf imports a service whose exporter learns who sent each
 // request: the server stamps it (Nats-Request-Info) with the sender's
-// account, user and kind, replacing any stamp the sender wrote.
+// account, user and kind, replacing any stamp the sender wrote. Every
+// account imports the issuer's evidence so: the issuer bounds each
+// requester's rate by that stamp (service.SenderOf), which no sender can
+// forge.
 func sharedImportOf(from, subject string) any {
 	return map[string]any{"service": map[string]any{"account": from, "subject": subject}, "share": true}
 }
@@ -116,7 +119,7 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 			{subject: "$JS.API.CONSUMER.DELETE." + eventsStream + ".*", accounts: op},
 			{subject: "$JS.ACK." + eventsStream + ".>", accounts: op},
 		},
-		imports: []any{importOf(IssuerAccount, messages.SubjectEvidence)},
+		imports: []any{sharedImportOf(IssuerAccount, messages.SubjectEvidence)},
 	}
 	for _, e := range issuerEvents {
 		mgr.exports = append(mgr.exports, service{subject: e, accounts: []string{IssuerAccount}})
@@ -125,7 +128,7 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 		importOf(IssuerAccount, messages.SubjectPolicyApply), importOf(IssuerAccount, messages.SubjectPolicyShow),
 		importOf(IssuerAccount, messages.SubjectRecoverPrefix+">"),
 		importOf(ManagerAccount, messages.SubjectStatus),
-		importOf(IssuerAccount, messages.SubjectEvidence),
+		sharedImportOf(IssuerAccount, messages.SubjectEvidence),
 		importOf(ManagerAccount, "$SRV.PING"), importOf(ManagerAccount, "$SRV.INFO"), importOf(ManagerAccount, "$SRV.STATS"),
 		importOf(ManagerAccount, "$SRV.*."+messages.ManagerService), importOf(ManagerAccount, "$SRV.*."+messages.ManagerService+".*"),
 		importOf(IssuerAccount, "$SRV.*."+messages.IssuerService), importOf(IssuerAccount, "$SRV.*."+messages.IssuerService+".*"),
@@ -153,7 +156,7 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 			},
 			imports: []any{
 				importOf(IssuerAccount, messages.SubjectCertify),
-				importOf(IssuerAccount, messages.SubjectEvidence),
+				sharedImportOf(IssuerAccount, messages.SubjectEvidence),
 				// A cluster reaches the manager only as itself, and
 				// the server stamps each request with its sender, so
 				// that the manager takes none the server itself made.
@@ -170,7 +173,7 @@ func Accounts(d Deployment, creds map[Grant]*Credential) (map[string]any, error)
 		byName[a.name] = a
 	}
 	for _, u := range d.Users {
-		a := &account{name: Grant{Role: User, Name: u}.Account(), imports: []any{importOf(IssuerAccount, messages.SubjectEvidence)}}
+		a := &account{name: Grant{Role: User, Name: u}.Account(), imports: []any{sharedImportOf(IssuerAccount, messages.SubjectEvidence)}}
 		for _, c := range clusters {
 			// A user reaches a cluster only under its own name.
 			a.imports = append(a.imports, importOf(ClusterAccount(c), messages.SubjectClusterPrefix+c+".*."+u))

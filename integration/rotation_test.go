@@ -18,6 +18,7 @@ import (
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/manager"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/rate"
 )
 
 // TestRotationGovernedAndFollowed: rotating the root is a policy update
@@ -34,7 +35,12 @@ func TestRotationGovernedAndFollowed(t *testing.T) {
 	ib := buildMeasure(t, sim.IssuerIdentity, "")
 	demo := buildMeasure(t, sim.UnitIdentity("demo"), "")
 	m1 := newMachine(t)
-	lease := func(cfg *issuer.Config) { cfg.Lease = 500 * time.Millisecond }
+	// A user asks for the evidence 100 times in a row, the units and the
+	// manager every 100 ms: no evidence rate holds them here.
+	lease := func(cfg *issuer.Config) {
+		cfg.Lease = 500 * time.Millisecond
+		cfg.EvidenceRate, cfg.EvidenceTotal = rate.Limit{Rate: 1e6, Burst: 1e6}, rate.Limit{Rate: 1e6, Burst: 1e6}
+	}
 	a, stopA, aDone := l.startIssuerTuned(m1, l.doc(1, time.Hour, [][]byte{demo}, [][]byte{ib}, ""), lease)
 	b, stopB, bDone := l.startIssuerTuned(newMachine(t), nil, lease)
 	old := a.Root()

@@ -10,7 +10,9 @@
 //   - evidence: the issuer's own evidence, whose report data binds its root
 //     certificate, the hash and version of the policy in force and the
 //     caller's nonce. Users and units check it against the issuer
-//     measurement they pin before they trust the root.
+//     measurement they pin before they trust the root. Every account may
+//     ask, and each answer costs an attestation: the endpoint has a pool
+//     of its own and each requester a rate (evidence.go).
 //   - certify: a unit's request for its task's certificate pair. The issuer
 //     checks the request's shape, its time and nonce (no replays), the
 //     evidence, that the evidence binds the whole request (the unit's

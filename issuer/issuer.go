@@ -28,6 +28,7 @@ import (
 	"github.com/cohort-dev/cohort/events"
 	"github.com/cohort-dev/cohort/identity"
 	"github.com/cohort-dev/cohort/messages"
+	"github.com/cohort-dev/cohort/rate"
 	"github.com/cohort-dev/cohort/replay"
 	"github.com/cohort-dev/cohort/service"
 )
@@ -115,7 +116,24 @@ type Config struct {
 	Lease time.Duration
 
 	Workers int // certify workers; default 2 × GOMAXPROCS
-	Queue   int // requests waiting for a worker before "overloaded"; default 1024
+	Queue   int // requests waiting for a worker before "overloaded", in each pool; default 1024
+
+	// EvidenceWorkers answer evidence requests, in a pool of their own,
+	// apart from Workers: an evidence request holds no certify worker.
+	// Default DefaultEvidenceWorkers.
+	EvidenceWorkers int
+	// EvidenceRate bounds each requester's evidence requests: the account
+	// and key the NATS server stamped the request with (each unit, user,
+	// operator and manager key is one). Beyond it a request is refused as
+	// rate_limited before it is queued. Default DefaultEvidenceRate; it
+	// may not exceed EvidenceTotal.
+	EvidenceRate rate.Limit
+	// EvidenceTotal bounds the evidence requests of each class of
+	// requesters together: the units of every cluster; users, operators
+	// and managers; and requests that crossed no import (everyone, in a
+	// deployment without accounts), which count as one requester. Default
+	// DefaultEvidenceTotal.
+	EvidenceTotal rate.Limit
 
 	// MaxClockSkew bounds how far a request's time may be from the issuer's
 	// clock; replayed nonces are remembered for twice as long. Default 2m.
@@ -161,6 +179,24 @@ func (c *Config) fill() error {
 	if c.Queue <= 0 {
 		c.Queue = 1024
 	}
+	if c.EvidenceWorkers <= 0 {
+		c.EvidenceWorkers = DefaultEvidenceWorkers
+	}
+	if c.EvidenceRate == (rate.Limit{}) {
+		c.EvidenceRate = DefaultEvidenceRate
+	}
+	if c.EvidenceTotal == (rate.Limit{}) {
+		c.EvidenceTotal = DefaultEvidenceTotal
+	}
+	if err := validLimit("EvidenceRate", c.EvidenceRate); err != nil {
+		return err
+	}
+	if err := validLimit("EvidenceTotal", c.EvidenceTotal); err != nil {
+		return err
+	}
+	if c.EvidenceRate.Rate > c.EvidenceTotal.Rate || c.EvidenceRate.Burst > c.EvidenceTotal.Burst {
+		return fmt.Errorf("issuer: Config.EvidenceRate %+v exceeds EvidenceTotal %+v: one requester would take what all together may", c.EvidenceRate, c.EvidenceTotal)
+	}
 	if c.MaxClockSkew <= 0 {
 		c.MaxClockSkew = 2 * time.Minute
 	}
@@ -204,6 +240,7 @@ type Issuer struct {
 	replay  *replay.Cache
 	running atomic.Bool
 	metrics *metrics
+	gate    *evidenceGate
 	events  *events.Publisher // nil with NoEvents
 	self    []byte            // this issuer's measurement
 	// signRefusal signs a refusal's digest with the root's key:
@@ -287,6 +324,7 @@ func New(cfg Config) (*Issuer, error) {
 		ready:   make(chan struct{}),
 		replay:  replay.New(2*cfg.MaxClockSkew, cfg.Now()),
 		metrics: m,
+		gate:    newEvidenceGate(cfg.EvidenceRate, cfg.EvidenceTotal),
 		self:    cfg.Platform.Measurement(),
 		fence:   newFence(cfg.Lease, time.Now),
 		roots:   map[uint32]*rootState{},
@@ -361,7 +399,10 @@ func (i *Issuer) Run(ctx context.Context) error {
 	}
 	defer svc.Stop()
 	for _, ep := range []service.Endpoint{
-		{Name: "evidence", Subject: messages.SubjectEvidence, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.evidence(m.Data) }},
+		// Evidence has its own pool and rates (evidence.go): no flood of it
+		// holds a certify worker.
+		{Name: "evidence", Subject: messages.SubjectEvidence, Workers: i.cfg.EvidenceWorkers, Admit: i.admitEvidence,
+			Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.answerEvidence(m.Data) }},
 		{Name: "certify", Subject: messages.SubjectCertify, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.certify(ctx, m.Data) }},
 		{Name: "state-key", Subject: messages.SubjectPeerStateKey, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.grant(m.Data) }},
 		{Name: "policy-apply", Subject: messages.SubjectPolicyApply, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.apply(ctx, m.Data) }},
@@ -767,6 +808,17 @@ func (i *Issuer) reissue(ctx context.Context, s *slot, h *held) error {
 	s.rev = rev
 	i.log.Info("reissued "+s.kind+" certificate", s.kind, s.name, "cert", fingerprint(c.cert))
 	return i.set(s, c)
+}
+
+// answerEvidence answers an evidence request, counting the outcome.
+func (i *Issuer) answerEvidence(data []byte) ([]byte, *messages.Error) {
+	reply, refusal := i.evidence(data)
+	outcome := "answered"
+	if refusal != nil {
+		outcome = string(refusal.Code)
+	}
+	i.metrics.evidenceOutcome(outcome)
+	return reply, refusal
 }
 
 // evidence answers an evidence request: the issuer's evidence, binding its

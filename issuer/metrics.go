@@ -16,6 +16,7 @@ type metrics struct {
 	certify  *prometheus.CounterVec
 	latency  prometheus.Histogram
 	verified *prometheus.CounterVec
+	evidence *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -36,8 +37,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "cohort", Subsystem: "issuer", Name: "verifications_total",
 			Help: "Evidence verified in certify requests, by platform, TCB status and result (verified, invalid, collateral: missing or expired at the issuer).",
 		}, []string{"platform", "tcb_status", "result"}),
+		evidence: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "cohort", Subsystem: "issuer", Name: "evidence_total",
+			Help: "Evidence requests by outcome: answered, or the refusal code (rate_limited: beyond a requester's rate or its class's total, refused before any attestation).",
+		}, []string{"outcome"}),
 	}
-	for _, c := range []prometheus.Collector{m.certify, m.latency, m.verified} {
+	for _, c := range []prometheus.Collector{m.certify, m.latency, m.verified, m.evidence} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -70,4 +75,11 @@ func (m *metrics) verification(platform, tcbStatus, result string) {
 		tcbStatus = "other"
 	}
 	m.verified.WithLabelValues(platform, tcbStatus, result).Inc()
+}
+
+func (m *metrics) evidenceOutcome(outcome string) {
+	if m == nil {
+		return
+	}
+	m.evidence.WithLabelValues(outcome).Inc()
 }

@@ -568,7 +568,7 @@ func FuzzDecodeStatus(f *testing.F) {
 // unit's, whatever subject it came on; a client's is judged by its subject.
 func TestSenderTakesOnlyAClientsOwnRequest(t *testing.T) {
 	subject := messages.ManagerSubject(messages.VerbLeave, "c1", "u1")
-	stamp := func(info string) nats.Header { return nats.Header{requestInfoHeader: []string{info}} }
+	stamp := func(info string) nats.Header { return nats.Header{service.RequestInfoHeader: []string{info}} }
 	for _, c := range []struct {
 		name   string
 		header nats.Header
@@ -580,7 +580,7 @@ func TestSenderTakesOnlyAClientsOwnRequest(t *testing.T) {
 		{"the account", stamp(`{"acc":"cluster-c1","kind":"Account"}`), false},
 		{"an import that does not share", stamp(`{"acc":"cluster-c1"}`), false},
 		{"a stamp that does not decode", stamp(`{"kind":`), false},
-		{"an oversize stamp", stamp(`{"kind":"Client","name":"` + strings.Repeat("x", maxRequestInfo) + `"}`), false},
+		{"an oversize stamp", stamp(`{"kind":"Client","name":"` + strings.Repeat("x", service.MaxRequestInfo) + `"}`), false},
 	} {
 		refusal := sender(service.Msg{Subject: subject, Header: c.header}, messages.VerbLeave, "c1", "u1")
 		if (refusal == nil) != c.ok {

@@ -537,35 +537,22 @@ func sender(r service.Msg, verb, cluster, unit string) *messages.Error {
 	return nil
 }
 
-// requestInfo is what the manager reads of the NATS server's stamp on a
-// request that crossed a service import (nats-server's ClientInfo).
-type requestInfo struct {
-	Account string `json:"acc"`
-	User    string `json:"user"`
-	Kind    string `json:"kind"`
-}
-
-// maxRequestInfo bounds the stamp the manager decodes: the server's is a
-// few hundred bytes.
-const maxRequestInfo = 8 << 10
-
 // stamped refuses a request that the NATS server stamped as not sent by a
 // client: the server's own publishes carry the kind of its internal client
 // ("JetStream", "Account", "System"). A request without a stamp reached the
 // manager without crossing an import: from within the manager's own account,
 // or from a deployment without accounts.
 func stamped(h nats.Header) *messages.Error {
-	raw := h.Get(requestInfoHeader)
-	if raw == "" {
+	ci, ok, err := service.SenderOf(h)
+	switch {
+	case !ok:
 		return nil
-	}
-	var ci requestInfo
-	if len(raw) > maxRequestInfo || json.Unmarshal([]byte(raw), &ci) != nil {
-		return messages.Refusal(messages.CodeWrongSubject, "the NATS server's stamp of the sender (%s) does not decode", requestInfoHeader)
+	case err != nil:
+		return messages.Refusal(messages.CodeWrongSubject, "%v", err)
+	case ci.Client():
+		return nil
 	}
 	switch ci.Kind {
-	case "Client":
-		return nil
 	case "":
 		return messages.Refusal(messages.CodeWrongSubject, "the NATS server's stamp of the sender names no kind of sender: the cluster's import of the manager's subjects must share its requesters "+
 			"(share: true, as package access writes it: reload the NATS servers' configuration from this cohort's deployment before its manager)")
@@ -576,11 +563,6 @@ func stamped(h nats.Header) *messages.Error {
 		return messages.Refusal(messages.CodeWrongSubject, "the request was published by the NATS server itself (%s, in account %s) on a unit's behalf, not by a unit", ci.Kind, ci.Account)
 	}
 }
-
-// requestInfoHeader is the header in which the NATS server stamps a request
-// that crossed a service import with its sender (nats-server's
-// ClientInfoHdr).
-const requestInfoHeader = "Nats-Request-Info"
 
 // join decides a join request; it returns the reply, or a refusal and the
 // body as far as it decoded.

@@ -18,7 +18,9 @@
 //     (package access), and state is written over another connection.
 //   - Load never grows memory or latency without bound: requests wait for a
 //     worker in a queue of fixed size, and one that finds it full is
-//     refused at once as "overloaded".
+//     refused at once as "overloaded". An endpoint may refuse a request
+//     before it is queued (Endpoint.Admit: a requester's rate), so that a
+//     flood of what it refuses takes no place there.
 //   - A handler's panic answers its request as internal, is logged with its
 //     stack, and leaves the service serving.
 package service
@@ -113,7 +115,13 @@ type Endpoint struct {
 	// hold the workers the others compute with, and would be too few to
 	// keep the writes in flight that a store commits together.
 	Workers int
-	Handle  Func
+	// Admit, if set, is asked on the subscription's goroutine, before the
+	// request is queued, whether to take it: a refusal is answered at
+	// once, and the request takes no place in the queue and no worker. For
+	// a cheap check that sheds a flood (a requester's rate), so that what
+	// it refuses never waits before, or crowds out, what it takes.
+	Admit  func(Msg) *messages.Error
+	Handle Func
 }
 
 // Service is a running NATS service.
@@ -245,6 +253,14 @@ func (s *Service) Add(e Endpoint) error {
 		if !s.replyTo(m.Reply) {
 			return
 		}
+		if ep.Admit != nil {
+			if refusal := s.admit(ep, req); refusal != nil {
+				ep.requests.Add(1)
+				s.fail(ep, refusal)
+				s.send(m.Reply, nil, refusal)
+				return
+			}
+		}
 		if ep.Inline {
 			s.serve(ep, req, m.Reply)
 			return
@@ -315,6 +331,18 @@ func (s *Service) decide(ep *endpoint, req Msg) (reply []byte, refusal *messages
 		}
 	}()
 	return ep.Handle(req)
+}
+
+// admit asks an endpoint's Admit; a panic refuses the request as
+// internal, as a handler's does.
+func (s *Service) admit(ep *endpoint, req Msg) (refusal *messages.Error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("an admission check panicked", "endpoint", ep.Name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			refusal = messages.Refusal(messages.CodeInternal, "the service failed")
+		}
+	}()
+	return ep.Admit(req)
 }
 
 func (s *Service) fail(ep *endpoint, e *messages.Error) {
