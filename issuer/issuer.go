@@ -355,9 +355,9 @@ func (i *Issuer) Run(ctx context.Context) error {
 	}
 	defer svc.Stop()
 	for _, ep := range []service.Endpoint{
-		{Name: "evidence", Subject: messages.SubjectEvidence, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.evidence(m.Data) }},
+		{Name: "evidence", Subject: messages.SubjectEvidence, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.evidence(m.Context(), m.Data) }},
 		{Name: "certify", Subject: messages.SubjectCertify, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.certify(ctx, m.Data) }},
-		{Name: "state-key", Subject: messages.SubjectPeerStateKey, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.grant(m.Data) }},
+		{Name: "state-key", Subject: messages.SubjectPeerStateKey, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.grant(m.Context(), m.Data) }},
 		{Name: "policy-apply", Subject: messages.SubjectPolicyApply, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.apply(ctx, m.Data) }},
 		{Name: "policy-show", Subject: messages.SubjectPolicyShow, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.show(m.Data) }},
 	} {
@@ -761,7 +761,7 @@ func (i *Issuer) reissue(ctx context.Context, s *slot, h *held) error {
 
 // evidence answers an evidence request: the issuer's evidence, binding its
 // root, its policy and the requester's nonce.
-func (i *Issuer) evidence(data []byte) ([]byte, *messages.Error) {
+func (i *Issuer) evidence(ctx context.Context, data []byte) ([]byte, *messages.Error) {
 	var m messages.EvidenceRequest
 	if err := messages.Decode(data, messages.MaxEvidenceRequest, &m); err != nil {
 		return nil, service.DecodeRefusal("evidence request", err)
@@ -773,7 +773,7 @@ func (i *Issuer) evidence(data []byte) ([]byte, *messages.Error) {
 	p, root := v.policy, v.root
 	hash := p.Hash()
 	rd := messages.EvidenceBinding(root.cred.cert.Raw, hash[:], p.Version, m.Nonce)
-	ev, err := i.cfg.Platform.Attest(rd)
+	ev, err := i.cfg.Platform.Attest(ctx, rd)
 	if err != nil {
 		i.log.Error("attest", "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")
@@ -888,7 +888,11 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	}
 	now := i.cfg.Now()
 	o.task = body.Task
-	claims, err := i.cfg.Verifier.Verify(req.Evidence)
+	claims, err := i.cfg.Verifier.Verify(ctx, req.Evidence)
+	if err != nil && !errors.Is(err, enclave.ErrInvalidEvidence) && ctx.Err() != nil {
+		// Given up on as the issuer stops: nothing is known of the evidence.
+		return nil, messages.Refusal(messages.CodeInternal, "the issuer stopped while it verified the evidence")
+	}
 	if err != nil {
 		o.verified = "invalid"
 		if errors.Is(err, enclave.ErrCollateral) {
