@@ -402,9 +402,9 @@ func (s *Service) Stop() {
 
 // Shutdown stops the service. It drains every subscription, so that the
 // requests the server already routed to this instance still reach it (for
-// up to 5 s; no more come), and lets the workers answer every request queued
-// before they go: nothing routed here is dropped while there is time. It
-// returns nil once every worker has returned.
+// up to 5 s; no more come, and any that still do go unanswered), and lets
+// the workers answer every request queued before they go. It returns nil
+// once every worker has returned.
 //
 // When ctx is done first, it returns an error wrapping ctx.Err() that names
 // how many requests were still running and queued, and logs it; it cancels

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 
 	"github.com/edgelesssys/ego/attestation"
@@ -40,11 +41,10 @@ type Platform struct{}
 // the package's.
 var (
 	reportGate = enclave.NewGate(1) // the quoting enclave makes one quote at a time
-	verifyGate = enclave.NewGate(maxVerifies)
+	// Verifications are mostly computation: as many at once as there are
+	// processors, and at least 4.
+	verifyGate = enclave.NewGate(max(4, runtime.GOMAXPROCS(0)))
 )
-
-// maxVerifies bounds the verifications EGo runs at once.
-const maxVerifies = 4
 
 var _ enclave.Platform = Platform{}
 
