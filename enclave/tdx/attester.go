@@ -32,10 +32,9 @@ type AttesterConfig struct {
 // Attester produces TDX quotes of the running TD through the kernel's
 // configfs-tsm interface (Linux 6.7 and later, with the tdx_guest driver
 // and a quote generation service on the host). It is safe for concurrent
-// use: each quote has its own configfs entry. It asks for one quote at a
-// time (the kernel makes one at a time anyway), and a quote that a caller
-// gave up on holds that one slot until configfs-tsm returns: see
-// enclave.Gate.
+// use. Each quote has its own configfs entry, but it asks for one at a time
+// (the kernel makes one at a time anyway), and a quote that a caller gave up
+// on holds that one slot until configfs-tsm returns: see enclave.Gate.
 type Attester struct {
 	client configfsi.Client
 	gate   *enclave.Gate
