@@ -131,6 +131,8 @@ type Config struct {
 
 	// afterCommit, in tests, runs between storing an update and adopting it.
 	afterCommit func()
+	// stopTimeout, in tests, bounds the service's Stop; zero: its default.
+	stopTimeout time.Duration
 }
 
 func (c *Config) fill() error {
@@ -349,6 +351,7 @@ func (i *Issuer) Run(ctx context.Context) error {
 			"protocol": fmt.Sprint(messages.Version),
 		},
 		Workers: i.cfg.Workers, Queue: i.cfg.Queue, Logger: i.log,
+		StopTimeout: i.cfg.stopTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("issuer: start service: %w", err)
