@@ -166,7 +166,7 @@ type Service struct {
 	gone   bool
 
 	mu        sync.Mutex
-	stopped   bool // Stop began: no more workers
+	stopped   bool // a Shutdown began: no more workers
 	subs      []*nats.Subscription
 	endpoints []*endpoint
 }
