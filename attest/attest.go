@@ -15,6 +15,7 @@
 package attest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -121,7 +122,7 @@ func (v *Verifier) Platforms() []string {
 
 // Verify implements enclave.Verifier: it verifies enveloped evidence with its
 // platform's verifier, or simulated evidence as it is.
-func (v *Verifier) Verify(evidence []byte) (enclave.Claims, error) {
+func (v *Verifier) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
 	platform, inner, err := Unwrap(evidence)
 	if err != nil {
 		if v.sim == nil {
@@ -134,7 +135,7 @@ func (v *Verifier) Verify(evidence []byte) (enclave.Claims, error) {
 	if pv == nil {
 		return enclave.Claims{}, fmt.Errorf("%w: %w: evidence of platform %s, and this verifier takes %v", enclave.ErrInvalidEvidence, ErrPlatform, platform, v.Platforms())
 	}
-	c, err := pv.Verify(inner)
+	c, err := pv.Verify(ctx, inner)
 	if err != nil {
 		return enclave.Claims{}, err
 	}
@@ -152,8 +153,8 @@ type Wrapping struct {
 }
 
 // Attest implements enclave.Attester.
-func (w Wrapping) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
-	ev, err := w.Attester.Attest(reportData)
+func (w Wrapping) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	ev, err := w.Attester.Attest(ctx, reportData)
 	if err != nil {
 		return nil, err
 	}
@@ -190,13 +191,13 @@ func (p *Platform) Simulated() bool { return false }
 func (p *Platform) Measurement() []byte { return append([]byte(nil), p.Self...) }
 
 // Attest implements enclave.Attester.
-func (p *Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
-	return Wrapping{Platform: p.Kind, Attester: p.Attester}.Attest(reportData)
+func (p *Platform) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	return Wrapping{Platform: p.Kind, Attester: p.Attester}.Attest(ctx, reportData)
 }
 
 // Verify implements enclave.Verifier.
-func (p *Platform) Verify(evidence []byte) (enclave.Claims, error) {
-	return p.Verifier.Verify(evidence)
+func (p *Platform) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	return p.Verifier.Verify(ctx, evidence)
 }
 
 // Seal implements enclave.Sealer.

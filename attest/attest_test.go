@@ -2,6 +2,7 @@ package attest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
 
@@ -13,7 +14,7 @@ import (
 // show what the Verifier makes of what a platform's verifier says.
 type claimsAs string
 
-func (p claimsAs) Verify([]byte) (enclave.Claims, error) {
+func (p claimsAs) Verify(context.Context, []byte) (enclave.Claims, error) {
 	return enclave.Claims{Backend: string(p)}, nil
 }
 
@@ -23,7 +24,7 @@ func simEvidence(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := p.Attest(enclave.Bind("test"))
+	ev, err := p.Attest(t.Context(), enclave.Bind("test"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,11 +34,11 @@ func simEvidence(t *testing.T) []byte {
 func TestSimulatedEvidence(t *testing.T) {
 	ev := simEvidence(t)
 	for name, in := range map[string][]byte{"as it is": ev, "in an envelope": must(Wrap(enclave.PlatformSim, ev))} {
-		c, err := New(Config{Simulated: sim.Verifier()}).Verify(in)
+		c, err := New(Config{Simulated: sim.Verifier()}).Verify(t.Context(), in)
 		if err != nil || !c.Simulated || c.Backend != enclave.PlatformSim {
 			t.Errorf("%s: %+v, %v", name, c, err)
 		}
-		if _, err := New(Config{SNP: claimsAs(enclave.PlatformSNP)}).Verify(in); !errors.Is(err, enclave.ErrInvalidEvidence) {
+		if _, err := New(Config{SNP: claimsAs(enclave.PlatformSNP)}).Verify(t.Context(), in); !errors.Is(err, enclave.ErrInvalidEvidence) {
 			t.Errorf("%s: verified by a verifier without the simulated platform: %v", name, err)
 		}
 	}
@@ -48,15 +49,15 @@ func TestPlatformsAreKeptApart(t *testing.T) {
 	if got := v.Platforms(); len(got) != 3 || got[0] != "sim" || got[1] != "snp" || got[2] != "tdx" {
 		t.Fatalf("platforms %v", got)
 	}
-	if c, err := v.Verify(must(Wrap(enclave.PlatformSNP, []byte("report")))); err != nil || c.Backend != enclave.PlatformSNP {
+	if c, err := v.Verify(t.Context(), must(Wrap(enclave.PlatformSNP, []byte("report")))); err != nil || c.Backend != enclave.PlatformSNP {
 		t.Fatalf("snp: %+v, %v", c, err)
 	}
 	// A platform's verifier that says another platform: refused.
-	if _, err := v.Verify(must(Wrap(enclave.PlatformTDX, []byte("quote")))); !errors.Is(err, enclave.ErrInvalidEvidence) {
+	if _, err := v.Verify(t.Context(), must(Wrap(enclave.PlatformTDX, []byte("quote")))); !errors.Is(err, enclave.ErrInvalidEvidence) {
 		t.Fatalf("tdx evidence verified as snp: %v", err)
 	}
 	// A platform not given: refused, naming it.
-	_, err := v.Verify(must(Wrap(enclave.PlatformSGX, []byte("quote"))))
+	_, err := v.Verify(t.Context(), must(Wrap(enclave.PlatformSGX, []byte("quote"))))
 	if !errors.Is(err, ErrPlatform) || !bytes.Contains([]byte(err.Error()), []byte("sgx")) {
 		t.Fatalf("sgx evidence: %v", err)
 	}

@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -47,17 +48,18 @@ func Everything(collateralDir string, now func() time.Time) (*Verifier, error) {
 // Guest is the platform of a unit or an issuer in an SEV-SNP or TDX guest:
 // evidence from the kernel's configfs-tsm (on SNP, /dev/sev-guest without
 // it) in cohort's envelope, others' evidence checked with v. SGX needs EGo's
-// build (enclave/ego) and is not here.
-func Guest(kind string, v enclave.Verifier) (*Platform, error) {
+// build (enclave/ego) and is not here. It asks the guest for one report, to
+// learn its measurement, and gives up on it once ctx is done.
+func Guest(ctx context.Context, kind string, v enclave.Verifier) (*Platform, error) {
 	switch kind {
 	case enclave.PlatformSNP:
-		p, err := snp.NewPlatform(snp.AttesterConfig{}, snp.Config{})
+		p, err := snp.NewPlatform(ctx, snp.AttesterConfig{}, snp.Config{})
 		if err != nil {
 			return nil, err
 		}
 		return &Platform{Kind: kind, Attester: p, Verifier: v, Self: p.Measurement()}, nil
 	case enclave.PlatformTDX:
-		p, err := tdx.NewPlatform(tdx.AttesterConfig{}, tdx.Config{})
+		p, err := tdx.NewPlatform(ctx, tdx.AttesterConfig{}, tdx.Config{})
 		if err != nil {
 			return nil, err
 		}

@@ -197,7 +197,7 @@ func Certify(ctx context.Context, cfg CertifyConfig) (*CertifyResult, error) {
 		return err
 	})
 	inProcess := run(ctx, cfg.Duration, cfg.Concurrency, func(ctx context.Context, w int) error {
-		p, req, err := certifiers[w%len(certifiers)].Prepare("bench")
+		p, req, err := certifiers[w%len(certifiers)].Prepare(ctx, "bench")
 		if err != nil {
 			return err
 		}

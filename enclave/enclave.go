@@ -8,6 +8,11 @@
 // interfaces here, so the same issuer and unit run on either.
 //
 // Guarantees every backend gives:
+//   - Attest and Verify return once their context is done, with an error
+//     wrapping its Err, whether or not the call into the hardware (an
+//     ioctl, a configfs-tsm read, an EGo call, a collateral fetch) can be
+//     interrupted; such calls go through a Gate, which bounds how many a
+//     backend leaves running.
 //   - Verify returns claims only for evidence that verifies; the caller still
 //     decides which claims it accepts (measurement, signer, debug, TCB).
 //   - Claims say whether the evidence was simulated; simulated evidence proves
@@ -18,6 +23,7 @@
 package enclave
 
 import (
+	"context"
 	"crypto/sha512"
 	"encoding/binary"
 	"errors"
@@ -166,15 +172,19 @@ type CollateralUse struct {
 
 // Attester produces evidence about the running enclave.
 type Attester interface {
-	// Attest returns evidence binding reportData.
-	Attest(reportData [ReportDataSize]byte) ([]byte, error)
+	// Attest returns evidence binding reportData. It returns promptly once
+	// ctx is done, with an error wrapping ctx.Err(), even where the
+	// hardware's call cannot be interrupted (see Gate).
+	Attest(ctx context.Context, reportData [ReportDataSize]byte) ([]byte, error)
 }
 
 // Verifier checks evidence from another enclave.
 type Verifier interface {
 	// Verify checks evidence and returns its claims. It returns an error
-	// wrapping ErrInvalidEvidence for evidence that does not verify.
-	Verify(evidence []byte) (Claims, error)
+	// wrapping ErrInvalidEvidence for evidence that does not verify, and
+	// one wrapping ctx.Err() (and not ErrInvalidEvidence) once ctx is
+	// done: a verification cut short says nothing about the evidence.
+	Verify(ctx context.Context, evidence []byte) (Claims, error)
 }
 
 // Sealer seals data so that only the same enclave can open it.

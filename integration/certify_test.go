@@ -116,11 +116,11 @@ func TestRefusesEvidenceNotBindingRequest(t *testing.T) {
 	startIssuer(t, nc, parsePolicy(t, policyYAML(t, true, time.Hour)), newMachine(t))
 	c := certifier(t, nc, sim.UnitIdentity("demo"))
 
-	_, reqA, err := c.Prepare("demo")
+	_, reqA, err := c.Prepare(t.Context(), "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, reqB, err := c.Prepare("demo")
+	_, reqB, err := c.Prepare(t.Context(), "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestReplayYieldsNothingUsable(t *testing.T) {
 	iss := startIssuer(t, nc, policy, secret)
 	victim := certifier(t, nc, sim.UnitIdentity("demo"))
 
-	pending, req, err := victim.Prepare("demo")
+	pending, req, err := victim.Prepare(t.Context(), "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestReplayYieldsNothingUsable(t *testing.T) {
 	}
 	// ...but the replayer, holding its own ephemeral keys, cannot open it.
 	replayer := certifier(t, nc, sim.UnitIdentity("demo"))
-	mine, _, err := replayer.Prepare("demo")
+	mine, _, err := replayer.Prepare(t.Context(), "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func TestBadRequestsAreRefusedWithReason(t *testing.T) {
 	c := certifier(t, nc, sim.UnitIdentity("demo"))
 
 	wrongVersion, _ := messages.Marshal(&messages.CertifyRequest{V: 99, Body: []byte{1}, Evidence: []byte{1}})
-	_, unknown, _ := c.Prepare("nosuch")
+	_, unknown, _ := c.Prepare(t.Context(), "nosuch")
 	cases := []struct {
 		name string
 		data []byte

@@ -308,9 +308,15 @@ type slowAttest struct {
 	wait time.Duration
 }
 
-func (p slowAttest) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
-	time.Sleep(p.wait)
-	return p.Platform.Attest(reportData)
+func (p slowAttest) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	t := time.NewTimer(p.wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+	}
+	return p.Platform.Attest(ctx, reportData)
 }
 
 // BenchmarkCertifyUnderEvidenceFlood measures the rate at which units of

@@ -108,11 +108,11 @@ clusters:
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, first, err := snpC.Prepare("vm")
+	_, first, err := snpC.Prepare(t.Context(), "vm")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, second, err := snpC.Prepare("vm")
+	_, second, err := snpC.Prepare(t.Context(), "vm")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ clusters:
 	}
 
 	// AMD's real roots do not take the fake's evidence.
-	ev, err := fake.Attester().Attest(enclave.Bind("test"))
+	ev, err := fake.Attester().Attest(t.Context(), enclave.Bind("test"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ clusters:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := amd.Verify(ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
+	if _, err := amd.Verify(t.Context(), ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
 		t.Fatalf("the fake's evidence under AMD's roots: %v", err)
 	}
 }
@@ -212,15 +212,15 @@ clusters:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := platform.Attest(enclave.Bind("test"))
+	ev, err := platform.Attest(t.Context(), enclave.Bind("test"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := attest.New(attest.Config{TDX: bare}).Verify(ev)
+	c, err := attest.New(attest.Config{TDX: bare}).Verify(t.Context(), ev)
 	if err != nil || c.TCBStatus != tdx.TCBNotEvaluated {
 		t.Fatalf("without collateral: %q, %v", c.TCBStatus, err)
 	}
-	if _, err := attest.New(attest.Config{TDX: must(tdx.New(tdx.Config{}))}).Verify(ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
+	if _, err := attest.New(attest.Config{TDX: must(tdx.New(tdx.Config{}))}).Verify(t.Context(), ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
 		t.Fatalf("the fake under Intel's root: %v", err)
 	}
 }

@@ -359,7 +359,7 @@ func TestSignedRefusalsAnswerOneRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Refused for itself: signed, and for this request.
-	p, req, err := c.Prepare("demo")
+	p, req, err := c.Prepare(t.Context(), "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,13 +373,13 @@ func TestSignedRefusalsAnswerOneRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gp, greq, err := gc.Prepare("demo")
+	gp, greq, err := gc.Prepare(t.Context(), "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var m messages.CertifyRequest
 	mustDecode(t, greq, &m)
-	if m.Evidence, err = rogue.Attest(messages.CertifyBinding(m.Body)); err != nil {
+	if m.Evidence, err = rogue.Attest(t.Context(), messages.CertifyBinding(m.Body)); err != nil {
 		t.Fatal(err)
 	}
 	forged, _ := messages.Marshal(&m)
@@ -596,7 +596,7 @@ func TestIssuerOnAnotherMachine(t *testing.T) {
 	kem, key := messages.KEMX25519, make([]byte, 32)
 	body, _ := messages.Marshal(&messages.StateKeyBody{V: messages.Version, KeyID: make([]byte, 16), KEM: kem, PublicKey: key, Nonce: make([]byte, 32), Time: time.Now().UnixNano()})
 	p, _ := sim.New(sim.Config{Identity: sim.IssuerIdentity})
-	ev, _ := p.Attest(messages.StateKeyRequestBinding([]byte("another body")))
+	ev, _ := p.Attest(t.Context(), messages.StateKeyRequestBinding([]byte("another body")))
 	req, _ := messages.Marshal(&messages.StateKeyRequest{V: messages.Version, Body: body, Evidence: ev})
 	issConn := l.conn(access.Grant{Role: access.Issuer}, access.State)
 	if _, err := service.Request(context.Background(), issConn, messages.SubjectPeerStateKey, req, deadline); !errors.Is(err, &messages.Error{Code: messages.CodeBinding}) {

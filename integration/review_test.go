@@ -32,7 +32,7 @@ func TestIssuerStopsCleanlyUnderLoad(t *testing.T) {
 	for range 8 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				_, req, err := c.Prepare("demo")
+				_, req, err := c.Prepare(t.Context(), "demo")
 				if err != nil {
 					t.Error(err)
 					return
@@ -84,8 +84,8 @@ func TestIssuerStateIsBoundToItsPolicy(t *testing.T) {
 // from a debug enclave, which the simulated platform cannot produce.
 type debugVerifier struct{ enclave.Verifier }
 
-func (v debugVerifier) Verify(ev []byte) (enclave.Claims, error) {
-	c, err := v.Verifier.Verify(ev)
+func (v debugVerifier) Verify(ctx context.Context, ev []byte) (enclave.Claims, error) {
+	c, err := v.Verifier.Verify(ctx, ev)
 	c.Debug = true
 	return c, err
 }

@@ -38,7 +38,7 @@ func TestRealEvidenceUnderPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sgx, err := sgxV.Verify(readSample(t, "dcap-qvl/sgx_quote"))
+	sgx, err := sgxV.Verify(t.Context(), readSample(t, "dcap-qvl/sgx_quote"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestRealEvidenceUnderPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm, err := snpV.Verify(ev)
+	vm, err := snpV.Verify(t.Context(), ev)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -150,6 +150,8 @@ type Config struct {
 
 	// afterCommit, in tests, runs between storing an update and adopting it.
 	afterCommit func()
+	// stopTimeout, in tests, bounds the service's Stop; zero: its default.
+	stopTimeout time.Duration
 }
 
 func (c *Config) fill() error {
@@ -393,6 +395,7 @@ func (i *Issuer) Run(ctx context.Context) error {
 			"protocol": fmt.Sprint(messages.Version),
 		},
 		Workers: i.cfg.Workers, Queue: i.cfg.Queue, Logger: i.log,
+		StopTimeout: i.cfg.stopTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("issuer: start service: %w", err)
@@ -402,9 +405,9 @@ func (i *Issuer) Run(ctx context.Context) error {
 		// Evidence has its own pool and rates (evidence.go): no flood of it
 		// holds a certify worker.
 		{Name: "evidence", Subject: messages.SubjectEvidence, Workers: i.cfg.EvidenceWorkers, Admit: i.admitEvidence,
-			Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.answerEvidence(m.Data) }},
+			Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.answerEvidence(m.Context(), m.Data) }},
 		{Name: "certify", Subject: messages.SubjectCertify, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.certify(ctx, m.Data) }},
-		{Name: "state-key", Subject: messages.SubjectPeerStateKey, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.grant(m.Data) }},
+		{Name: "state-key", Subject: messages.SubjectPeerStateKey, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.grant(m.Context(), m.Data) }},
 		{Name: "policy-apply", Subject: messages.SubjectPolicyApply, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.apply(ctx, m.Data) }},
 		{Name: "policy-show", Subject: messages.SubjectPolicyShow, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.show(m.Data) }},
 	} {
@@ -811,8 +814,8 @@ func (i *Issuer) reissue(ctx context.Context, s *slot, h *held) error {
 }
 
 // answerEvidence answers an evidence request, counting the outcome.
-func (i *Issuer) answerEvidence(data []byte) ([]byte, *messages.Error) {
-	reply, refusal := i.evidence(data)
+func (i *Issuer) answerEvidence(ctx context.Context, data []byte) ([]byte, *messages.Error) {
+	reply, refusal := i.evidence(ctx, data)
 	outcome := "answered"
 	if refusal != nil {
 		outcome = string(refusal.Code)
@@ -823,7 +826,7 @@ func (i *Issuer) answerEvidence(data []byte) ([]byte, *messages.Error) {
 
 // evidence answers an evidence request: the issuer's evidence, binding its
 // root, its policy and the requester's nonce.
-func (i *Issuer) evidence(data []byte) ([]byte, *messages.Error) {
+func (i *Issuer) evidence(ctx context.Context, data []byte) ([]byte, *messages.Error) {
 	var m messages.EvidenceRequest
 	if err := messages.Decode(data, messages.MaxEvidenceRequest, &m); err != nil {
 		return nil, service.DecodeRefusal("evidence request", err)
@@ -835,7 +838,7 @@ func (i *Issuer) evidence(data []byte) ([]byte, *messages.Error) {
 	p, root := v.policy, v.root
 	hash := p.Hash()
 	rd := messages.EvidenceBinding(root.cred.cert.Raw, hash[:], p.Version, m.Nonce)
-	ev, err := i.cfg.Platform.Attest(rd)
+	ev, err := i.cfg.Platform.Attest(ctx, rd)
 	if err != nil {
 		i.log.Error("attest", "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")
@@ -958,7 +961,11 @@ func (i *Issuer) decide(ctx context.Context, data []byte, o *outcome) ([]byte, *
 	}
 	now := i.cfg.Now()
 	o.task = body.Task
-	claims, err := i.cfg.Verifier.Verify(req.Evidence)
+	claims, err := i.cfg.Verifier.Verify(ctx, req.Evidence)
+	if err != nil && !errors.Is(err, enclave.ErrInvalidEvidence) && ctx.Err() != nil {
+		// Given up on as the issuer stops: nothing is known of the evidence.
+		return nil, messages.Refusal(messages.CodeInternal, "the issuer stopped while it verified the evidence")
+	}
 	if err != nil {
 		o.verified = "invalid"
 		if errors.Is(err, enclave.ErrCollateral) {

@@ -346,7 +346,7 @@ func (i *Issuer) askPeer(ctx context.Context, keyID []byte, timeout time.Duratio
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	ev, err := i.cfg.Platform.Attest(messages.StateKeyRequestBinding(body))
+	ev, err := i.cfg.Platform.Attest(ctx, messages.StateKeyRequestBinding(body))
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("attest: %w", err)
 	}
@@ -365,7 +365,7 @@ func (i *Issuer) askPeer(ctx context.Context, keyID []byte, timeout time.Duratio
 	if err := messages.Decode(data, messages.MaxStateKeyReply, &rep); err != nil {
 		return nil, nil, 0, fmt.Errorf("the answer does not decode: %w", err)
 	}
-	claims, err := i.cfg.Verifier.Verify(rep.Evidence)
+	claims, err := i.cfg.Verifier.Verify(ctx, rep.Evidence)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("the answering issuer's evidence: %w", err)
 	}
@@ -411,9 +411,9 @@ func (i *Issuer) peerClaims(c enclave.Claims) *messages.Error {
 // grant answers another issuer's request for the state key: only an issuer
 // whose evidence binds the request and whose build the policy in force
 // accepts receives it, sealed to the request's ephemeral key.
-func (i *Issuer) grant(data []byte) ([]byte, *messages.Error) {
+func (i *Issuer) grant(ctx context.Context, data []byte) ([]byte, *messages.Error) {
 	var measurement []byte
-	reply, refusal := i.decideGrant(data, &measurement)
+	reply, refusal := i.decideGrant(ctx, data, &measurement)
 	ev := events.Event{Kind: events.StateKeyGranted, Measurement: hex.EncodeToString(measurement), Simulated: i.cfg.Platform.Simulated()}
 	if refusal != nil {
 		ev.Kind, ev.Code, ev.Reason = events.StateKeyRefused, string(refusal.Code), refusal.Reason
@@ -426,7 +426,7 @@ func (i *Issuer) grant(data []byte) ([]byte, *messages.Error) {
 	return reply, refusal
 }
 
-func (i *Issuer) decideGrant(data []byte, measurement *[]byte) ([]byte, *messages.Error) {
+func (i *Issuer) decideGrant(ctx context.Context, data []byte, measurement *[]byte) ([]byte, *messages.Error) {
 	var req messages.StateKeyRequest
 	if err := messages.Decode(data, messages.MaxStateKeyRequest, &req); err != nil {
 		return nil, service.DecodeRefusal("state key request", err)
@@ -440,7 +440,10 @@ func (i *Issuer) decideGrant(data []byte, measurement *[]byte) ([]byte, *message
 		return nil, refusal
 	}
 	now := i.cfg.Now()
-	claims, err := i.cfg.Verifier.Verify(req.Evidence)
+	claims, err := i.cfg.Verifier.Verify(ctx, req.Evidence)
+	if err != nil && !errors.Is(err, enclave.ErrInvalidEvidence) && ctx.Err() != nil {
+		return nil, messages.Refusal(messages.CodeInternal, "the issuer stopped while it verified the evidence")
+	}
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeEvidence, "%v", err)
 	}
@@ -474,7 +477,7 @@ func (i *Issuer) decideGrant(data []byte, measurement *[]byte) ([]byte, *message
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the answer failed")
 	}
-	ev, err := i.cfg.Platform.Attest(messages.StateKeyReplyBinding(rb))
+	ev, err := i.cfg.Platform.Attest(ctx, messages.StateKeyReplyBinding(rb))
 	if err != nil {
 		i.log.Error("attest", "err", err)
 		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")

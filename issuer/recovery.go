@@ -194,7 +194,7 @@ func (i *Issuer) awaitRecovery(ctx context.Context, keyID []byte) (*stateKey, er
 	}
 	defer svc.Stop()
 	for _, ep := range []service.Endpoint{
-		{Name: "recover-hello", Subject: messages.SubjectRecoverHello, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.recoverHello(w, m.Data) }},
+		{Name: "recover-hello", Subject: messages.SubjectRecoverHello, Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.recoverHello(m.Context(), w, m.Data) }},
 		{Name: "recover-share", Subject: messages.RecoverSubject(i.cfg.Instance), Handle: func(m service.Msg) ([]byte, *messages.Error) { return i.recoverShare(w, m.Data) }},
 	} {
 		if err := svc.Add(ep); err != nil {
@@ -227,7 +227,7 @@ func (i *Issuer) recoverRefused(r *messages.Error) *messages.Error {
 
 // recoverHello answers a holder with an attested offer: where to send its
 // share and the key to seal it to.
-func (i *Issuer) recoverHello(w *waiting, data []byte) ([]byte, *messages.Error) {
+func (i *Issuer) recoverHello(ctx context.Context, w *waiting, data []byte) ([]byte, *messages.Error) {
 	var m messages.RecoverHello
 	if err := messages.Decode(data, messages.MaxRecoverHello, &m); err != nil {
 		return nil, service.DecodeRefusal("recover hello", err)
@@ -250,7 +250,7 @@ func (i *Issuer) recoverHello(w *waiting, data []byte) ([]byte, *messages.Error)
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "encoding the offer failed")
 	}
-	ev, err := i.cfg.Platform.Attest(messages.RecoverOfferBinding(body))
+	ev, err := i.cfg.Platform.Attest(ctx, messages.RecoverOfferBinding(body))
 	if err != nil {
 		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")
 	}

@@ -152,7 +152,7 @@ func NewCertifier(cfg CertifierConfig) (*Certifier, error) {
 
 // Certify asks the issuer for the task's certificate pair.
 func (c *Certifier) Certify(ctx context.Context, task string) (*Pair, error) {
-	p, req, err := c.Prepare(task)
+	p, req, err := c.Prepare(ctx, task)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +195,7 @@ type Pending struct {
 
 // Prepare builds a certify request: a fresh ephemeral key pair and nonce, and
 // evidence that binds the whole request. It returns the encoded request.
-func (c *Certifier) Prepare(task string) (*Pending, []byte, error) {
+func (c *Certifier) Prepare(ctx context.Context, task string) (*Pending, []byte, error) {
 	key, err := c.kem.GenerateKey()
 	if err != nil {
 		return nil, nil, fmt.Errorf("issuerclient: ephemeral key: %w", err)
@@ -211,7 +211,7 @@ func (c *Certifier) Prepare(task string) (*Pending, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	ev, err := c.cfg.Attester.Attest(messages.CertifyBinding(body))
+	ev, err := c.cfg.Attester.Attest(ctx, messages.CertifyBinding(body))
 	if err != nil {
 		return nil, nil, fmt.Errorf("issuerclient: attest: %w", err)
 	}

@@ -133,7 +133,7 @@ func VerifyIssuer(ctx context.Context, cfg Config) (*Trust, error) {
 	if err := messages.Decode(reply, messages.MaxEvidenceReply, &m); err != nil {
 		return nil, fmt.Errorf("issuerclient: issuer evidence: %w: %w", ErrUnauthentic, err)
 	}
-	claims, err := cfg.Verifier.Verify(m.Evidence)
+	claims, err := cfg.Verifier.Verify(ctx, m.Evidence)
 	if err != nil {
 		return nil, fmt.Errorf("issuerclient: issuer evidence: %w: %w", ErrUnauthentic, err)
 	}

@@ -117,7 +117,7 @@ func Recover(ctx context.Context, cfg RecoverConfig) (*messages.RecoverAck, erro
 	if err := messages.Decode(data, messages.MaxRecoverReply, &rep); err != nil {
 		return nil, fmt.Errorf("issuerclient: recover: %w: %w", ErrUnauthentic, err)
 	}
-	claims, err := cfg.Verifier.Verify(rep.Evidence)
+	claims, err := cfg.Verifier.Verify(ctx, rep.Evidence)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("issuerclient: recover: %w: %w", ErrUnauthentic, err)

@@ -23,6 +23,9 @@
 //     flood of what it refuses takes no place there.
 //   - A handler's panic answers its request as internal, is logged with its
 //     stack, and leaves the service serving.
+//   - Stopping is bounded: Shutdown returns by its context's deadline (Stop
+//     by Config.StopTimeout) even while a handler is wedged (on hardware, say),
+//     and from then on the service publishes nothing.
 package service
 
 import (
@@ -76,6 +79,20 @@ type Msg struct {
 	// a service import that shares its requester, the NATS server's stamp
 	// of who sent it (Nats-Request-Info), which no sender can forge.
 	Header nats.Header
+	ctx    context.Context
+}
+
+// Context is the request's context: done once the service gives up on the
+// requests still running (a Shutdown's deadline passed) or has stopped.
+// Handlers pass it to what may block, the hardware above all, so that a
+// wedged call ends with the service rather than holding its stop up.
+// Stopping alone does not cancel it: the requests already routed to the
+// instance are still answered.
+func (m Msg) Context() context.Context {
+	if m.ctx == nil {
+		return context.Background()
+	}
+	return m.ctx
 }
 
 // Func decides one request: it returns the encoded reply, or a refusal.
@@ -96,8 +113,15 @@ type Config struct {
 	QueueGroup  string // of the endpoints that use one; default Name
 	Workers     int    // default 2 × GOMAXPROCS
 	Queue       int    // requests waiting for a worker; default 1024
+	// StopTimeout bounds Stop: how long it waits for the requests routed to
+	// the instance to be answered; default DefaultStopTimeout.
+	StopTimeout time.Duration
 	Logger      *slog.Logger
 }
+
+// DefaultStopTimeout is Config.StopTimeout's default: the drain's 5 s, and
+// time to answer what it brought.
+const DefaultStopTimeout = 15 * time.Second
 
 // Endpoint is one subject a service answers.
 type Endpoint struct {
@@ -131,13 +155,26 @@ type Service struct {
 	id      string
 	started time.Time
 	jobs    chan job
-	done    chan struct{}
+	done    chan struct{} // closed once the drain is over: workers go when the queue is empty
 	workers sync.WaitGroup
 	stop    sync.Once
+	halted  chan struct{} // closed once every worker has returned
 	refused atomic.Int64
+	running atomic.Int64 // requests a handler is deciding
+
+	// ctx is every request's context, cancelled when a Shutdown gives up or
+	// once the workers have stopped.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// gone is set when Shutdown returns: nothing is published after, so a
+	// handler that outlives its service answers nobody. Publishing holds
+	// the read lock, so that none is under way once gone is set.
+	sendMu sync.RWMutex
+	gone   bool
 
 	mu        sync.Mutex
-	stopped   bool // Stop began: no more workers
+	stopped   bool // a Shutdown began: no more workers
 	subs      []*nats.Subscription
 	endpoints []*endpoint
 }
@@ -176,6 +213,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Queue <= 0 {
 		cfg.Queue = 1024
 	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = DefaultStopTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -185,8 +225,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	s := &Service{
 		cfg: cfg, log: cfg.Logger, id: strings.ToUpper(hex.EncodeToString(idb)), started: time.Now().UTC(),
-		jobs: make(chan job, cfg.Queue), done: make(chan struct{}),
+		jobs: make(chan job, cfg.Queue), done: make(chan struct{}), halted: make(chan struct{}),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.startWorkers(cfg.Workers, s.jobs)
 	if cfg.Name != "" {
 		if err := s.discovery(); err != nil {
@@ -249,7 +290,7 @@ func (s *Service) Add(e Endpoint) error {
 		ep.queue = s.cfg.QueueGroup
 	}
 	handler := func(m *nats.Msg) {
-		req := Msg{Subject: m.Subject, Data: m.Data, Header: m.Header}
+		req := Msg{Subject: m.Subject, Data: m.Data, Header: m.Header, ctx: s.ctx}
 		if !s.replyTo(m.Reply) {
 			return
 		}
@@ -314,7 +355,9 @@ func (s *Service) replyTo(reply string) bool {
 // refusal, not the service's end.
 func (s *Service) serve(ep *endpoint, req Msg, to string) {
 	start := time.Now()
+	s.running.Add(1)
 	reply, refusal := s.decide(ep, req)
+	s.running.Add(-1)
 	ep.requests.Add(1)
 	ep.nanos.Add(int64(time.Since(start)))
 	if refusal != nil {
@@ -361,51 +404,127 @@ func (s *Service) send(to string, reply []byte, refusal *messages.Error) {
 		msg.Header.Set(ErrorHeader, refusal.Reason)
 		msg.Header.Set(ErrorCodeHeader, string(refusal.Code))
 	}
+	s.publish(msg)
+}
+
+// publish sends a reply, unless a Shutdown has returned.
+func (s *Service) publish(msg *nats.Msg) {
+	s.sendMu.RLock()
+	defer s.sendMu.RUnlock()
+	if s.gone {
+		return
+	}
 	if err := s.cfg.Conn.PublishMsg(msg); err != nil {
 		s.log.Warn("respond", "err", err)
 	}
 }
 
-// Stop drains every endpoint's subscription, so that the requests the server
-// already routed to this instance still reach it (for up to 5 s; none more
-// comes), then stops the workers once they have answered every request
-// queued: nothing routed here is dropped. It returns when the workers have
-// stopped. Safe to call twice.
+// Stop is Shutdown bounded by Config.StopTimeout, for callers that stop on
+// their way out (defer svc.Stop()) and have no deadline of their own: an
+// error is logged, not returned. Safe to call twice, and concurrently.
 func (s *Service) Stop() {
-	s.stop.Do(func() {
-		s.mu.Lock()
-		subs := s.subs
-		s.subs = nil
-		s.stopped = true
-		s.mu.Unlock()
-		// Drain, not unsubscribe: the requests the server already routed
-		// to this instance (of a queue group, none other gets them) are
-		// still answered.
-		var closed []<-chan nats.SubStatus
-		for _, sub := range subs {
-			ch := sub.StatusChanged(nats.SubscriptionClosed)
-			if err := sub.Drain(); err != nil {
-				if !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
-					s.log.Debug("drain", "subject", sub.Subject, "err", err)
-				}
-				continue
-			}
-			closed = append(closed, ch)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StopTimeout)
+	defer cancel()
+	_ = s.Shutdown(ctx)
+}
+
+// Shutdown stops the service. It drains every subscription, so that the
+// requests the server already routed to this instance still reach it (for
+// up to 5 s; no more come, and any that still do go unanswered), and lets
+// the workers answer every request queued before they go. It returns nil
+// once every worker has returned.
+//
+// When ctx is done first, it returns an error wrapping ctx.Err() that names
+// how many requests were still running and queued, and logs it; it cancels
+// their Msg.Context, and leaves them to finish on their own: from then on
+// the service publishes nothing, so their replies go nowhere (a requester
+// of a queue group retries on another instance). Whatever the handlers use
+// after Shutdown returns (a store, the connection) must stand it.
+//
+// Safe to call twice, and concurrently: the first call starts the stop, and
+// each waits for it by its own ctx.
+func (s *Service) Shutdown(ctx context.Context) error {
+	s.stop.Do(func() { go s.halt() })
+	select {
+	case <-s.halted:
+		s.silence()
+		return nil
+	case <-ctx.Done():
+	}
+	select {
+	case <-s.halted: // at the same moment: stopped all the same
+		s.silence()
+		return nil
+	default:
+	}
+	running, queued := s.running.Load(), s.queued()
+	s.silence()
+	s.cancel()
+	err := fmt.Errorf("service: stopped with %d requests still running and %d queued: %w", running, queued, ctx.Err())
+	s.log.Warn("service stopped before its requests were answered: they finish on their own, unanswered",
+		"name", s.cfg.Name, "queue_group", s.cfg.QueueGroup, "running", running, "queued", queued, "err", ctx.Err())
+	return err
+}
+
+// silence makes sure nothing is published from now on, nor under way.
+func (s *Service) silence() {
+	s.sendMu.Lock()
+	s.gone = true
+	s.sendMu.Unlock()
+}
+
+// queued counts the requests waiting for a worker, in every pool.
+func (s *Service) queued() int {
+	n := len(s.jobs)
+	for _, ep := range s.snapshot() {
+		if ep.jobs != s.jobs {
+			n += len(ep.jobs)
 		}
-		deadline := time.NewTimer(drainTimeout)
-		defer deadline.Stop()
-	wait:
-		for _, ch := range closed {
-			select {
-			case <-ch:
-			case <-deadline.C:
-				s.log.Warn("requests still arriving after the drain timeout; stopping anyway", "timeout", drainTimeout)
-				break wait
+	}
+	return n
+}
+
+// halt is the stop that Shutdown starts: drain, then let the workers answer
+// what is queued and go. It ends when the last worker returns, which a
+// wedged handler may put off indefinitely; its wait for the drain ends early
+// when a Shutdown gives up.
+func (s *Service) halt() {
+	defer close(s.halted)
+	defer s.cancel()
+	s.mu.Lock()
+	subs := s.subs
+	s.subs = nil
+	s.stopped = true
+	s.mu.Unlock()
+	// Drain, not unsubscribe: the requests the server already routed
+	// to this instance (of a queue group, none other gets them) are
+	// still answered.
+	var closed []<-chan nats.SubStatus
+	for _, sub := range subs {
+		ch := sub.StatusChanged(nats.SubscriptionClosed)
+		if err := sub.Drain(); err != nil {
+			if !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+				s.log.Debug("drain", "subject", sub.Subject, "err", err)
 			}
+			continue
 		}
-		close(s.done)
-		s.workers.Wait()
-	})
+		closed = append(closed, ch)
+	}
+	deadline := time.NewTimer(drainTimeout)
+	defer deadline.Stop()
+wait:
+	for _, ch := range closed {
+		select {
+		case <-ch:
+		case <-s.ctx.Done():
+			break wait // a Shutdown gave up
+		case <-deadline.C:
+			s.log.Warn("requests still arriving after the drain timeout; stopping anyway", "timeout", drainTimeout)
+			break wait
+		}
+	}
+	close(s.done)
+	s.workers.Wait()
 }
 
 // drainTimeout bounds how long Stop waits for the requests already routed
@@ -460,9 +579,7 @@ func (s *Service) discovery() error {
 				if err != nil {
 					return
 				}
-				if err := s.cfg.Conn.Publish(m.Reply, b); err != nil {
-					s.log.Warn("respond", "err", err)
-				}
+				s.publish(&nats.Msg{Subject: m.Reply, Data: b})
 			})
 			if err != nil {
 				return fmt.Errorf("service: subscribe to %s: %w", subject, err)

@@ -1,8 +1,11 @@
 package service
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -220,5 +223,95 @@ func TestEndpointPool(t *testing.T) {
 	s.Stop()
 	if err := s.Add(Endpoint{Name: "late", Subject: "svc.late", Workers: 1, Handle: fast.Handle}); err == nil {
 		t.Error("Add after Stop made a pool")
+	}
+}
+
+// A handler that does not return holds Shutdown up only until its deadline:
+// it returns an error naming the request still running, cancels the
+// request's context, and the service publishes nothing after, the wedged
+// request's late reply included. Stop and Shutdown again, and concurrently,
+// are safe; once the handler returns, Shutdown reports the service stopped.
+func TestShutdownWedged(t *testing.T) {
+	nc := start(t)
+	entered, release := make(chan context.Context, 1), make(chan struct{})
+	s, err := New(Config{Conn: nc, Name: "wedged", Workers: 1, Queue: 4, StopTimeout: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	if err := s.Add(Endpoint{Name: "wedged", Subject: "svc.wedged", Handle: func(m Msg) ([]byte, *messages.Error) {
+		entered <- m.Context()
+		<-release
+		return []byte("late"), nil
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	inbox := nc.NewInbox()
+	replies, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.PublishRequest("svc.wedged", inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	var reqCtx context.Context
+	select {
+	case reqCtx = <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached its handler")
+	}
+	if reqCtx.Err() != nil {
+		t.Fatal("the request's context is done while the service serves")
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	err = s.Shutdown(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "1 requests still running") {
+		t.Fatalf("Shutdown with a wedged handler: %v", err)
+	}
+	if reqCtx.Err() == nil {
+		t.Error("the wedged request's context is not done once Shutdown gave up")
+	}
+
+	// Again, and concurrently: each returns by its own deadline.
+	s.Stop()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for range 2 {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
+			defer cancel()
+			errs <- s.Shutdown(ctx)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("a concurrent Shutdown: %v", err)
+		}
+	}
+
+	close(release)
+	if err := s.Shutdown(t.Context()); err != nil {
+		t.Fatalf("Shutdown once the handler returned: %v", err)
+	}
+	// Whatever the service published reached the server before this
+	// round trip, and the replies' subscription before its answer.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := replies.Pending(); err != nil || n != 0 {
+		t.Errorf("%d replies published after the service reported it stopped (%v)", n, err)
 	}
 }

@@ -113,7 +113,7 @@ func Run(ctx context.Context, cfg Config, args []string, stderr io.Writer) error
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &f.level}))
-	platform, err := f.platform(cfg.Name)
+	platform, err := f.platform(ctx, cfg.Name)
 	if err != nil {
 		return err
 	}
@@ -242,7 +242,7 @@ func (f *flags) credential() (*access.Credential, error) {
 }
 
 // platform is the unit's enclave platform; its verifier checks the issuer.
-func (f *flags) platform(task string) (unit.Platform, error) {
+func (f *flags) platform(ctx context.Context, task string) (unit.Platform, error) {
 	v, err := attest.Everything(f.collateral, nil)
 	if err != nil {
 		return nil, err
@@ -254,7 +254,7 @@ func (f *flags) platform(task string) (unit.Platform, error) {
 		}
 		return &simUnit{Platform: p, v: v}, nil
 	}
-	p, err := attest.Guest(f.backend, v)
+	p, err := attest.Guest(ctx, f.backend, v)
 	if err != nil {
 		return nil, fmt.Errorf("%w: --backend: %v", ErrUsage, err)
 	}
@@ -268,7 +268,9 @@ type simUnit struct {
 	v enclave.Verifier
 }
 
-func (s *simUnit) Verify(evidence []byte) (enclave.Claims, error) { return s.v.Verify(evidence) }
+func (s *simUnit) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	return s.v.Verify(ctx, evidence)
+}
 
 // connect opens one of the unit's two connections, reconnecting without end
 // once connected.

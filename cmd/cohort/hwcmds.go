@@ -101,7 +101,7 @@ func expiry(e collateral.Entry, now time.Time) string {
 }
 
 // cmdEvidence prints what evidence says, once it verifies.
-func cmdEvidence(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func cmdEvidence(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "inspect" {
 		return fmt.Errorf("%w: evidence inspect [--collateral DIR] [--endorsement FILE] [--at TIME] [--json] FILE", errUsage)
 	}
@@ -146,7 +146,7 @@ func cmdEvidence(_ context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	c, err := v.Verify(ev)
+	c, err := v.Verify(ctx, ev)
 	if err != nil {
 		return fmt.Errorf("%s evidence does not verify at %s: %w", platform, now.UTC().Format(time.RFC3339), err)
 	}

@@ -336,7 +336,7 @@ func cmdIssuer(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	platform, err := issuerPlatform(*backend, *data, v)
+	platform, err := issuerPlatform(ctx, *backend, *data, v)
 	if err != nil {
 		return err
 	}
@@ -406,7 +406,7 @@ func cmdUnit(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	platform, err := unitPlatform(*backend, *task, v)
+	platform, err := unitPlatform(ctx, *backend, *task, v)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,17 +40,18 @@ func clientVerifier() enclave.Verifier {
 
 type refusing struct{ err error }
 
-func (r refusing) Verify([]byte) (enclave.Claims, error) {
+func (r refusing) Verify(context.Context, []byte) (enclave.Claims, error) {
 	return enclave.Claims{}, fmt.Errorf("%w: %v", enclave.ErrInvalidEvidence, r.err)
 }
 
 // hardwarePlatform is the platform of a unit or issuer in an SGX enclave or
 // an SEV-SNP or TDX guest, its evidence in cohort's envelope and checking
-// others' with v.
-func hardwarePlatform(backend string, v enclave.Verifier) (enclave.Platform, error) {
+// others' with v. A guest's first report, asked for its measurement, is
+// given up on once ctx is done.
+func hardwarePlatform(ctx context.Context, backend string, v enclave.Verifier) (enclave.Platform, error) {
 	switch backend {
 	case enclave.PlatformSNP, enclave.PlatformTDX:
-		return attest.Guest(backend, v)
+		return attest.Guest(ctx, backend, v)
 	case enclave.PlatformSGX:
 		p, err := sgxPlatform()
 		if err != nil {
@@ -62,7 +64,7 @@ func hardwarePlatform(backend string, v enclave.Verifier) (enclave.Platform, err
 
 // issuerPlatform is the issuer's platform; its verifier checks units and
 // peers of every platform.
-func issuerPlatform(backend, dataDir string, v enclave.Verifier) (enclave.Platform, error) {
+func issuerPlatform(ctx context.Context, backend, dataDir string, v enclave.Verifier) (enclave.Platform, error) {
 	if backend == enclave.PlatformSim {
 		secret, err := sim.LoadOrCreateSealSecret(filepath.Join(dataDir, sim.SealSecretFile))
 		if err != nil {
@@ -70,11 +72,11 @@ func issuerPlatform(backend, dataDir string, v enclave.Verifier) (enclave.Platfo
 		}
 		return sim.New(sim.Config{Identity: sim.IssuerIdentity, SealSecret: secret})
 	}
-	return hardwarePlatform(backend, v)
+	return hardwarePlatform(ctx, backend, v)
 }
 
 // unitPlatform is a unit's platform; its verifier checks the issuer.
-func unitPlatform(backend, task string, v enclave.Verifier) (unit.Platform, error) {
+func unitPlatform(ctx context.Context, backend, task string, v enclave.Verifier) (unit.Platform, error) {
 	if backend == enclave.PlatformSim {
 		p, err := sim.New(sim.Config{Identity: sim.UnitIdentity(task)})
 		if err != nil {
@@ -82,7 +84,7 @@ func unitPlatform(backend, task string, v enclave.Verifier) (unit.Platform, erro
 		}
 		return &simUnit{Platform: p, v: v}, nil
 	}
-	return hardwarePlatform(backend, v)
+	return hardwarePlatform(ctx, backend, v)
 }
 
 // simUnit is a simulated unit that checks its issuer with the deployment's
@@ -92,4 +94,6 @@ type simUnit struct {
 	v enclave.Verifier
 }
 
-func (s *simUnit) Verify(evidence []byte) (enclave.Claims, error) { return s.v.Verify(evidence) }
+func (s *simUnit) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	return s.v.Verify(ctx, evidence)
+}

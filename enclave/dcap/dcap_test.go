@@ -132,7 +132,7 @@ func oeReport(typ uint32, size uint64, quote []byte) []byte {
 func TestOasis(t *testing.T) {
 	quote := sample(t, oasisQuote)
 	v := verifierAt(t, oasisTime, true)
-	cl, err := v.VerifyWith(quote, oasisCollateral(t))
+	cl, err := v.VerifyWith(t.Context(), quote, oasisCollateral(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestOasis(t *testing.T) {
 		t.Fatal(err)
 	}
 	v2.crlsOptional = true
-	cl2, err := v2.Verify(oeReport(oeRemoteReport, uint64(len(quote)), quote))
+	cl2, err := v2.Verify(t.Context(), oeReport(oeRemoteReport, uint64(len(quote)), quote))
 	if err != nil || !bytes.Equal(cl2.UniqueID, cl.UniqueID) || cl2.ReportData != cl.ReportData || cl2.TCBStatus != cl.TCBStatus {
 		t.Errorf("the OE report: %+v, %v", cl2, err)
 	}
@@ -203,7 +203,7 @@ func TestOasis(t *testing.T) {
 	}
 
 	// Production verification requires the CRLs.
-	_, err = verifierAt(t, oasisTime, false).VerifyWith(quote, oasisCollateral(t))
+	_, err = verifierAt(t, oasisTime, false).VerifyWith(t.Context(), quote, oasisCollateral(t))
 	wantRefusal(t, "no CRLs", err, true, "no root CA CRL")
 	// Now, the TCB signing certificate has expired.
 	live, err := New(Config{})
@@ -211,18 +211,18 @@ func TestOasis(t *testing.T) {
 		t.Fatal(err)
 	}
 	live.crlsOptional = true
-	_, err = live.VerifyWith(quote, oasisCollateral(t))
+	_, err = live.VerifyWith(t.Context(), quote, oasisCollateral(t))
 	wantRefusal(t, "now", err, true, "TCB info", `"Intel SGX TCB Signing"`, "expired 2025-05-21T10:50:10Z")
 	// The bad chain.
 	bad := oasisCollateral(t)
 	bad.TCBInfoIssuerChain = sample(t, oasisBad)
-	_, err = v.VerifyWith(quote, bad)
+	_, err = v.VerifyWith(t.Context(), quote, bad)
 	wantRefusal(t, "bad chain", err, false, "TCB info", "signing chain", pcs.CNPCKPlatformCA)
 }
 
 func TestQVL(t *testing.T) {
 	quote := sample(t, qvlQuote)
-	cl, err := verifierAt(t, qvlTime, false).VerifyWith(quote, qvlCollateral(t))
+	cl, err := verifierAt(t, qvlTime, false).VerifyWith(t.Context(), quote, qvlCollateral(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,10 +243,10 @@ func TestQVL(t *testing.T) {
 		t.Errorf("collateral used %q, want %q", kinds, want)
 	}
 	// Now: the collateral has expired; its TCB info is named first.
-	_, err = verifierAt(t, time.Now(), false).VerifyWith(quote, qvlCollateral(t))
+	_, err = verifierAt(t, time.Now(), false).VerifyWith(t.Context(), quote, qvlCollateral(t))
 	wantRefusal(t, "now", err, true, "TCB info of FMSPC 00A067110000 expired 2025-07-19T10:56:11Z")
 	// Its PCK CRL alone out of date.
-	_, err = verifierAt(t, time.Date(2025, 6, 19, 10, 10, 0, 0, time.UTC), false).VerifyWith(quote, qvlCollateral(t))
+	_, err = verifierAt(t, time.Date(2025, 6, 19, 10, 10, 0, 0, time.UTC), false).VerifyWith(t.Context(), quote, qvlCollateral(t))
 	wantRefusal(t, "before the TCB info", err, true, "TCB info", "not valid before 2025-06-19T10:56:11Z")
 }
 
@@ -294,11 +294,11 @@ func TestMutations(t *testing.T) {
 		{"OE header cut", func(q []byte) []byte { return oeReport(oeRemoteReport, 0, nil)[:12] }, "shorter than its header"},
 		{"huge", func(q []byte) []byte { return make([]byte, MaxEvidence+1) }, "at most"},
 	} {
-		_, err := v.VerifyWith(tc.mut(bytes.Clone(quote)), oasisCollateral(t))
+		_, err := v.VerifyWith(t.Context(), tc.mut(bytes.Clone(quote)), oasisCollateral(t))
 		wantRefusal(t, tc.name, err, false, tc.want)
 	}
 	for _, n := range []int{0, 1, 3, 4, 47, 48, 431, 432, 435, 436, 500, sd + sigFixed - 1, sd + sigFixed, sd + sigFixed + 5, certData, 2000, len(quote) - 1} {
-		_, err := v.VerifyWith(quote[:n], oasisCollateral(t))
+		_, err := v.VerifyWith(t.Context(), quote[:n], oasisCollateral(t))
 		wantRefusal(t, "truncated", err, false)
 	}
 
@@ -317,11 +317,11 @@ func TestMutations(t *testing.T) {
 	} {
 		c := oasisCollateral(t)
 		tc.mut(c)
-		_, err := v.VerifyWith(quote, c)
+		_, err := v.VerifyWith(t.Context(), quote, c)
 		wantRefusal(t, tc.name, err, false, tc.want...)
 	}
 	// TCB info of another FMSPC: dcap-qvl's collateral, current, for the oasis quote.
-	_, err := verifierAt(t, qvlTime, false).VerifyWith(quote, qvlCollateral(t))
+	_, err := verifierAt(t, qvlTime, false).VerifyWith(t.Context(), quote, qvlCollateral(t))
 	wantRefusal(t, "another FMSPC", err, false, "TCB info is for FMSPC 00A067110000, the PCK certificate's is 00606A000000")
 }
 
@@ -349,7 +349,7 @@ func TestCacheKeepsTime(t *testing.T) {
 	}
 	v.crlsOptional = true
 	c := oasisCollateral(t)
-	if _, err := v.VerifyWith(quote, c); err != nil {
+	if _, err := v.VerifyWith(t.Context(), quote, c); err != nil {
 		t.Fatal(err)
 	}
 	if len(v.colls) != 1 || len(v.chains) != 1 {
@@ -359,7 +359,7 @@ func TestCacheKeepsTime(t *testing.T) {
 	for _, e := range v.colls {
 		cached = e
 	}
-	if _, err := v.VerifyWith(quote, c); err != nil {
+	if _, err := v.VerifyWith(t.Context(), quote, c); err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range v.colls {
@@ -368,18 +368,18 @@ func TestCacheKeepsTime(t *testing.T) {
 		}
 	}
 	now = time.Date(2023, 1, 16, 0, 0, 0, 0, time.UTC) // after the QE identity's nextUpdate
-	_, err = v.VerifyWith(quote, c)
+	_, err = v.VerifyWith(t.Context(), quote, c)
 	wantRefusal(t, "after nextUpdate", err, true, "QE identity expired 2023-01-15T12:45:36Z")
 	now = time.Date(2022, 12, 1, 0, 0, 0, 0, time.UTC) // before the TCB info's issueDate
-	_, err = v.VerifyWith(quote, c)
+	_, err = v.VerifyWith(t.Context(), quote, c)
 	wantRefusal(t, "before issueDate", err, true, "PCK chain", "not valid before 2022-12-05")
 	now = oasisTime
-	if _, err := v.VerifyWith(quote, c); err != nil {
+	if _, err := v.VerifyWith(t.Context(), quote, c); err != nil {
 		t.Errorf("back inside the window: %v", err)
 	}
 	// Changed collateral is not the cached one.
 	c.TCBInfoSignature[0] ^= 1
-	_, err = v.VerifyWith(quote, c)
+	_, err = v.VerifyWith(t.Context(), quote, c)
 	wantRefusal(t, "changed after caching", err, false, "TCB info", "signature")
 }
 
@@ -397,11 +397,11 @@ func TestConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for range 20 {
 				if g%2 == 0 {
-					_, err := v.VerifyWith(qvl, qc)
+					_, err := v.VerifyWith(t.Context(), qvl, qc)
 					if err != nil {
 						errs <- err
 					}
-				} else if _, err := v.VerifyWith(oasis, oc); err == nil || !errors.Is(err, enclave.ErrCollateral) {
+				} else if _, err := v.VerifyWith(t.Context(), oasis, oc); err == nil || !errors.Is(err, enclave.ErrCollateral) {
 					errs <- errors.New("the expired oasis collateral was not refused")
 				}
 			}
@@ -420,12 +420,12 @@ func BenchmarkVerify(b *testing.B) {
 	quote := sample(b, qvlQuote)
 	c := qvlCollateral(b)
 	v := verifierAt(b, qvlTime, false)
-	if _, err := v.VerifyWith(quote, c); err != nil {
+	if _, err := v.VerifyWith(b.Context(), quote, c); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := v.VerifyWith(quote, c); err != nil {
+		if _, err := v.VerifyWith(b.Context(), quote, c); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -437,7 +437,7 @@ func BenchmarkVerifyUncached(b *testing.B) {
 	c := qvlCollateral(b)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := verifierAt(b, qvlTime, false).VerifyWith(quote, c); err != nil {
+		if _, err := verifierAt(b, qvlTime, false).VerifyWith(b.Context(), quote, c); err != nil {
 			b.Fatal(err)
 		}
 	}

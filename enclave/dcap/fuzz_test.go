@@ -53,7 +53,7 @@ func FuzzVerify(f *testing.F) {
 	v := verifierAt(f, oasisTime, true)
 	c := oasisCollateral(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		cl, err := v.VerifyWith(b, c)
+		cl, err := v.VerifyWith(t.Context(), b, c)
 		if err != nil {
 			if !errors.Is(err, enclave.ErrInvalidEvidence) {
 				t.Fatalf("refusal %v does not wrap ErrInvalidEvidence", err)

@@ -2,6 +2,7 @@ package dcap
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
@@ -40,9 +41,14 @@ const (
 	maxCachedCollateral = 64
 )
 
+// maxLookups bounds the calls of Config.Collateral a Verifier leaves running
+// when the verifications that made them were given up on.
+const maxLookups = 4
+
 // Verifier verifies SGX ECDSA quotes. It is safe for concurrent use.
 type Verifier struct {
 	collateral func([]byte, string) (*pcs.Collateral, error)
+	lookups    *enclave.Gate // calls of collateral
 	now        func() time.Time
 	root       *x509.Certificate
 
@@ -80,7 +86,7 @@ type collateral struct {
 // New returns a Verifier.
 func New(cfg Config) (*Verifier, error) {
 	v := &Verifier{
-		collateral: cfg.Collateral, now: cfg.Now, root: cfg.Root,
+		collateral: cfg.Collateral, lookups: enclave.NewGate(maxLookups), now: cfg.Now, root: cfg.Root,
 		chains: map[[32]byte]*pcs.PCKChain{}, qeReports: map[[32]byte]bool{}, colls: map[[32]byte]*collateral{},
 	}
 	if v.now == nil {
@@ -98,17 +104,20 @@ func New(cfg Config) (*Verifier, error) {
 // Verify implements enclave.Verifier: it verifies an SGX ECDSA quote v3,
 // raw or in an Open Enclave remote report (what EGo's GetRemoteReport
 // returns), with the collateral Config.Collateral gives for its platform.
-func (v *Verifier) Verify(evidence []byte) (enclave.Claims, error) {
-	return v.verify(evidence, nil)
+// Once ctx is done it returns an error wrapping ctx.Err(), also while
+// Config.Collateral has not returned (that call runs on, see enclave.Gate;
+// at most maxLookups are left so).
+func (v *Verifier) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	return v.verify(ctx, evidence, nil)
 }
 
 // VerifyWith verifies evidence as Verify does, with the collateral given
 // (which must not change during the call).
-func (v *Verifier) VerifyWith(evidence []byte, c *pcs.Collateral) (enclave.Claims, error) {
+func (v *Verifier) VerifyWith(ctx context.Context, evidence []byte, c *pcs.Collateral) (enclave.Claims, error) {
 	if c == nil {
 		return enclave.Claims{}, fmt.Errorf("%w: %w: dcap: no collateral given", enclave.ErrInvalidEvidence, enclave.ErrCollateral)
 	}
-	return v.verify(evidence, c)
+	return v.verify(ctx, evidence, c)
 }
 
 // verify checks, in the order of the chain of trust: the quote's form, the
@@ -116,7 +125,10 @@ func (v *Verifier) VerifyWith(evidence []byte, c *pcs.Collateral) (enclave.Claim
 // report data's binding of the attestation key, the ISV enclave report's
 // signature by that key; then the collateral, revocation, and the TCB and
 // QE levels.
-func (v *Verifier) verify(evidence []byte, c *pcs.Collateral) (enclave.Claims, error) {
+func (v *Verifier) verify(ctx context.Context, evidence []byte, c *pcs.Collateral) (enclave.Claims, error) {
+	if err := ctx.Err(); err != nil {
+		return enclave.Claims{}, fmt.Errorf("dcap: verify: %w", err)
+	}
 	now := v.now()
 	raw, err := unwrap(evidence)
 	if err != nil {
@@ -150,7 +162,12 @@ func (v *Verifier) verify(evidence []byte, c *pcs.Collateral) (enclave.Claims, e
 		if v.collateral == nil {
 			return enclave.Claims{}, fmt.Errorf("%w: %w: dcap: no collateral source configured", enclave.ErrInvalidEvidence, enclave.ErrCollateral)
 		}
-		if c, err = v.collateral(bytes.Clone(chain.Ext.FMSPC), chain.CAKind); err != nil {
+		fmspc, ca := bytes.Clone(chain.Ext.FMSPC), chain.CAKind
+		c, err = enclave.Call(ctx, v.lookups, "dcap: collateral", func() (*pcs.Collateral, error) { return v.collateral(fmspc, ca) })
+		if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+			return enclave.Claims{}, err // given up on: nothing is known of the evidence
+		}
+		if err != nil {
 			return enclave.Claims{}, fmt.Errorf("%w: %w: dcap: collateral of FMSPC %X (%s CA): %w", enclave.ErrInvalidEvidence, enclave.ErrCollateral, chain.Ext.FMSPC, chain.CAKind, err)
 		}
 		if c == nil {

@@ -275,7 +275,7 @@ func TestWorld(t *testing.T) {
 	w := newWorld(t)
 	v := w.verifier(t, worldNow)
 	rd := enclave.Bind("test", []byte("hello"))
-	cl, err := v.VerifyWith(w.quote(t, quoteOpts{qeSVN: 8, reportData: rd}), w.collateral(t, collOpts{}))
+	cl, err := v.VerifyWith(t.Context(), w.quote(t, quoteOpts{qeSVN: 8, reportData: rd}), w.collateral(t, collOpts{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +292,7 @@ func TestWorld(t *testing.T) {
 	}
 
 	debug := w.quote(t, quoteOpts{qeSVN: 8, attributes: [16]byte{0x07}})
-	if cl, err := v.VerifyWith(debug, w.collateral(t, collOpts{})); err != nil || !cl.Debug {
+	if cl, err := v.VerifyWith(t.Context(), debug, w.collateral(t, collOpts{})); err != nil || !cl.Debug {
 		t.Errorf("debug enclave: debug %v, %v", cl.Debug, err)
 	}
 }
@@ -332,7 +332,7 @@ func TestWorldStatus(t *testing.T) {
 		{name: "another PCE-ID", qeSVN: 8, o: collOpts{pceID: "0001"}, refuse: "PCE-ID"},
 		{name: "a TD QE's identity", qeSVN: 8, o: collOpts{qeID: "TD_QE"}, refuse: "not QE"},
 	} {
-		cl, err := v.VerifyWith(w.quote(t, quoteOpts{qeSVN: tc.qeSVN}), w.collateral(t, tc.o))
+		cl, err := v.VerifyWith(t.Context(), w.quote(t, quoteOpts{qeSVN: tc.qeSVN}), w.collateral(t, tc.o))
 		if tc.refuse != "" {
 			wantRefusal(t, tc.name, err, false, tc.refuse)
 			continue
@@ -359,11 +359,11 @@ func TestWorldRevocation(t *testing.T) {
 		{"PCK CRL of the other CA", "the PCK CRL is the processor CA's, the PCK certificate was issued by the platform CA", collOpts{pckCRLBy: processor}},
 		{"PCK CRL issuer revoked", "the PCK CRL's issuer (serial 5) is revoked", collOpts{pckCRLBy: processor, rootRevokes: []int64{5}}},
 	} {
-		_, err := v.VerifyWith(q, w.collateral(t, tc.o))
+		_, err := v.VerifyWith(t.Context(), q, w.collateral(t, tc.o))
 		wantRefusal(t, tc.name, err, false, tc.want)
 	}
 	// Serials listed for another issuer revoke nothing here.
-	if _, err := v.VerifyWith(q, w.collateral(t, collOpts{rootRevokes: []int64{3}, pckRevokes: []int64{2, 4}})); err != nil {
+	if _, err := v.VerifyWith(t.Context(), q, w.collateral(t, collOpts{rootRevokes: []int64{3}, pckRevokes: []int64{2, 4}})); err != nil {
 		t.Errorf("serials of other issuers: %v", err)
 	}
 }
@@ -376,20 +376,20 @@ func TestWorldCollateralRequired(t *testing.T) {
 	noRoot, noPCK := *c, *c
 	noRoot.RootCACRL = nil
 	noPCK.PCKCRL = nil
-	_, err := v.VerifyWith(q, &noRoot)
+	_, err := v.VerifyWith(t.Context(), q, &noRoot)
 	wantRefusal(t, "no root CA CRL", err, true, "no root CA CRL")
-	_, err = v.VerifyWith(q, &noPCK)
+	_, err = v.VerifyWith(t.Context(), q, &noPCK)
 	wantRefusal(t, "no PCK CRL", err, true, "no PCK CRL")
-	_, err = v.VerifyWith(q, nil)
+	_, err = v.VerifyWith(t.Context(), q, nil)
 	wantRefusal(t, "no collateral", err, true, "no collateral given")
-	_, err = v.Verify(q)
+	_, err = v.Verify(t.Context(), q)
 	wantRefusal(t, "no collateral source", err, true, "no collateral source configured")
 
 	// A CRL past its nextUpdate, the rest current.
-	_, err = v.VerifyWith(q, w.collateral(t, collOpts{crlNext: time.Date(2025, 1, 10, 0, 0, 0, 0, time.UTC)}))
+	_, err = v.VerifyWith(t.Context(), q, w.collateral(t, collOpts{crlNext: time.Date(2025, 1, 10, 0, 0, 0, 0, time.UTC)}))
 	wantRefusal(t, "expired CRL", err, true, "root CA CRL", "expired 2025-01-10T00:00:00Z")
 	// The PCK certificate out of date.
-	_, err = w.verifier(t, time.Date(2031, 1, 2, 0, 0, 0, 0, time.UTC)).VerifyWith(q, c)
+	_, err = w.verifier(t, time.Date(2031, 1, 2, 0, 0, 0, 0, time.UTC)).VerifyWith(t.Context(), q, c)
 	wantRefusal(t, "PCK certificate expired", err, true, "PCK chain", pcs.CNPCKCertificate, "expired 2031-01-01")
 
 	// From a source: asked for the PCK certificate's FMSPC and CA.
@@ -401,18 +401,18 @@ func TestWorldCollateralRequired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v2.Verify(q); err != nil || asked != "00906EA10000 platform" {
+	if _, err := v2.Verify(t.Context(), q); err != nil || asked != "00906EA10000 platform" {
 		t.Errorf("from a source: asked %q, %v", asked, err)
 	}
 	v3, _ := New(Config{Root: w.root.cert, Now: func() time.Time { return worldNow }, Collateral: func([]byte, string) (*pcs.Collateral, error) {
 		return nil, fmt.Errorf("cache miss")
 	}})
-	_, err = v3.Verify(q)
+	_, err = v3.Verify(t.Context(), q)
 	wantRefusal(t, "source fails", err, true, "collateral of FMSPC 00906EA10000 (platform CA): cache miss")
 
 	// The Intel root does not know the world.
 	vi, _ := New(Config{Now: func() time.Time { return worldNow }})
-	_, err = vi.VerifyWith(q, c)
+	_, err = vi.VerifyWith(t.Context(), q, c)
 	wantRefusal(t, "test PKI under the Intel root", err, false, "PCK chain", "not the root")
 	if _, err := New(Config{Root: w.ca.cert}); err == nil {
 		t.Error("New took a root that is not self-signed")

@@ -13,8 +13,10 @@ package ego
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 
 	"github.com/edgelesssys/ego/attestation"
@@ -30,6 +32,19 @@ const BackendName = "sgx"
 
 // Platform is the SGX platform of the running enclave.
 type Platform struct{}
+
+// EGo's calls (into the enclave's runtime, and from there to the quoting
+// enclave and to the quote verification library, which may fetch
+// collateral) cannot be interrupted. Attest and Verify make them through
+// these gates, so that a caller can give up on one; the gates bound how
+// many are left running. There is one enclave per process, so the gates are
+// the package's.
+var (
+	reportGate = enclave.NewGate(1) // the quoting enclave makes one quote at a time
+	// Verifications are mostly computation: as many at once as there are
+	// processors, and at least 4.
+	verifyGate = enclave.NewGate(max(4, runtime.GOMAXPROCS(0)))
+)
 
 var _ enclave.Platform = Platform{}
 
@@ -60,9 +75,16 @@ func (Platform) Measurement() []byte {
 // Simulated implements enclave.Platform: SGX evidence is never simulated.
 func (Platform) Simulated() bool { return false }
 
-// Attest implements enclave.Attester with an SGX remote report.
-func (Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
-	r, err := egoenclave.GetRemoteReport(reportData[:])
+// Attest implements enclave.Attester with an SGX remote report. Once ctx is
+// done it returns an error wrapping ctx.Err(), while the report asked for
+// runs on until EGo returns.
+func (Platform) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	r, err := enclave.Call(ctx, reportGate, "ego: remote report", func() ([]byte, error) {
+		return egoenclave.GetRemoteReport(reportData[:])
+	})
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, wrap("remote report", err)
 	}
@@ -70,9 +92,16 @@ func (Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) 
 }
 
 // Verify implements enclave.Verifier. Evidence whose TCB is not up to date is
-// refused with its status named.
-func (Platform) Verify(evidence []byte) (enclave.Claims, error) {
-	r, err := egoenclave.VerifyRemoteReport(evidence)
+// refused with its status named. Once ctx is done it returns an error
+// wrapping ctx.Err(), while the verification runs on until EGo returns.
+func (Platform) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	evidence = bytes.Clone(evidence) // the call may outlive Verify
+	r, err := enclave.Call(ctx, verifyGate, "ego: verify remote report", func() (attestation.Report, error) {
+		return egoenclave.VerifyRemoteReport(evidence)
+	})
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+		return enclave.Claims{}, err
+	}
 	if errors.Is(err, attestation.ErrTCBLevelInvalid) {
 		return enclave.Claims{}, fmt.Errorf("%w: TCB status %s (advisories %s)",
 			enclave.ErrInvalidEvidence, r.TCBStatus, strings.Join(r.TCBAdvisories, ","))

@@ -14,7 +14,7 @@ import (
 // it accepts is simulated evidence of the right shape.
 func FuzzVerify(f *testing.F) {
 	p := newPlatform(f, UnitIdentity("demo"), nil)
-	ev, err := p.Attest(reportData("seed"))
+	ev, err := p.Attest(f.Context(), reportData("seed"))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add(binary.BigEndian.AppendUint32([]byte{0x82, 0xa4, 'b', 'o', 'd', 'y', 0xc6}, 0xffffffff))
 	f.Add(bytes.Repeat([]byte{0x91}, 64))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := Verifier().Verify(data)
+		c, err := Verifier().Verify(t.Context(), data)
 		if err != nil {
 			if !errors.Is(err, enclave.ErrInvalidEvidence) {
 				t.Fatalf("refusal without ErrInvalidEvidence: %v", err)

@@ -21,6 +21,7 @@
 package sim
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/ed25519"
@@ -204,8 +205,12 @@ func (p *Platform) Simulated() bool { return true }
 // Measurement returns this platform's measurement.
 func (p *Platform) Measurement() []byte { return append([]byte(nil), p.measurement...) }
 
-// Attest implements enclave.Attester.
-func (p *Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+// Attest implements enclave.Attester. Nothing in it blocks: it checks ctx
+// before it signs.
+func (p *Platform) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("sim: attest: %w", err)
+	}
 	body, err := messages.Marshal(&evidenceBody{
 		V:               1,
 		Format:          Format,
@@ -223,11 +228,17 @@ func (p *Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, erro
 }
 
 // Verify implements enclave.Verifier for simulated evidence.
-func (p *Platform) Verify(ev []byte) (enclave.Claims, error) { return verifier{}.Verify(ev) }
+func (p *Platform) Verify(ctx context.Context, ev []byte) (enclave.Claims, error) {
+	return verifier{}.Verify(ctx, ev)
+}
 
 type verifier struct{}
 
-func (verifier) Verify(ev []byte) (enclave.Claims, error) {
+// Verify checks ctx, then the evidence: nothing in it blocks.
+func (verifier) Verify(ctx context.Context, ev []byte) (enclave.Claims, error) {
+	if err := ctx.Err(); err != nil {
+		return enclave.Claims{}, fmt.Errorf("sim: verify: %w", err)
+	}
 	var e evidence
 	if err := messages.Unmarshal(ev, maxEvidence, &e); err != nil {
 		return enclave.Claims{}, fmt.Errorf("%w: simulated evidence: %v", enclave.ErrInvalidEvidence, err)

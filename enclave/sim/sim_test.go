@@ -57,7 +57,7 @@ func goodBody() *evidenceBody {
 func TestAttestVerifyRoundTrip(t *testing.T) {
 	p := newPlatform(t, UnitIdentity("demo"), nil)
 	rd := reportData("request")
-	ev, err := p.Attest(rd)
+	ev, err := p.Attest(t.Context(), rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestAttestVerifyRoundTrip(t *testing.T) {
 	for name, v := range map[string]enclave.Verifier{
 		"self": p, "other platform": newPlatform(t, IssuerIdentity, nil), "Verifier()": Verifier(),
 	} {
-		c, err := v.Verify(ev)
+		c, err := v.Verify(t.Context(), ev)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -91,11 +91,11 @@ func TestAttestVerifyRoundTrip(t *testing.T) {
 		t.Fatalf("Name %q, Simulated %t", p.Name(), p.Simulated())
 	}
 	// Other report data gives other evidence, which binds only its own.
-	ev2, err := p.Attest(reportData("another request"))
+	ev2, err := p.Attest(t.Context(), reportData("another request"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2, err := Verifier().Verify(ev2)
+	c2, err := Verifier().Verify(t.Context(), ev2)
 	if err != nil || c2.ReportData == rd {
 		t.Fatalf("evidence for other report data: %v, binds %x", err, c2.ReportData)
 	}
@@ -103,7 +103,7 @@ func TestAttestVerifyRoundTrip(t *testing.T) {
 
 func TestTamperedEvidenceRefused(t *testing.T) {
 	p := newPlatform(t, UnitIdentity("demo"), nil)
-	ev, err := p.Attest(reportData("request"))
+	ev, err := p.Attest(t.Context(), reportData("request"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,20 +111,20 @@ func TestTamperedEvidenceRefused(t *testing.T) {
 		for _, mask := range []byte{0x01, 0x80, 0xff} {
 			bad := bytes.Clone(ev)
 			bad[i] ^= mask
-			if _, err := Verifier().Verify(bad); !errors.Is(err, enclave.ErrInvalidEvidence) {
+			if _, err := Verifier().Verify(t.Context(), bad); !errors.Is(err, enclave.ErrInvalidEvidence) {
 				t.Fatalf("byte %d ^ %#x: got %v, want ErrInvalidEvidence", i, mask, err)
 			}
 		}
 	}
 	for _, bad := range [][]byte{nil, {}, ev[:len(ev)-1], append(bytes.Clone(ev), 0), bytes.Repeat([]byte{0xc0}, maxEvidence+1)} {
-		if _, err := Verifier().Verify(bad); !errors.Is(err, enclave.ErrInvalidEvidence) {
+		if _, err := Verifier().Verify(t.Context(), bad); !errors.Is(err, enclave.ErrInvalidEvidence) {
 			t.Fatalf("%d bytes: got %v, want ErrInvalidEvidence", len(bad), err)
 		}
 	}
 }
 
 func TestEvidenceBodyShapeChecked(t *testing.T) {
-	if _, err := Verifier().Verify(signedEvidence(t, goodBody())); err != nil {
+	if _, err := Verifier().Verify(t.Context(), signedEvidence(t, goodBody())); err != nil {
 		t.Fatalf("well-formed signed body refused: %v", err)
 	}
 	for name, mutate := range map[string]func(*evidenceBody){
@@ -138,17 +138,17 @@ func TestEvidenceBodyShapeChecked(t *testing.T) {
 	} {
 		b := goodBody()
 		mutate(b)
-		if _, err := Verifier().Verify(signedEvidence(t, b)); !errors.Is(err, enclave.ErrInvalidEvidence) {
+		if _, err := Verifier().Verify(t.Context(), signedEvidence(t, b)); !errors.Is(err, enclave.ErrInvalidEvidence) {
 			t.Errorf("%s: got %v, want ErrInvalidEvidence", name, err)
 		}
 	}
 	// A signed body with an unknown field, or not a body at all.
 	extra := map[string]any{"v": 1, "format": Format, "unique_id": bytes.Repeat([]byte{1}, 32), "signer_id": signerID,
 		"report_data": bytes.Repeat([]byte{2}, 64), "mrenclave": []byte{1}}
-	if _, err := Verifier().Verify(signedEvidence(t, extra)); !errors.Is(err, enclave.ErrInvalidEvidence) {
+	if _, err := Verifier().Verify(t.Context(), signedEvidence(t, extra)); !errors.Is(err, enclave.ErrInvalidEvidence) {
 		t.Errorf("unknown field: got %v, want ErrInvalidEvidence", err)
 	}
-	if _, err := Verifier().Verify(signedEvidence(t, "text")); !errors.Is(err, enclave.ErrInvalidEvidence) {
+	if _, err := Verifier().Verify(t.Context(), signedEvidence(t, "text")); !errors.Is(err, enclave.ErrInvalidEvidence) {
 		t.Errorf("string body: got %v, want ErrInvalidEvidence", err)
 	}
 	// A signature by another key, and a signature without the label.
@@ -162,7 +162,7 @@ func TestEvidenceBodyShapeChecked(t *testing.T) {
 		"long":      append(ed25519.Sign(platformKey, append([]byte(evidenceLabel), b...)), 0),
 	} {
 		ev, _ := messages.Marshal(&evidence{Body: b, Signature: sig})
-		if _, err := Verifier().Verify(ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
+		if _, err := Verifier().Verify(t.Context(), ev); !errors.Is(err, enclave.ErrInvalidEvidence) {
 			t.Errorf("signature %s: got %v, want ErrInvalidEvidence", name, err)
 		}
 	}
@@ -299,7 +299,7 @@ func TestNoSealSecret(t *testing.T) {
 		t.Fatalf("Unseal: got %v, want ErrNoSealKey", err)
 	}
 	// It still attests.
-	if _, err := p.Attest(reportData("x")); err != nil {
+	if _, err := p.Attest(t.Context(), reportData("x")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -311,10 +311,10 @@ func TestConcurrentUse(t *testing.T) {
 	for i := range 8 {
 		wg.Go(func() {
 			rd := reportData(string(rune('a' + i)))
-			ev, err := p.Attest(rd)
+			ev, err := p.Attest(t.Context(), rd)
 			if err == nil {
 				var c enclave.Claims
-				if c, err = p.Verify(ev); err == nil && c.ReportData != rd {
+				if c, err = p.Verify(t.Context(), ev); err == nil && c.ReportData != rd {
 					err = errors.New("report data mixed up between goroutines")
 				}
 			}

@@ -2,11 +2,12 @@ package snp
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/google/go-sev-guest/abi"
 
@@ -36,11 +37,13 @@ type AttesterConfig struct {
 }
 
 // Attester produces Evidence in an SEV-SNP guest. It is safe for concurrent
-// use; it asks for one report at a time.
+// use; it asks for one report at a time (the secure processor answers one
+// guest request at a time anyway), and a report that a caller gave up on
+// holds that one slot until the interface returns: see enclave.Gate.
 type Attester struct {
 	src  ReportSource
 	vmpl *uint
-	mu   sync.Mutex
+	gate *enclave.Gate
 }
 
 var _ enclave.Attester = (*Attester)(nil)
@@ -58,7 +61,7 @@ func NewAttester(cfg AttesterConfig) (*Attester, error) {
 		}
 		src = s
 	}
-	a := &Attester{src: src}
+	a := &Attester{src: src, gate: enclave.NewGate(1)}
 	if cfg.VMPL != nil {
 		if *cfg.VMPL > 3 {
 			return nil, fmt.Errorf("snp: VMPL %d, want 0 to 3", *cfg.VMPL)
@@ -71,9 +74,11 @@ func NewAttester(cfg AttesterConfig) (*Attester, error) {
 
 // Attest implements enclave.Attester: Evidence (marshalled) holding a fresh
 // report that binds reportData and, when the host attached it, the VCEK or
-// VLEK certificate that signed it.
-func (a *Attester) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
-	report, table, err := a.report(reportData)
+// VLEK certificate that signed it. Once ctx is done it returns an error
+// wrapping ctx.Err(), while a report asked for runs on until the interface
+// (configfs-tsm or the ioctl, neither of which can be interrupted) returns.
+func (a *Attester) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	report, table, err := a.report(ctx, reportData)
 	if err != nil {
 		return nil, err
 	}
@@ -90,10 +95,16 @@ func (a *Attester) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, erro
 
 // report asks the source for a report and checks that it is one, binding
 // reportData.
-func (a *Attester) report(reportData [enclave.ReportDataSize]byte) (report, table []byte, err error) {
-	a.mu.Lock()
-	report, table, err = a.src.GetReport(reportData, a.vmpl)
-	a.mu.Unlock()
+func (a *Attester) report(ctx context.Context, reportData [enclave.ReportDataSize]byte) (report, table []byte, err error) {
+	type got struct{ report, table []byte }
+	g, err := enclave.Call(ctx, a.gate, "snp: get an attestation report", func() (got, error) {
+		r, t, err := a.src.GetReport(reportData, a.vmpl)
+		return got{r, t}, err
+	})
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+		return nil, nil, err
+	}
+	report, table = g.report, g.table
 	if err != nil {
 		return nil, nil, fmt.Errorf("snp: get an attestation report: %w", err)
 	}
@@ -170,8 +181,8 @@ var _ enclave.Platform = (*Platform)(nil)
 
 // NewPlatform returns the platform of the running guest, attesting as ac
 // says and verifying others as vc does. It takes one report to learn its
-// own MEASUREMENT.
-func NewPlatform(ac AttesterConfig, vc Config) (*Platform, error) {
+// own MEASUREMENT, and gives up on it once ctx is done.
+func NewPlatform(ctx context.Context, ac AttesterConfig, vc Config) (*Platform, error) {
 	a, err := NewAttester(ac)
 	if err != nil {
 		return nil, err
@@ -180,7 +191,7 @@ func NewPlatform(ac AttesterConfig, vc Config) (*Platform, error) {
 	if err != nil {
 		return nil, err
 	}
-	report, _, err := a.report([enclave.ReportDataSize]byte{})
+	report, _, err := a.report(ctx, [enclave.ReportDataSize]byte{})
 	if err != nil {
 		return nil, err
 	}
@@ -198,13 +209,13 @@ func (p *Platform) Simulated() bool { return false }
 func (p *Platform) Measurement() []byte { return bytes.Clone(p.measurement) }
 
 // Attest implements enclave.Attester.
-func (p *Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
-	return p.attester.Attest(reportData)
+func (p *Platform) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	return p.attester.Attest(ctx, reportData)
 }
 
 // Verify implements enclave.Verifier.
-func (p *Platform) Verify(evidence []byte) (enclave.Claims, error) {
-	return p.verifier.Verify(evidence)
+func (p *Platform) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	return p.verifier.Verify(ctx, evidence)
 }
 
 // Seal implements enclave.Sealer: it always fails (see Platform).

@@ -27,7 +27,7 @@ func TestAttesterUnsupported(t *testing.T) {
 	if !errors.Is(err, enclave.ErrUnsupported) {
 		t.Errorf("NewAttester = %v, want enclave.ErrUnsupported", err)
 	}
-	_, err = snp.NewPlatform(snp.AttesterConfig{}, snp.Config{})
+	_, err = snp.NewPlatform(t.Context(), snp.AttesterConfig{}, snp.Config{})
 	if !errors.Is(err, enclave.ErrUnsupported) {
 		t.Errorf("NewPlatform = %v, want enclave.ErrUnsupported", err)
 	}
@@ -58,7 +58,7 @@ func TestAttester(t *testing.T) {
 		t.Fatalf("no table: %v, endorsement %d bytes", err, len(e.Endorsement))
 	}
 	v, _ := snp.New(snp.Config{Roots: f.Roots(), Endorsements: func(_, _ string, _ []byte, _ uint64) ([]byte, error) { return f.Endorsement(), nil }})
-	if _, err := v.Verify(mustAttest(t, f.Attester(), [64]byte{})); err != nil {
+	if _, err := v.Verify(t.Context(), mustAttest(t, f.Attester(), [64]byte{})); err != nil {
 		t.Errorf("with the endorsement from the cache: %v", err)
 	}
 }
@@ -72,7 +72,7 @@ func TestAttesterVMPL(t *testing.T) {
 		t.Fatal(err)
 	}
 	v, _ := snp.New(f.Config())
-	c, err := v.Verify(mustAttest(t, a, [64]byte{}))
+	c, err := v.Verify(t.Context(), mustAttest(t, a, [64]byte{}))
 	if err != nil || c.SNP.VMPL != 2 {
 		t.Errorf("VMPL: %v %+v", err, c.SNP)
 	}
@@ -104,7 +104,7 @@ func TestAttesterChecks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return a.Attest(rd)
+		return a.Attest(t.Context(), rd)
 	}
 	padded := func(cert []byte) []byte {
 		return abi.CertsFromProto(&spb.CertificateChain{VcekCert: append(append([]byte(nil), cert...), make([]byte, 100)...)}).Marshal()
@@ -151,7 +151,7 @@ func mustReport(t *testing.T, f *snptest.Fake, rd [64]byte) []byte {
 // and does not seal.
 func TestPlatform(t *testing.T) {
 	f, _ := snptest.New(snptest.Options{})
-	p, err := f.Platform(f.Config())
+	p, err := f.Platform(t.Context(), f.Config())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestPlatform(t *testing.T) {
 	if p.Name() != "snp" || p.Simulated() || !bytes.Equal(p.Measurement(), snptest.DefaultMeasurement) {
 		t.Errorf("name %q simulated %v measurement %x", p.Name(), p.Simulated(), p.Measurement())
 	}
-	c, err := p.Verify(mustAttest(t, p, [64]byte{8}))
+	c, err := p.Verify(t.Context(), mustAttest(t, p, [64]byte{8}))
 	if err != nil || c.ReportData[0] != 8 {
 		t.Errorf("attest and verify: %v", err)
 	}

@@ -51,10 +51,10 @@ func TestTurinFMCExtensionRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Without the extension (the fake's VCEK, same test keys) it verifies.
-	if _, err := v.Verify(evidence(t, report, f.Endorsement())); err != nil {
+	if _, err := v.Verify(t.Context(), evidence(t, report, f.Endorsement())); err != nil {
 		t.Fatalf("the VCEK without FMC: %v", err)
 	}
-	_, err = v.Verify(evidence(t, report, chain.Vcek.Raw))
+	_, err = v.Verify(t.Context(), evidence(t, report, chain.Vcek.Raw))
 	mustRefuse(t, err, false, "VCEK certificate's AMD extensions", "not an AMD KDS OID")
 }
 

@@ -63,7 +63,7 @@ func FuzzVerify(f *testing.F) {
 	}
 	f.Add(mustAttest(f, fake.Attester(), [64]byte{1}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := v.Verify(b)
+		c, err := v.Verify(t.Context(), b)
 		if err != nil {
 			if !errors.Is(err, enclave.ErrInvalidEvidence) {
 				t.Fatalf("refusal %v does not wrap ErrInvalidEvidence", err)

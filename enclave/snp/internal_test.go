@@ -90,7 +90,7 @@ func TestChainInAttestationIgnored(t *testing.T) {
 		t.Error("go-sev-guest verified a forged chain given no roots: the #185 bug (v0.14.x) is back")
 	}
 	// And through Verify, with the forged VCEK as the endorsement.
-	_, err = v.verify(forged, chain.Vcek.Raw)
+	_, err = v.verify(t.Context(), forged, chain.Vcek.Raw)
 	if !errors.Is(err, enclave.ErrInvalidEvidence) || !strings.Contains(err.Error(), "does not chain to the trusted AMD Milan roots") {
 		t.Errorf("Verify of the forgery: %v", err)
 	}
@@ -121,7 +121,7 @@ func TestEndorsementCache(t *testing.T) {
 	raw, vcek := readTrustee(t)
 	now := time.Now()
 	v, _ := New(Config{Now: func() time.Time { return now }})
-	if _, err := v.verify(raw, vcek); err != nil {
+	if _, err := v.verify(t.Context(), raw, vcek); err != nil {
 		t.Fatal(err)
 	}
 	if len(v.cache) != 1 {
@@ -134,18 +134,18 @@ func TestEndorsementCache(t *testing.T) {
 	if !end.notAfter.Equal(end.cert.NotAfter) || end.notBefore.Before(end.cert.NotBefore) {
 		t.Errorf("cached window %v to %v, certificate %v to %v", end.notBefore, end.notAfter, end.cert.NotBefore, end.cert.NotAfter)
 	}
-	if _, err := v.verify(raw, vcek); err != nil {
+	if _, err := v.verify(t.Context(), raw, vcek); err != nil {
 		t.Fatalf("cached: %v", err)
 	}
 	// A changed report is refused on the cached path too.
 	bad := append([]byte(nil), raw...)
 	bad[0x90] ^= 1
-	if _, err := v.verify(bad, vcek); err == nil || !strings.Contains(err.Error(), "signature") {
+	if _, err := v.verify(t.Context(), bad, vcek); err == nil || !strings.Contains(err.Error(), "signature") {
 		t.Errorf("changed report on the cached path: %v", err)
 	}
 	// Past the VCEK's validity the cache does not answer.
 	now = end.cert.NotAfter.Add(time.Second)
-	_, err := v.verify(raw, vcek)
+	_, err := v.verify(t.Context(), raw, vcek)
 	if !errors.Is(err, enclave.ErrCollateral) {
 		t.Errorf("past the VCEK's validity: %v", err)
 	}

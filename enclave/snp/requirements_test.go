@@ -21,7 +21,7 @@ func fakeClaims(t *testing.T, o snptest.Options) enclave.Claims {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := v.Verify(mustAttest(t, f.Attester(), [64]byte{}))
+	c, err := v.Verify(t.Context(), mustAttest(t, f.Attester(), [64]byte{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestRequirements(t *testing.T) {
 // refused naming the component (its microcode is 0x73).
 func TestRequirementsMinTCB(t *testing.T) {
 	s := trusteeVCEK(t)
-	c, err := s.verifier(t).Verify(s.evidence(t))
+	c, err := s.verifier(t).Verify(t.Context(), s.evidence(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -49,12 +50,17 @@ type Verifier struct {
 	roots        map[string][]*trust.AMDRootCerts // never changed after New
 	endorsements func(productLine, signer string, chipID []byte, reportedTCB uint64) ([]byte, error)
 	now          func() time.Time
+	lookups      *enclave.Gate // calls of endorsements
 
 	mu    sync.Mutex
 	cache map[cacheKey]*endorsement
 }
 
 var _ enclave.Verifier = (*Verifier)(nil)
+
+// maxLookups bounds the calls of Config.Endorsements a Verifier leaves
+// running when the verifications that made them were given up on.
+const maxLookups = 4
 
 // maxCached bounds the endorsement certificates a Verifier keeps verified.
 const maxCached = 256
@@ -84,6 +90,7 @@ func New(cfg Config) (*Verifier, error) {
 	v := &Verifier{
 		endorsements: cfg.Endorsements,
 		now:          cfg.Now,
+		lookups:      enclave.NewGate(maxLookups),
 		cache:        make(map[cacheKey]*endorsement),
 	}
 	if v.now == nil {
@@ -126,13 +133,18 @@ func refuseCollateral(format string, args ...any) error {
 // that chains to the Verifier's roots at Now, and the report passes the
 // checks every report must (see baseOptions). The per-task choices (debug,
 // SMT, provisional firmware, minimum TCB, measurement, VMPL, HOST_DATA) are
-// left to Requirements.Check.
-func (v *Verifier) Verify(evidence []byte) (enclave.Claims, error) {
+// left to Requirements.Check. Once ctx is done it returns an error wrapping
+// ctx.Err(), also while Config.Endorsements has not returned (that call runs
+// on, see enclave.Gate; at most maxLookups are left so).
+func (v *Verifier) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	if err := ctx.Err(); err != nil {
+		return enclave.Claims{}, fmt.Errorf("snp: verify: %w", err)
+	}
 	e, err := ParseEvidence(evidence)
 	if err != nil {
 		return enclave.Claims{}, err
 	}
-	return v.verify(e.Report, e.Endorsement)
+	return v.verify(ctx, e.Report, e.Endorsement)
 }
 
 // reportedProductLine is the product line a version 3 or later report
@@ -145,7 +157,7 @@ func reportedProductLine(r *spb.Report) string {
 	return ""
 }
 
-func (v *Verifier) verify(raw, der []byte) (enclave.Claims, error) {
+func (v *Verifier) verify(ctx context.Context, raw, der []byte) (enclave.Claims, error) {
 	if err := abi.ValidateReportFormat(raw); err != nil {
 		return enclave.Claims{}, refuse("attestation report format: %v", err)
 	}
@@ -175,12 +187,12 @@ func (v *Verifier) verify(raw, der []byte) (enclave.Claims, error) {
 	}
 
 	if len(der) == 0 {
-		if der, err = v.lookupEndorsement(product, signer, report); err != nil {
+		if der, err = v.lookupEndorsement(ctx, product, signer, report); err != nil {
 			return enclave.Claims{}, err
 		}
 	}
 	now := v.now()
-	end, err := v.endorsement(der, signer, product, report, raw, now)
+	end, err := v.endorsement(ctx, der, signer, product, report, raw, now)
 	if err != nil {
 		return enclave.Claims{}, err
 	}
@@ -201,11 +213,17 @@ func (v *Verifier) verify(raw, der []byte) (enclave.Claims, error) {
 
 // lookupEndorsement asks Config.Endorsements for the certificate the
 // evidence did not carry.
-func (v *Verifier) lookupEndorsement(product string, signer abi.ReportSigner, report *spb.Report) ([]byte, error) {
+func (v *Verifier) lookupEndorsement(ctx context.Context, product string, signer abi.ReportSigner, report *spb.Report) ([]byte, error) {
 	if v.endorsements == nil {
 		return nil, refuseCollateral("the evidence carries no %v certificate and the verifier has no endorsement cache (fetching certificates from AMD's KDS is off)", signer)
 	}
-	der, err := v.endorsements(product, signer.String(), bytes.Clone(report.GetChipId()), report.GetReportedTcb())
+	chip, tcb := bytes.Clone(report.GetChipId()), report.GetReportedTcb()
+	der, err := enclave.Call(ctx, v.lookups, "snp: the endorsement cache", func() ([]byte, error) {
+		return v.endorsements(product, signer.String(), chip, tcb)
+	})
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+		return nil, err // given up on: nothing is known of the evidence
+	}
 	if err != nil {
 		return nil, refuseCollateral("the evidence carries no %v certificate and the endorsement cache has none for chip %x at TCB 0x%016x: %v",
 			signer, report.GetChipId(), report.GetReportedTcb(), err)
@@ -232,7 +250,7 @@ func chainOf(signer abi.ReportSigner, der []byte) *spb.CertificateChain {
 // the verification of der stands at now, else through go-sev-guest's
 // verify.SnpAttestationContext (chain to the roots, then signature), whose
 // success is cached.
-func (v *Verifier) endorsement(der []byte, signer abi.ReportSigner, product string, report *spb.Report, raw []byte, now time.Time) (*endorsement, error) {
+func (v *Verifier) endorsement(ctx context.Context, der []byte, signer abi.ReportSigner, product string, report *spb.Report, raw []byte, now time.Time) (*endorsement, error) {
 	key := cacheKey{sum: sha256.Sum256(der), signer: signer, product: product}
 	if end := v.cached(key, now); end != nil {
 		if err := verify.SnpReportSignature(raw, end.cert); err != nil {
@@ -265,7 +283,10 @@ func (v *Verifier) endorsement(der []byte, signer abi.ReportSigner, product stri
 			signer, product, cert.SerialNumber, cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
 	attestation := &spb.Attestation{Report: report, CertificateChain: chainOf(signer, der)}
-	if err := verify.SnpAttestationContext(context.Background(), attestation, v.verifyOptions(now)); err != nil {
+	if err := verify.SnpAttestationContext(ctx, attestation, v.verifyOptions(now)); err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("snp: verify the %v certificate: %w", signer, cerr)
+		}
 		if sigErr := verify.SnpReportSignature(raw, cert); sigErr != nil {
 			return nil, refuse("the report signature does not verify with its %v (serial %x): %v", signer, cert.SerialNumber, sigErr)
 		}

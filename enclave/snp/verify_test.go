@@ -24,7 +24,7 @@ func tcb(bl, tee, snpSPL, ucode uint8, raw uint64) enclave.SNPTCB {
 // the current one, so only a task that allows provisional firmware takes it.
 func TestTrusteeVCEK(t *testing.T) {
 	s := trusteeVCEK(t)
-	c, err := s.verifier(t).Verify(s.evidence(t))
+	c, err := s.verifier(t).Verify(t.Context(), s.evidence(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestTrusteeVCEK(t *testing.T) {
 // refusal says so (collateral).
 func TestTrusteeVLEK(t *testing.T) {
 	s := trusteeVLEK(t)
-	c, err := s.verifier(t).Verify(s.evidence(t))
+	c, err := s.verifier(t).Verify(t.Context(), s.evidence(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestTrusteeVLEK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = now.Verify(s.evidence(t))
+	_, err = now.Verify(t.Context(), s.evidence(t))
 	mustRefuse(t, err, true, "VLEK certificate", "2025-12-10", "not at")
 }
 
@@ -137,7 +137,7 @@ func TestTrusteeVLEK(t *testing.T) {
 // its TCB up to date, so a task that does not allow debug refuses it.
 func TestGoSevGuestSample(t *testing.T) {
 	s := goSevGuest()
-	c, err := s.verifier(t).Verify(s.evidence(t))
+	c, err := s.verifier(t).Verify(t.Context(), s.evidence(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestGoSevGuestSample(t *testing.T) {
 func TestMutations(t *testing.T) {
 	s := trusteeVCEK(t)
 	v := s.verifier(t)
-	if _, err := v.Verify(s.evidence(t)); err != nil { // also fills the cache
+	if _, err := v.Verify(t.Context(), s.evidence(t)); err != nil { // also fills the cache
 		t.Fatal(err)
 	}
 	for _, m := range []struct {
@@ -190,7 +190,7 @@ func TestMutations(t *testing.T) {
 	} {
 		r := copyOf(s.report)
 		r[m.at] ^= m.xor
-		_, err := v.Verify(evidence(t, r, s.cert))
+		_, err := v.Verify(t.Context(), evidence(t, r, s.cert))
 		t.Run(m.name, func(t *testing.T) { mustRefuse(t, err, false, m.words...) })
 	}
 	// The debug bit really is bit 19 of the policy.
@@ -205,7 +205,7 @@ func TestMutations(t *testing.T) {
 func TestMissingEndorsement(t *testing.T) {
 	s := trusteeVCEK(t)
 	bare := evidence(t, s.report, nil)
-	_, err := s.verifier(t).Verify(bare)
+	_, err := s.verifier(t).Verify(t.Context(), bare)
 	mustRefuse(t, err, true, "no VCEK certificate", "fetching certificates from AMD's KDS is off")
 
 	type ask struct {
@@ -229,7 +229,7 @@ func TestMissingEndorsement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := v.Verify(bare)
+	c, err := v.Verify(t.Context(), bare)
 	if err != nil {
 		t.Fatalf("with the cache's VCEK: %v", err)
 	}
@@ -245,7 +245,7 @@ func TestMissingEndorsement(t *testing.T) {
 	failing := func(string, string, []byte, uint64) ([]byte, error) { return nil, errors.New("cache down") }
 	for name, f := range map[string]func(string, string, []byte, uint64) ([]byte, error){"empty": empty, "failing": failing} {
 		v, _ := snp.New(snp.Config{Endorsements: f})
-		_, err := v.Verify(bare)
+		_, err := v.Verify(t.Context(), bare)
 		t.Run(name, func(t *testing.T) { mustRefuse(t, err, true, "no VCEK certificate") })
 	}
 }
@@ -270,10 +270,10 @@ func TestEndorsementForOtherTCB(t *testing.T) {
 		t.Fatal(err)
 	}
 	v, _ := snp.New(a.Config())
-	if _, err := v.Verify(evidence(t, r, a.Endorsement())); err != nil {
+	if _, err := v.Verify(t.Context(), evidence(t, r, a.Endorsement())); err != nil {
 		t.Fatal(err)
 	}
-	_, err = v.Verify(evidence(t, r, b.Endorsement()))
+	_, err = v.Verify(t.Context(), evidence(t, r, b.Endorsement()))
 	mustRefuse(t, err, true, "VCEK certificate is for TCB 0xd016000000000104", "REPORTED_TCB is 0xd516000000000104")
 }
 
@@ -284,7 +284,7 @@ func TestExpiredAtNow(t *testing.T) {
 	s := trusteeVCEK(t)
 	for _, at := range []time.Time{time.Date(2030, 2, 1, 0, 0, 0, 0, time.UTC), time.Date(2023, 1, 1, 0, 0, 0, 0, time.UTC)} {
 		v, _ := snp.New(snp.Config{Now: fixed(at)})
-		_, err := v.Verify(s.evidence(t))
+		_, err := v.Verify(t.Context(), s.evidence(t))
 		mustRefuse(t, err, true, "VCEK certificate", "2030-01-24", "not at "+at.Format("2006-01-02"))
 	}
 }
@@ -298,7 +298,7 @@ func TestExpiredAtNow(t *testing.T) {
 func TestForgedChainRefused(t *testing.T) {
 	s := trusteeVCEK(t)
 	real := snp.DefaultRoots()[snp.ProductMilan][0].ProductCerts
-	v0, err := s.verifier(t).Verify(s.evidence(t))
+	v0, err := s.verifier(t).Verify(t.Context(), s.evidence(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,10 +312,10 @@ func TestForgedChainRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fv.Verify(evidence(t, r, forged.vcek)); err != nil {
+	if _, err := fv.Verify(t.Context(), evidence(t, r, forged.vcek)); err != nil {
 		t.Fatalf("the forgery does not verify even with its own roots: %v", err)
 	}
-	_, err = s.verifier(t).Verify(evidence(t, r, forged.vcek))
+	_, err = s.verifier(t).Verify(t.Context(), evidence(t, r, forged.vcek))
 	mustRefuse(t, err, false, "VCEK certificate", "does not chain to the trusted AMD Milan roots")
 }
 
@@ -330,15 +330,15 @@ func TestFakeRefusedByRealRoots(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ev, err := f.Attester().Attest([64]byte{7})
+			ev, err := f.Attester().Attest(t.Context(), [64]byte{7})
 			if err != nil {
 				t.Fatal(err)
 			}
 			fv, _ := snp.New(f.Config())
-			if c, err := fv.Verify(ev); err != nil || c.SNP.ProductLine != p || c.SNP.Signer != signer {
+			if c, err := fv.Verify(t.Context(), ev); err != nil || c.SNP.ProductLine != p || c.SNP.Signer != signer {
 				t.Errorf("%s %s with the fake's roots: %v", p, signer, err)
 			}
-			_, err = def.Verify(ev)
+			_, err = def.Verify(t.Context(), ev)
 			mustRefuse(t, err, false, signer+" certificate", "does not chain to the trusted AMD "+p+" roots")
 		}
 	}
@@ -353,12 +353,12 @@ func TestOnlyGivenRoots(t *testing.T) {
 	}
 	v, _ := snp.New(f.Config())
 	s := trusteeVCEK(t)
-	_, err = v.Verify(s.evidence(t))
+	_, err = v.Verify(t.Context(), s.evidence(t))
 	mustRefuse(t, err, false, "does not chain to the trusted AMD Milan roots")
 
 	g, _ := snptest.New(snptest.Options{ProductLine: snp.ProductGenoa})
 	v, _ = snp.New(g.Config()) // Genoa roots only
-	_, err = v.Verify(s.evidence(t))
+	_, err = v.Verify(t.Context(), s.evidence(t))
 	mustRefuse(t, err, false, "trusts no roots for it")
 }
 
@@ -379,7 +379,7 @@ func TestFakeClaims(t *testing.T) {
 			t.Fatal(err)
 		}
 		v, _ := snp.New(f.Config())
-		c, err := v.Verify(mustAttest(t, f.Attester(), [64]byte{9}))
+		c, err := v.Verify(t.Context(), mustAttest(t, f.Attester(), [64]byte{9}))
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -418,10 +418,10 @@ func TestConcurrentVerify(t *testing.T) {
 	for i := range 16 {
 		wg.Go(func() {
 			for j := range 8 {
-				if _, err := v.Verify(good[(i+j)%len(good)]); err != nil {
+				if _, err := v.Verify(t.Context(), good[(i+j)%len(good)]); err != nil {
 					errs <- err
 				}
-				if _, err := v.Verify(badEv); err == nil {
+				if _, err := v.Verify(t.Context(), badEv); err == nil {
 					errs <- errors.New("a changed report verified")
 				}
 			}
@@ -436,7 +436,7 @@ func TestConcurrentVerify(t *testing.T) {
 
 func mustAttest(t testing.TB, a enclave.Attester, rd [64]byte) []byte {
 	t.Helper()
-	ev, err := a.Attest(rd)
+	ev, err := a.Attest(t.Context(), rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,12 +449,12 @@ func BenchmarkVerify(b *testing.B) {
 	s := trusteeVCEK(b)
 	v := s.verifier(b)
 	ev := s.evidence(b)
-	if _, err := v.Verify(ev); err != nil {
+	if _, err := v.Verify(b.Context(), ev); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := v.Verify(ev); err != nil {
+		if _, err := v.Verify(b.Context(), ev); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -468,7 +468,7 @@ func BenchmarkVerifyUncached(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		v, _ := snp.New(snp.Config{})
-		if _, err := v.Verify(ev); err != nil {
+		if _, err := v.Verify(b.Context(), ev); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -2,6 +2,7 @@ package tdx
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -31,9 +32,12 @@ type AttesterConfig struct {
 // Attester produces TDX quotes of the running TD through the kernel's
 // configfs-tsm interface (Linux 6.7 and later, with the tdx_guest driver
 // and a quote generation service on the host). It is safe for concurrent
-// use: each quote has its own configfs entry.
+// use. Each quote has its own configfs entry, but it asks for one at a time
+// (the kernel makes one at a time anyway), and a quote that a caller gave up
+// on holds that one slot until configfs-tsm returns: see enclave.Gate.
 type Attester struct {
 	client configfsi.Client
+	gate   *enclave.Gate
 }
 
 var _ enclave.Attester = (*Attester)(nil)
@@ -67,20 +71,28 @@ func NewAttester(cfg AttesterConfig) (*Attester, error) {
 	if got := strings.TrimSpace(string(p)); err == nil && got != provider {
 		return nil, fmt.Errorf("%w: tdx: the configfs-tsm provider is %q, not %q", enclave.ErrUnsupported, got, provider)
 	}
-	return &Attester{client: client}, nil
+	return &Attester{client: client, gate: enclave.NewGate(1)}, nil
 }
 
 // Attest implements enclave.Attester: a TDX quote (version 4 or 5, as the
 // host's quoting enclave makes it) binding reportData, with the PCK chain.
-func (a *Attester) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
-	q, _, err := a.quote(reportData)
+// Once ctx is done it returns an error wrapping ctx.Err(), while the quote
+// asked for runs on until configfs-tsm (whose write and read cannot be
+// interrupted) returns.
+func (a *Attester) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	q, _, err := a.quote(ctx, reportData)
 	return q, err
 }
 
 // quote asks configfs-tsm for a quote and checks that it is one, of this
 // TD, binding reportData.
-func (a *Attester) quote(reportData [enclave.ReportDataSize]byte) ([]byte, *rawQuote, error) {
-	resp, err := report.Get(a.client, &report.Request{InBlob: bytes.Clone(reportData[:])})
+func (a *Attester) quote(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, *rawQuote, error) {
+	resp, err := enclave.Call(ctx, a.gate, "tdx: get a quote from configfs-tsm", func() (*report.Response, error) {
+		return report.Get(a.client, &report.Request{InBlob: bytes.Clone(reportData[:])})
+	})
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+		return nil, nil, err
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("tdx: get a quote from configfs-tsm: %w", err)
 	}
@@ -105,8 +117,8 @@ func (a *Attester) quote(reportData [enclave.ReportDataSize]byte) ([]byte, *rawQ
 
 // Measurement returns the running TD's MRTD (48 bytes), read from a quote
 // it asks for: configfs-tsm gives quotes, not TDREPORTs.
-func (a *Attester) Measurement() ([]byte, error) {
-	_, raw, err := a.quote([enclave.ReportDataSize]byte{})
+func (a *Attester) Measurement(ctx context.Context) ([]byte, error) {
+	_, raw, err := a.quote(ctx, [enclave.ReportDataSize]byte{})
 	if err != nil {
 		return nil, err
 	}
@@ -131,8 +143,8 @@ var _ enclave.Platform = (*Platform)(nil)
 
 // NewPlatform returns the platform of the running TD, attesting as ac says
 // and verifying others as vc does. It asks for one quote to learn its own
-// MRTD.
-func NewPlatform(ac AttesterConfig, vc Config) (*Platform, error) {
+// MRTD, and gives up on it once ctx is done.
+func NewPlatform(ctx context.Context, ac AttesterConfig, vc Config) (*Platform, error) {
 	a, err := NewAttester(ac)
 	if err != nil {
 		return nil, err
@@ -141,7 +153,7 @@ func NewPlatform(ac AttesterConfig, vc Config) (*Platform, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := a.Measurement()
+	m, err := a.Measurement(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -158,13 +170,13 @@ func (p *Platform) Simulated() bool { return false }
 func (p *Platform) Measurement() []byte { return bytes.Clone(p.measurement) }
 
 // Attest implements enclave.Attester.
-func (p *Platform) Attest(reportData [enclave.ReportDataSize]byte) ([]byte, error) {
-	return p.attester.Attest(reportData)
+func (p *Platform) Attest(ctx context.Context, reportData [enclave.ReportDataSize]byte) ([]byte, error) {
+	return p.attester.Attest(ctx, reportData)
 }
 
 // Verify implements enclave.Verifier.
-func (p *Platform) Verify(evidence []byte) (enclave.Claims, error) {
-	return p.verifier.Verify(evidence)
+func (p *Platform) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	return p.verifier.Verify(ctx, evidence)
 }
 
 // Seal implements enclave.Sealer: it always fails (see Platform).

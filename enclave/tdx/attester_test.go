@@ -49,7 +49,7 @@ func TestNewAttesterUnsupported(t *testing.T) {
 	if !errors.Is(err, enclave.ErrUnsupported) || !strings.Contains(err.Error(), ReportPath) {
 		t.Fatalf("NewAttester = %v, want ErrUnsupported naming %s", err, ReportPath)
 	}
-	if _, err := NewPlatform(AttesterConfig{}, Config{}); !errors.Is(err, enclave.ErrUnsupported) {
+	if _, err := NewPlatform(t.Context(), AttesterConfig{}, Config{}); !errors.Is(err, enclave.ErrUnsupported) {
 		t.Fatalf("NewPlatform = %v", err)
 	}
 	// An SEV-SNP guest's configfs-tsm is not TDX's.
@@ -57,7 +57,7 @@ func TestNewAttesterUnsupported(t *testing.T) {
 	if !errors.Is(err, enclave.ErrUnsupported) || !strings.Contains(err.Error(), `"sev_guest"`) {
 		t.Fatalf("NewAttester(sev_guest) = %v", err)
 	}
-	_, err = NewPlatform(AttesterConfig{Client: fakeTSM("sev_guest", func([]byte) ([]byte, error) { return []byte("report"), nil })}, Config{})
+	_, err = NewPlatform(t.Context(), AttesterConfig{Client: fakeTSM("sev_guest", func([]byte) ([]byte, error) { return []byte("report"), nil })}, Config{})
 	if !errors.Is(err, enclave.ErrUnsupported) || !strings.Contains(err.Error(), `"sev_guest"`) {
 		t.Fatalf("NewPlatform(sev_guest) = %v", err)
 	}
@@ -72,16 +72,16 @@ func TestAttesterEndToEnd(t *testing.T) {
 	td := tdxtest.DefaultTD()
 	td.Version, td.TDX15 = 5, true
 	vc := Config{Root: s.Root(), Collateral: fixed(fakeCollateral(t, s, tdxtest.CollateralConfig{}))}
-	p, err := NewPlatform(AttesterConfig{Client: s.ConfigFS(td)}, vc)
+	p, err := NewPlatform(t.Context(), AttesterConfig{Client: s.ConfigFS(td)}, vc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rd := enclave.Bind("join", []byte("unit-1"))
-	ev, err := p.Attest(rd)
+	ev, err := p.Attest(t.Context(), rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := p.Verify(ev)
+	c, err := p.Verify(t.Context(), ev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestAttesterChecksTheQuote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := padded.Attest([64]byte{1})
+	q, err := padded.Attest(t.Context(), [64]byte{1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,10 +130,10 @@ func TestAttesterChecksTheQuote(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := a.Attest([64]byte{1}); err == nil {
+		if _, err := a.Attest(t.Context(), [64]byte{1}); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
-		if _, err := a.Measurement(); err == nil {
+		if _, err := a.Measurement(t.Context()); err == nil {
 			t.Errorf("%s: a measurement", name)
 		}
 	}

@@ -72,7 +72,7 @@ func FuzzVerify(f *testing.F) {
 	f.Fuzz(func(t *testing.T, seed uint8, at uint16, patch []byte, cut uint16) {
 		b := mutate(seeds, seed, at, patch, cut)
 		for _, v := range verifiers {
-			c, err := v.Verify(b)
+			c, err := v.Verify(t.Context(), b)
 			if err != nil {
 				if !errors.Is(err, enclave.ErrInvalidEvidence) || errors.Is(err, errParserPanic) {
 					t.Fatalf("refusal %v", err)

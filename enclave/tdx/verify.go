@@ -2,6 +2,7 @@ package tdx
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -56,6 +57,7 @@ type Config struct {
 // offline. It is safe for concurrent use.
 type Verifier struct {
 	collateral func(fmspc []byte) (*pcs.Collateral, error)
+	lookups    *enclave.Gate // calls of collateral
 	now        func() time.Time
 	root       *x509.Certificate
 	roots      *x509.CertPool
@@ -64,9 +66,13 @@ type Verifier struct {
 
 var _ enclave.Verifier = (*Verifier)(nil)
 
+// maxLookups bounds the calls of Config.Collateral a Verifier leaves running
+// when the verifications that made them were given up on.
+const maxLookups = 4
+
 // New returns a Verifier configured by cfg.
 func New(cfg Config) (*Verifier, error) {
-	v := &Verifier{collateral: cfg.Collateral, now: cfg.Now, root: cfg.Root, cache: newCollateralCache()}
+	v := &Verifier{collateral: cfg.Collateral, lookups: enclave.NewGate(maxLookups), now: cfg.Now, root: cfg.Root, cache: newCollateralCache()}
 	if v.now == nil {
 		v.now = time.Now
 	}
@@ -135,12 +141,18 @@ type tcbResult struct {
 // TDX module and the QE; finally, with go-tdx-guest's validate, what every
 // TDX quote must hold (Intel's QE vendor ID, the fixed bits of XFAM and
 // TD_ATTRIBUTES). The task's own requirements are Requirements.Check's.
-func (v *Verifier) Verify(evidence []byte) (enclave.Claims, error) {
-	c, _, err := v.verify(evidence)
+// Once ctx is done it returns an error wrapping ctx.Err(), also while
+// Config.Collateral has not returned (that call runs on, see enclave.Gate;
+// at most maxLookups are left so).
+func (v *Verifier) Verify(ctx context.Context, evidence []byte) (enclave.Claims, error) {
+	c, _, err := v.verify(ctx, evidence)
 	return c, err
 }
 
-func (v *Verifier) verify(evidence []byte) (enclave.Claims, *tcbResult, error) {
+func (v *Verifier) verify(ctx context.Context, evidence []byte) (enclave.Claims, *tcbResult, error) {
+	if err := ctx.Err(); err != nil {
+		return enclave.Claims{}, nil, fmt.Errorf("tdx: verify: %w", err)
+	}
 	now := v.now()
 	raw, err := decodeQuote(evidence)
 	if err != nil {
@@ -175,8 +187,10 @@ func (v *Verifier) verify(evidence []byte) (enclave.Claims, *tcbResult, error) {
 
 	var prep *prepared
 	if v.collateral != nil {
-		col, err := v.collateral(bytes.Clone(fmspc))
+		col, err := enclave.Call(ctx, v.lookups, "tdx: collateral", func() (*pcs.Collateral, error) { return v.collateral(bytes.Clone(fmspc)) })
 		switch {
+		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+			return enclave.Claims{}, nil, err // given up on: nothing is known of the evidence
 		case err != nil:
 			return enclave.Claims{}, nil, refuseCollateral(err, "collateral for FMSPC %x", fmspc)
 		case col == nil:

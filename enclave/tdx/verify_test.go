@@ -119,7 +119,7 @@ func TestSamplesWithoutCollateral(t *testing.T) {
 	for _, s := range samples {
 		t.Run(s.name, func(t *testing.T) {
 			q := s.quote(t)
-			c, err := v.Verify(q)
+			c, err := v.Verify(t.Context(), q)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -136,7 +136,7 @@ func TestSamplesWithoutCollateral(t *testing.T) {
 func TestDCAPQVLCollateral(t *testing.T) {
 	q := readSample(t, dcapQuote)
 	v := newVerifier(t, Config{Now: at("2025-06-20T00:00:00Z"), Collateral: fixed(dcapQVLCollateral(t))})
-	c, res, err := v.verify(q)
+	c, res, err := v.verify(t.Context(), q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func mustChain(t *testing.T, q []byte) *x509.Certificate {
 func TestDCAPQVLCollateralExpiredNow(t *testing.T) {
 	q := readSample(t, dcapQuote)
 	v := newVerifier(t, Config{Collateral: fixed(dcapQVLCollateral(t))}) // Now: time.Now
-	_, err := v.Verify(q)
+	_, err := v.Verify(t.Context(), q)
 	refused(t, err, true, "TCB info for FMSPC b0c06f000000 expired at 2025-07-19T10:16:03Z", "QE identity expired", "PCK CRL expired")
 }
 
@@ -197,11 +197,11 @@ func TestDCAPQVLCollateralExpiredNow(t *testing.T) {
 func TestGoTDXGuestSampleCollateral(t *testing.T) {
 	col := sprE4Collateral(t)
 	v := newVerifier(t, Config{Now: at("2023-07-01T00:00:00Z"), Collateral: fixed(col)})
-	_, err := v.Verify(sprE4(t))
+	_, err := v.Verify(t.Context(), sprE4(t))
 	refused(t, err, false, "does not verify", "no matching TCB level found")
 
 	q := readSample(t, trusteeV4)
-	c, res, err := v.verify(q)
+	c, res, err := v.verify(t.Context(), q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,10 +211,10 @@ func TestGoTDXGuestSampleCollateral(t *testing.T) {
 	}
 
 	v = newVerifier(t, Config{Now: at("2023-07-09T00:00:00Z"), Collateral: fixed(col)})
-	_, err = v.Verify(q)
+	_, err = v.Verify(t.Context(), q)
 	refused(t, err, true, "QE identity expired at 2023-07-08T07:24:59Z", "PCK CRL expired")
 	v = newVerifier(t, Config{Now: at("2023-06-10T00:00:00Z"), Collateral: fixed(col)})
-	_, err = v.Verify(q)
+	_, err = v.Verify(t.Context(), q)
 	refused(t, err, true, "TCB info for FMSPC 50806f000000 is not valid before 2023-06-18T08:42:58Z")
 }
 
@@ -223,13 +223,13 @@ func TestGoTDXGuestSampleCollateral(t *testing.T) {
 // go-tdx-guest's authors appended to their SPR E4 sample.
 func TestTrailingBytes(t *testing.T) {
 	v := newVerifier(t, Config{Now: at(sampleTime)})
-	_, err := v.Verify(testdata.RawQuote)
+	_, err := v.Verify(t.Context(), testdata.RawQuote)
 	refused(t, err, false, "39 bytes after the quote that are not zero padding")
-	if _, err := v.Verify(append(sprE4(t), make([]byte, 100)...)); err != nil {
+	if _, err := v.Verify(t.Context(), append(sprE4(t), make([]byte, 100)...)); err != nil {
 		t.Errorf("zero padding refused: %v", err)
 	}
 	big := append(sprE4(t), make([]byte, MaxEvidence)...)
-	_, err = v.Verify(big)
+	_, err = v.Verify(t.Context(), big)
 	refused(t, err, false, "at most 16384")
 }
 
@@ -285,14 +285,14 @@ func TestMutations(t *testing.T) {
 		{"empty", nil, []string{"truncated"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := v.Verify(c.quote)
+			_, err := v.Verify(t.Context(), c.quote)
 			refused(t, err, false, c.words...)
 		})
 	}
 	t.Run("truncated", func(t *testing.T) {
 		q := good[:len(good)-70] // without its zero padding
 		for _, n := range []int{0, 1, 47, 48, 100, 631, 632, 635, 636, 700, v4QEReport + 100, len(q) - 1000, len(q) - 1} {
-			_, err := v.Verify(q[:n])
+			_, err := v.Verify(t.Context(), q[:n])
 			refused(t, err, false, "not a TDX quote")
 		}
 	})
@@ -328,7 +328,7 @@ func TestDebugQuote(t *testing.T) {
 		if name != "fake" {
 			vv = newVerifier(t, Config{Now: at(sampleTime)})
 		}
-		c, err := vv.Verify(q)
+		c, err := vv.Verify(t.Context(), q)
 		if err != nil {
 			t.Fatal(name, err)
 		}
@@ -352,13 +352,13 @@ func TestDebugQuote(t *testing.T) {
 func TestFakeRefusedByIntelRoot(t *testing.T) {
 	s := newSigner(t, tdxtest.Config{})
 	q := fakeQuote(t, s, tdxtest.DefaultTD(), [64]byte{7})
-	_, err := newVerifier(t, Config{}).Verify(q)
+	_, err := newVerifier(t, Config{}).Verify(t.Context(), q)
 	refused(t, err, false, "PCK chain", tdxtest.RootOrganization, "is not the trusted root", intelRootSubject)
-	if _, err := newVerifier(t, Config{Root: s.Root()}).Verify(q); err != nil {
+	if _, err := newVerifier(t, Config{Root: s.Root()}).Verify(t.Context(), q); err != nil {
 		t.Fatalf("with the test root: %v", err)
 	}
 	// Nor does another fake's root do.
-	_, err = newVerifier(t, Config{Root: newSigner(t, tdxtest.Config{}).Root()}).Verify(q)
+	_, err = newVerifier(t, Config{Root: newSigner(t, tdxtest.Config{}).Root()}).Verify(t.Context(), q)
 	refused(t, err, false, "PCK chain", "is not the trusted root")
 }
 
@@ -381,7 +381,7 @@ func TestFakeEndToEnd(t *testing.T) {
 			td.Version, td.TDX15 = l.version, l.tdx15
 			td.MROwner[0], td.RTMRs[2][47] = 0xaa, 0xbb
 			q := fakeQuote(t, s, td, rd)
-			c, err := withCol.Verify(q)
+			c, err := withCol.Verify(t.Context(), q)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -394,7 +394,7 @@ func TestFakeEndToEnd(t *testing.T) {
 			if c.TDX.TDXModuleTCB != "UpToDate" || len(c.Collateral) != 5 {
 				t.Errorf("module %q, collateral %+v", c.TDX.TDXModuleTCB, c.Collateral)
 			}
-			c, err = without.Verify(q)
+			c, err = without.Verify(t.Context(), q)
 			if err != nil || c.TCBStatus != TCBNotEvaluated {
 				t.Fatalf("without collateral: %q, %v", c.TCBStatus, err)
 			}
@@ -413,7 +413,7 @@ func TestFakeTCBStatuses(t *testing.T) {
 	td := tdxtest.DefaultTD()
 	q := fakeQuote(t, s, td, [64]byte{})
 	verifyWith := func(cc tdxtest.CollateralConfig, q []byte) (enclave.Claims, error) {
-		return newVerifier(t, Config{Root: s.Root(), Collateral: fixed(fakeCollateral(t, s, cc))}).Verify(q)
+		return newVerifier(t, Config{Root: s.Root(), Collateral: fixed(fakeCollateral(t, s, cc))}).Verify(t.Context(), q)
 	}
 
 	c, err := verifyWith(tdxtest.CollateralConfig{Platform: "SWHardeningNeeded", Advisories: []string{"INTEL-SA-00615", "INTEL-SA-00001"}}, q)
@@ -465,7 +465,7 @@ func TestFakeTCBStatuses(t *testing.T) {
 func TestRevokedPCK(t *testing.T) {
 	s := newSigner(t, tdxtest.Config{})
 	v := newVerifier(t, Config{Root: s.Root(), Collateral: fixed(fakeCollateral(t, s, tdxtest.CollateralConfig{RevokePCK: true}))})
-	_, err := v.Verify(fakeQuote(t, s, tdxtest.DefaultTD(), [64]byte{}))
+	_, err := v.Verify(t.Context(), fakeQuote(t, s, tdxtest.DefaultTD(), [64]byte{}))
 	refused(t, err, false, "PCK Leaf certificate in PCK certificate chain was revoked")
 }
 
@@ -503,7 +503,7 @@ func TestCollateralRefusals(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			v := newVerifier(t, Config{Root: s.Root(), Now: at(c.now), Collateral: c.col})
-			_, err := v.Verify(q)
+			_, err := v.Verify(t.Context(), q)
 			refused(t, err, true, c.words...)
 			if c.name == "cache error" && !errors.Is(err, cacheErr) {
 				t.Errorf("%v does not wrap the cache's error", err)
@@ -516,7 +516,7 @@ func TestCollateralRefusals(t *testing.T) {
 		c.TCBInfoSignature = bytes.Clone(c.TCBInfoSignature)
 		c.TCBInfoSignature[5] ^= 1
 	})
-	_, err := newVerifier(t, Config{Root: s.Root(), Now: at("2025-01-15T00:00:00Z"), Collateral: fixed(bad)}).Verify(q)
+	_, err := newVerifier(t, Config{Root: s.Root(), Now: at("2025-01-15T00:00:00Z"), Collateral: fixed(bad)}).Verify(t.Context(), q)
 	refused(t, err, false, "tcbInfo response verification failed")
 }
 
@@ -572,7 +572,7 @@ func TestCollateralCache(t *testing.T) {
 		return &c, nil
 	}})
 	for range 3 {
-		if _, err := v.Verify(q); err != nil {
+		if _, err := v.Verify(t.Context(), q); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -580,7 +580,7 @@ func TestCollateralCache(t *testing.T) {
 		t.Fatalf("prepared %d times, %d cached", v.cache.prepares, len(v.cache.m))
 	}
 	now = time.Date(2025, 8, 1, 0, 0, 0, 0, time.UTC) // past the next update
-	_, err := v.Verify(q)
+	_, err := v.Verify(t.Context(), q)
 	refused(t, err, true, "expired")
 	if len(v.cache.m) != 0 || v.cache.prepares != 2 {
 		t.Fatalf("expired collateral still cached: %d entries, %d prepares", len(v.cache.m), v.cache.prepares)
@@ -629,12 +629,12 @@ func TestConcurrentVerify(t *testing.T) {
 		wg.Go(func() {
 			for i := range 8 {
 				rd := [64]byte{byte(g), byte(i)}
-				c, err := v.Verify(fakeQuote(t, s, tdxtest.DefaultTD(), rd))
+				c, err := v.Verify(t.Context(), fakeQuote(t, s, tdxtest.DefaultTD(), rd))
 				if err == nil && c.ReportData != rd {
 					err = fmt.Errorf("report data %x, want %x", c.ReportData[:2], rd[:2])
 				}
 				if err == nil {
-					_, err = real.Verify(dq)
+					_, err = real.Verify(t.Context(), dq)
 				}
 				if err != nil {
 					errs <- err
@@ -663,12 +663,12 @@ func BenchmarkVerify(b *testing.B) {
 		{"fake/collateral", newVerifier(b, Config{Root: s.Root(), Collateral: fixed(fakeCollateral(b, s, tdxtest.CollateralConfig{}))}), fakeQuote(b, s, tdxtest.DefaultTD(), [64]byte{})},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			if _, err := c.v.Verify(c.quote); err != nil {
+			if _, err := c.v.Verify(b.Context(), c.quote); err != nil {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := c.v.Verify(c.quote); err != nil {
+				if _, err := c.v.Verify(b.Context(), c.quote); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -10,6 +10,7 @@
 package snptest
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha512"
@@ -233,8 +234,8 @@ func (f *Fake) Attester() *snp.Attester {
 
 // Platform returns an snp.Platform attesting with the fake and verifying as
 // vc says (f.Config() to trust the fake).
-func (f *Fake) Platform(vc snp.Config) (*snp.Platform, error) {
-	return snp.NewPlatform(snp.AttesterConfig{Source: f}, vc)
+func (f *Fake) Platform(ctx context.Context, vc snp.Config) (*snp.Platform, error) {
+	return snp.NewPlatform(ctx, snp.AttesterConfig{Source: f}, vc)
 }
 
 // Report returns a signed report binding reportData at vmpl (nil: Options.VMPL).

@@ -19,17 +19,17 @@ func TestNeverTrustedByDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := f.Attester().Attest([64]byte{1})
+	ev, err := f.Attester().Attest(t.Context(), [64]byte{1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	prod, _ := snp.New(snp.Config{})
-	_, err = prod.Verify(ev)
+	_, err = prod.Verify(t.Context(), ev)
 	if !errors.Is(err, enclave.ErrInvalidEvidence) || !strings.Contains(err.Error(), "does not chain to the trusted AMD Milan roots") {
 		t.Errorf("production verifier: %v", err)
 	}
 	test, _ := snp.New(f.Config())
-	if _, err := test.Verify(ev); err != nil {
+	if _, err := test.Verify(t.Context(), ev); err != nil {
 		t.Errorf("verifier with the fake's roots: %v", err)
 	}
 }
@@ -66,13 +66,13 @@ func TestSign(t *testing.T) {
 		}
 		return b
 	}
-	if _, err := v.Verify(ev()); err == nil {
+	if _, err := v.Verify(t.Context(), ev()); err == nil {
 		t.Error("changed report verified")
 	}
 	if err := f.Sign(r); err != nil {
 		t.Fatal(err)
 	}
-	c, err := v.Verify(ev())
+	c, err := v.Verify(t.Context(), ev())
 	if err != nil || c.SNP.GuestSVN != 7 {
 		t.Errorf("re-signed: %v", err)
 	}
@@ -96,9 +96,9 @@ func TestConcurrent(t *testing.T) {
 			v, _ := snp.New(f.Config())
 			a := f.Attester()
 			for range 4 {
-				ev, err := a.Attest([64]byte{byte(i)})
+				ev, err := a.Attest(t.Context(), [64]byte{byte(i)})
 				if err == nil {
-					_, err = v.Verify(ev)
+					_, err = v.Verify(t.Context(), ev)
 				}
 				if err != nil {
 					errs <- err
