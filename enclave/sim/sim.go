@@ -34,8 +34,8 @@ import (
 	"os"
 	"sync"
 
+	"github.com/cohort-dev/cohort/codec"
 	"github.com/cohort-dev/cohort/enclave"
-	"github.com/cohort-dev/cohort/messages"
 )
 
 // Format is the evidence format this backend produces and accepts.
@@ -211,7 +211,7 @@ func (p *Platform) Attest(ctx context.Context, reportData [enclave.ReportDataSiz
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("sim: attest: %w", err)
 	}
-	body, err := messages.Marshal(&evidenceBody{
+	body, err := codec.Marshal(&evidenceBody{
 		V:               1,
 		Format:          Format,
 		UniqueID:        p.measurement,
@@ -224,7 +224,7 @@ func (p *Platform) Attest(ctx context.Context, reportData [enclave.ReportDataSiz
 		return nil, err
 	}
 	sig := ed25519.Sign(platformKey, append([]byte(evidenceLabel), body...))
-	return messages.Marshal(&evidence{Body: body, Signature: sig})
+	return codec.Marshal(&evidence{Body: body, Signature: sig})
 }
 
 // Verify implements enclave.Verifier for simulated evidence.
@@ -240,7 +240,7 @@ func (verifier) Verify(ctx context.Context, ev []byte) (enclave.Claims, error) {
 		return enclave.Claims{}, fmt.Errorf("sim: verify: %w", err)
 	}
 	var e evidence
-	if err := messages.Unmarshal(ev, maxEvidence, &e); err != nil {
+	if err := codec.Unmarshal(ev, maxEvidence, &e); err != nil {
 		return enclave.Claims{}, fmt.Errorf("%w: simulated evidence: %v", enclave.ErrInvalidEvidence, err)
 	}
 	if len(e.Signature) != ed25519.SignatureSize ||
@@ -248,7 +248,7 @@ func (verifier) Verify(ctx context.Context, ev []byte) (enclave.Claims, error) {
 		return enclave.Claims{}, fmt.Errorf("%w: simulated platform signature does not verify", enclave.ErrInvalidEvidence)
 	}
 	var b evidenceBody
-	if err := messages.Unmarshal(e.Body, maxEvidence, &b); err != nil {
+	if err := codec.Unmarshal(e.Body, maxEvidence, &b); err != nil {
 		return enclave.Claims{}, fmt.Errorf("%w: simulated evidence body: %v", enclave.ErrInvalidEvidence, err)
 	}
 	if b.V != 1 || b.Format != Format || len(b.UniqueID) != sha256.Size ||

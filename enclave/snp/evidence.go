@@ -5,8 +5,8 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 
+	"github.com/cohort-dev/cohort/codec"
 	"github.com/cohort-dev/cohort/enclave"
-	"github.com/cohort-dev/cohort/messages"
 )
 
 // EvidenceVersion numbers the layout of Evidence on the wire.
@@ -49,7 +49,7 @@ func (e Evidence) Marshal() ([]byte, error) {
 	if len(e.Endorsement) > 0 {
 		w.Endorsement = e.Endorsement
 	}
-	return messages.Marshal(&w)
+	return codec.Marshal(&w)
 }
 
 func (e Evidence) check() error {
@@ -67,7 +67,7 @@ func (e Evidence) check() error {
 // enclave.ErrInvalidEvidence.
 func ParseEvidence(b []byte) (Evidence, error) {
 	var w wireEvidence
-	if err := messages.Unmarshal(b, MaxEvidenceSize, &w); err != nil {
+	if err := codec.Unmarshal(b, MaxEvidenceSize, &w); err != nil {
 		return Evidence{}, fmt.Errorf("%w: snp: evidence does not decode: %w", enclave.ErrInvalidEvidence, err)
 	}
 	if w.V != EvidenceVersion {
