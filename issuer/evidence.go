@@ -179,3 +179,43 @@ func validLimit(name string, l rate.Limit) error {
 	}
 	return nil
 }
+
+// answerEvidence answers an evidence request, counting the outcome.
+func (i *Issuer) answerEvidence(ctx context.Context, data []byte) ([]byte, *messages.Error) {
+	reply, refusal := i.evidence(ctx, data)
+	outcome := "answered"
+	if refusal != nil {
+		outcome = string(refusal.Code)
+	}
+	i.metrics.evidenceOutcome(outcome)
+	return reply, refusal
+}
+
+// evidence answers an evidence request: the issuer's evidence, binding its
+// root, its policy and the requester's nonce.
+func (i *Issuer) evidence(ctx context.Context, data []byte) ([]byte, *messages.Error) {
+	var m messages.EvidenceRequest
+	if err := messages.Decode(data, messages.MaxEvidenceRequest, &m); err != nil {
+		return nil, service.DecodeRefusal("evidence request", err)
+	}
+	if refusal := i.fence.check(); refusal != nil {
+		return nil, refusal
+	}
+	v := i.view.Load()
+	p, root := v.policy, v.root
+	hash := p.Hash()
+	rd := messages.EvidenceBinding(root.cred.cert.Raw, hash[:], p.Version, m.Nonce)
+	ev, err := i.cfg.Platform.Attest(ctx, rd)
+	if err != nil {
+		i.log.Error("attest", "err", err)
+		return nil, messages.Refusal(messages.CodeInternal, "the issuer could not produce evidence")
+	}
+	// Checked again as it leaves: a root adopted meanwhile holds it back.
+	if refusal := i.fence.check(); refusal != nil || i.view.Load().root != root {
+		return nil, firstRefusal(refusal, messages.Refusal(messages.CodeRotating, "the issuer switched roots while it answered: retry"))
+	}
+	return service.Encode(&messages.EvidenceReply{
+		V: messages.Version, Evidence: ev, Root: root.cred.cert.Raw, PolicyHash: hash[:], PolicyVersion: p.Version, Backend: i.cfg.Platform.Name(),
+		Vouchers: root.vouchers,
+	})
+}
