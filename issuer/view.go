@@ -191,22 +191,14 @@ func (i *Issuer) loadCluster(ctx context.Context, id string) (*clusterKey, error
 func (i *Issuer) loadSlot(ctx context.Context, s *slot) (bool, error) {
 	for {
 		c, spec, rev, err := i.store.loadCredential(ctx, s.key)
-		changed := true
+		var key *ecdsa.PrivateKey
+		var made string
 		switch {
 		case errors.Is(err, errNotFound):
-			key, err := newKey()
-			if err != nil {
+			if key, err = newKey(); err != nil {
 				return false, err
 			}
-			if c, err = s.make(key); err != nil {
-				return false, err
-			}
-			if rev, err = i.store.putCredential(ctx, s.key, c, s.spec, rev); errors.Is(err, errExists) {
-				continue
-			} else if err != nil {
-				return false, err
-			}
-			i.log.Info("created "+s.kind+" key and certificate", s.kind, s.name, "cert", fingerprint(c.cert))
+			made = "created " + s.kind + " key and certificate"
 		case err != nil:
 			return false, err
 		case string(spec) != string(s.spec) || !i.cfg.Now().Before(reissueAt(c.cert)):
@@ -214,27 +206,28 @@ func (i *Issuer) loadSlot(ctx context.Context, s *slot) (bool, error) {
 			// certificate; but a new key when the policy dropped code that
 			// held the old one, so that a removed build's units, which keep
 			// the old key, hold nothing the next certificates vouch for.
-			key := c.key
+			key, made = c.key, "reissued "+s.kind+" certificate"
 			if s.dropped != nil && s.dropped(c.cert) {
 				if key, err = newKey(); err != nil {
 					return false, err
 				}
 				i.log.Info("new "+s.kind+" key: the policy no longer accepts code that held the old one", s.kind, s.name)
 			}
-			if c, err = s.make(key); err != nil {
-				return false, err
-			}
-			if rev, err = i.store.putCredential(ctx, s.key, c, s.spec, rev); errors.Is(err, errExists) {
-				continue
-			} else if err != nil {
-				return false, err
-			}
-			i.log.Info("reissued "+s.kind+" certificate", s.kind, s.name, "cert", fingerprint(c.cert))
 		default:
-			changed = false
+			s.rev = rev
+			return false, i.set(s, c)
 		}
+		if c, err = s.make(key); err != nil {
+			return false, err
+		}
+		if rev, err = i.store.putCredential(ctx, s.key, c, s.spec, rev); errors.Is(err, errExists) {
+			continue // another issuer stored one first: load it
+		} else if err != nil {
+			return false, err
+		}
+		i.log.Info(made, s.kind, s.name, "cert", fingerprint(c.cert))
 		s.rev = rev
-		return changed, i.set(s, c)
+		return true, i.set(s, c)
 	}
 }
 
