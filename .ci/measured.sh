@@ -32,6 +32,7 @@ check ego
 [ "${1:-}" = "--check" ] && exit 0
 
 go vet -tags enclave ./cmd/cohort
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags enclave ./cmd/cohort
 go test -count=1 -tags enclave -run TestMeasuredBuildHasNoTools ./cmd/cohort
 
 # The check must catch a change that links a test signer into the measured

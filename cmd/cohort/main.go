@@ -71,10 +71,6 @@ or the environment variables COHORT_NATS, COHORT_CREDS and COHORT_TLS_CA.
 Run 'cohort COMMAND -h' for a command's flags.
 ` + buildNote
 
-// childEnv is added to the environment of child processes; tests set it so
-// that the test binary runs main for them.
-var childEnv []string
-
 // command runs one subcommand: its arguments after the name, and where to
 // write.
 type command func(ctx context.Context, args []string, stdout, stderr io.Writer) error

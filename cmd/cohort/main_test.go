@@ -21,7 +21,6 @@ func TestMain(m *testing.M) {
 	if os.Getenv("COHORT_TEST_MAIN") == "1" {
 		main()
 	}
-	childEnv = []string{"COHORT_TEST_MAIN=1"}
 	os.Exit(m.Run())
 }
 

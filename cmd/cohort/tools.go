@@ -48,6 +48,10 @@ This is the tools build. The roles' measured binary is built with -tags enclave
 (go build -tags enclave ./cmd/cohort): the same roles, without the tools.
 `
 
+// childEnv is added to the environment of child processes; tests set it so
+// that the test binary runs main for them.
+var childEnv []string
+
 // tools are the commands of the tools build.
 func tools() map[string]command {
 	return map[string]command{
