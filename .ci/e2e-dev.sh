@@ -271,8 +271,8 @@ echo "ok: cohort dev stopped cleanly on Ctrl-C"
 src="$work/src"
 mkdir -p "$src"
 git ls-files -z | xargs -0 cp --parents -t "$src"
-sed -i 's/^const usage = `cohort: /const usage = `cohort (rebuilt): /' "$src/cmd/cohort/main.go"
-grep -q '^const usage = `cohort (rebuilt): ' "$src/cmd/cohort/main.go" || { echo "FAIL: the line to change is gone"; exit 1; }
+sed -i 's/^var usage = `cohort: /var usage = `cohort (rebuilt): /' "$src/cmd/cohort/main.go"
+grep -q '^var usage = `cohort (rebuilt): ' "$src/cmd/cohort/main.go" || { echo "FAIL: the line to change is gone"; exit 1; }
 (cd "$src" && go build -o "$work/cohort2" ./cmd/cohort)
 measurement2=$("$work/cohort2" measure issuer)
 [ "$measurement2" != "$measurement" ] || { echo "FAIL: the rebuild measures the same"; exit 1; }

@@ -19,8 +19,8 @@ mkdir -p "$work/bin" "$work/release2"
 go build -o "$work/bin/nats-server" github.com/nats-io/nats-server/v2
 (cd "$work/cohort" && go build -o cohort ./cmd/cohort)
 git ls-files -z | xargs -0 cp --parents -t "$work/release2"
-sed -i 's/^const usage = `cohort: /const usage = `cohort (release 2): /' "$work/release2/cmd/cohort/main.go"
-grep -q '^const usage = `cohort (release 2): ' "$work/release2/cmd/cohort/main.go" || { echo "lifecycle: the line to change is gone"; exit 1; }
+sed -i 's/^var usage = `cohort: /var usage = `cohort (release 2): /' "$work/release2/cmd/cohort/main.go"
+grep -q '^var usage = `cohort (release 2): ' "$work/release2/cmd/cohort/main.go" || { echo "lifecycle: the line to change is gone"; exit 1; }
 (cd "$work/release2" && go build -o "$work/cohort/cohort2" ./cmd/cohort)
 PATH="$work/bin:$PATH" XDG_CONFIG_HOME="$work/config" python3 .ci/readme.py lifecycle "$work/cohort"
 echo "ok: lifecycle: genesis, update, new release, recovery and rotation, as the README writes them"
