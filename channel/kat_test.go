@@ -32,44 +32,15 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
-	"flag"
 	"fmt"
-	"os"
 	"testing"
 
+	"github.com/cohort-dev/cohort/internal/kattest"
 	"github.com/cohort-dev/cohort/messages"
 )
 
-var writeVectors = flag.Bool("write-vectors", false, "fill in the outputs of testdata/vectors.json from the code under test (review the diff before committing)")
-
-const vectorsFile = "testdata/vectors.json"
-
-// hexBytes is a byte string written as hex in the vectors; null is nil,
-// which msgpack encodes apart from an empty string.
-type hexBytes []byte
-
-func (h hexBytes) MarshalJSON() ([]byte, error) {
-	if h == nil {
-		return []byte("null"), nil
-	}
-	return json.Marshal(hex.EncodeToString(h))
-}
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*h = nil
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
+// hexBytes is a byte string written as hex in the vectors; null is nil.
+type hexBytes = kattest.Hex
 
 type channelVectors struct {
 	Comment     []string           `json:"comment"`
@@ -179,16 +150,8 @@ type claimVector struct {
 
 func readVectors(t *testing.T) *channelVectors {
 	t.Helper()
-	data, err := os.ReadFile(vectorsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var v channelVectors
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("%s: %v", vectorsFile, err)
-	}
+	kattest.Read(t, &v)
 	return &v
 }
 
@@ -202,21 +165,14 @@ func same(t *testing.T, vector, what string, got, want []byte) {
 
 func TestKnownAnswers(t *testing.T) {
 	v := readVectors(t)
-	if *writeVectors {
+	if kattest.Writing() {
 		fill(t, v)
-		data, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vectorsFile, append(data, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s: review the diff before committing", vectorsFile)
+		kattest.Write(t, v)
 		return
 	}
 	if len(v.Secrets) == 0 || len(v.Transcripts) == 0 || len(v.Keys) == 0 || len(v.SessionIDs) == 0 ||
 		len(v.Records) == 0 || len(v.Calls) == 0 || len(v.Answers) == 0 || len(v.Claims) == 0 {
-		t.Fatalf("%s lacks a kind of vector", vectorsFile)
+		t.Fatalf("%s lacks a kind of vector", kattest.File)
 	}
 	t.Run("secrets", func(t *testing.T) {
 		for _, s := range v.Secrets {

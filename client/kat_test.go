@@ -31,45 +31,17 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"flag"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/cohort-dev/cohort/channel"
+	"github.com/cohort-dev/cohort/internal/kattest"
 	"github.com/cohort-dev/cohort/messages"
 )
 
-var writeVectors = flag.Bool("write-vectors", false, "fill in the outputs of testdata/vectors.json from the code under test (review the diff before committing)")
-
-const vectorsFile = "testdata/vectors.json"
-
 // hexBytes is a byte string written as hex in the vectors; null is nil.
-type hexBytes []byte
-
-func (h hexBytes) MarshalJSON() ([]byte, error) {
-	if h == nil {
-		return []byte("null"), nil
-	}
-	return json.Marshal(hex.EncodeToString(h))
-}
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*h = nil
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
+type hexBytes = kattest.Hex
 
 type clientVectors struct {
 	Comment    []string          `json:"comment"`
@@ -96,16 +68,8 @@ type handshakeVector struct {
 
 func readVectors(t *testing.T) *clientVectors {
 	t.Helper()
-	data, err := os.ReadFile(vectorsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var v clientVectors
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("%s: %v", vectorsFile, err)
-	}
+	kattest.Read(t, &v)
 	return &v
 }
 
@@ -133,7 +97,7 @@ func finishVector(t *testing.T, s *handshakeVector, hello, reply []byte) (*Sessi
 
 func TestKnownAnswers(t *testing.T) {
 	v := readVectors(t)
-	if *writeVectors {
+	if kattest.Writing() {
 		for i := range v.Handshakes {
 			s := &v.Handshakes[i]
 			var r messages.HelloReply
@@ -147,18 +111,11 @@ func TestKnownAnswers(t *testing.T) {
 			}
 			s.Transcript, s.Session, s.Unit, s.Expires, s.SessionOf = tr[:], sess.ID, sess.Unit, sess.Expires.UnixNano(), sess.Task
 		}
-		data, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vectorsFile, append(data, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s: review the diff before committing", vectorsFile)
+		kattest.Write(t, v)
 		return
 	}
 	if len(v.Handshakes) == 0 {
-		t.Fatalf("%s holds no handshake", vectorsFile)
+		t.Fatalf("%s holds no handshake", kattest.File)
 	}
 	for _, s := range v.Handshakes {
 		sess, err := finishVector(t, &s, s.Hello, s.Reply)

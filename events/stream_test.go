@@ -153,25 +153,7 @@ func TestDurableEventsWaitForTheStream(t *testing.T) {
 // manager's credential or runs NATS before the manager takes the stream, is
 // refused, and named.
 func TestUntrustedStreamSettingsAreRefused(t *testing.T) {
-	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := streamchecktest.Keep(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	_, js, ctx := streamchecktest.Server(t)
 	cfg := StreamConfig{MaxBytes: 16 << 20}
 	want, log := streamConfig(cfg), slog.New(slog.DiscardHandler)
 	for _, m := range streamchecktest.Mutations() {

@@ -27,45 +27,17 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"flag"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/cohort-dev/cohort/identity"
+	"github.com/cohort-dev/cohort/internal/kattest"
 	"github.com/cohort-dev/cohort/messages"
 )
 
-var writeVectors = flag.Bool("write-vectors", false, "fill in the outputs of testdata/vectors.json from the code under test (review the diff before committing)")
-
-const vectorsFile = "testdata/vectors.json"
-
 // hexBytes is a byte string written as hex in the vectors; null is nil.
-type hexBytes []byte
-
-func (h hexBytes) MarshalJSON() ([]byte, error) {
-	if h == nil {
-		return []byte("null"), nil
-	}
-	return json.Marshal(hex.EncodeToString(h))
-}
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*h = nil
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
+type hexBytes = kattest.Hex
 
 type groupVectors struct {
 	Comment []string      `json:"comment"`
@@ -88,16 +60,8 @@ type proofVector struct {
 
 func readVectors(t *testing.T) *groupVectors {
 	t.Helper()
-	data, err := os.ReadFile(vectorsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var v groupVectors
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("%s: %v", vectorsFile, err)
-	}
+	kattest.Read(t, &v)
 	return &v
 }
 
@@ -122,7 +86,7 @@ func checkProof(t *testing.T, s *proofVector, role string, exporter []byte) (Pee
 
 func TestKnownAnswers(t *testing.T) {
 	v := readVectors(t)
-	if *writeVectors {
+	if kattest.Writing() {
 		for i := range v.Proofs {
 			s := &v.Proofs[i]
 			peer, err := checkProof(t, s, s.Role, s.Exporter)
@@ -131,18 +95,11 @@ func TestKnownAnswers(t *testing.T) {
 			}
 			s.Task = peer.Task
 		}
-		data, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vectorsFile, append(data, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s: review the diff before committing", vectorsFile)
+		kattest.Write(t, v)
 		return
 	}
 	if len(v.Proofs) == 0 {
-		t.Fatalf("%s holds no proof", vectorsFile)
+		t.Fatalf("%s holds no proof", kattest.File)
 	}
 	for _, s := range v.Proofs {
 		peer, err := checkProof(t, &s, s.Role, s.Exporter)

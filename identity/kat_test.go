@@ -22,41 +22,14 @@ package identity
 import (
 	"bytes"
 	"encoding/asn1"
-	"encoding/hex"
-	"encoding/json"
-	"flag"
-	"os"
 	"reflect"
 	"testing"
+
+	"github.com/cohort-dev/cohort/internal/kattest"
 )
 
-var writeVectors = flag.Bool("write-vectors", false, "fill in the outputs of testdata/vectors.json from the code under test (review the diff before committing)")
-
-const vectorsFile = "testdata/vectors.json"
-
 // hexBytes is a byte string written as hex in the vectors; null is nil.
-type hexBytes []byte
-
-func (h hexBytes) MarshalJSON() ([]byte, error) {
-	if h == nil {
-		return []byte("null"), nil
-	}
-	return json.Marshal(hex.EncodeToString(h))
-}
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*h = nil
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
+type hexBytes = kattest.Hex
 
 type identityVectors struct {
 	Comment    []string         `json:"comment"`
@@ -87,16 +60,8 @@ func (v *identityVector) identity() Identity {
 
 func readVectors(t *testing.T) *identityVectors {
 	t.Helper()
-	data, err := os.ReadFile(vectorsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var v identityVectors
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("%s: %v", vectorsFile, err)
-	}
+	kattest.Read(t, &v)
 	return &v
 }
 
@@ -106,7 +71,7 @@ func TestKnownAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *writeVectors {
+	if kattest.Writing() {
 		v.OID, v.OIDDER = OID.String(), oidDER
 		for i := range v.Extensions {
 			e := &v.Extensions[i]
@@ -117,21 +82,14 @@ func TestKnownAnswers(t *testing.T) {
 			}
 			e.URI, e.Extension = id.URI().String(), ext.Value
 		}
-		data, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vectorsFile, append(data, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s: review the diff before committing", vectorsFile)
+		kattest.Write(t, v)
 		return
 	}
 	if OID.String() != v.OID || !bytes.Equal(oidDER, v.OIDDER) {
 		t.Errorf("OID is %s (%x), want %s (%x)", OID, oidDER, v.OID, v.OIDDER)
 	}
 	if len(v.Extensions) == 0 {
-		t.Fatalf("%s holds no extension", vectorsFile)
+		t.Fatalf("%s holds no extension", kattest.File)
 	}
 	for _, e := range v.Extensions {
 		id := e.identity()

@@ -28,46 +28,18 @@ import (
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
-	"flag"
-	"os"
 	"strconv"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cohort-dev/cohort/internal/kattest"
 	"github.com/cohort-dev/cohort/messages"
 )
 
-var writeVectors = flag.Bool("write-vectors", false, "fill in the outputs of testdata/vectors.json from the code under test (review the diff before committing)")
-
-const vectorsFile = "testdata/vectors.json"
-
 // hexBytes is a byte string written as hex in the vectors; null is nil.
-type hexBytes []byte
-
-func (h hexBytes) MarshalJSON() ([]byte, error) {
-	if h == nil {
-		return []byte("null"), nil
-	}
-	return json.Marshal(hex.EncodeToString(h))
-}
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*h = nil
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
+type hexBytes = kattest.Hex
 
 type stateVectors struct {
 	Comment []string      `json:"comment"`
@@ -93,16 +65,8 @@ type stateVector struct {
 
 func readStateVectors(t *testing.T) *stateVectors {
 	t.Helper()
-	data, err := os.ReadFile(vectorsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var v stateVectors
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("%s: %v", vectorsFile, err)
-	}
+	kattest.Read(t, &v)
 	return &v
 }
 
@@ -127,25 +91,18 @@ func storedMsg(subject string, data []byte, over uint64, conditional bool) *jets
 
 func TestKnownAnswers(t *testing.T) {
 	v := readStateVectors(t)
-	if *writeVectors {
+	if kattest.Writing() {
 		for i := range v.Records {
 			s := &v.Records[i]
 			st := vectorStore(t, s)
 			s.KeyID, s.Subject, s.AAD = st.key.id, st.subject(s.Record), st.aad(s.Record, s.Over)
 			s.Envelope = specEnvelope(st.key.id, specStateSeal(specStateAEADKey(s.StateKey), s.Nonce, s.Plaintext, s.AAD))
 		}
-		data, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vectorsFile, append(data, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s: review the diff before committing", vectorsFile)
+		kattest.Write(t, v)
 		return
 	}
 	if len(v.Records) == 0 {
-		t.Fatalf("%s holds no record", vectorsFile)
+		t.Fatalf("%s holds no record", kattest.File)
 	}
 	for _, s := range v.Records {
 		st := vectorStore(t, &s)

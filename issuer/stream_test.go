@@ -1,16 +1,11 @@
 package issuer
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/streamcheck/streamchecktest"
 )
 
@@ -18,25 +13,7 @@ import (
 // holds the issuer's credential or runs NATS before the issuer takes the
 // stream, is refused as tampered with, and named.
 func TestUntrustedStateStreamIsRefused(t *testing.T) {
-	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := streamchecktest.Keep(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	nc, js, ctx := streamchecktest.Server(t)
 	// A bucket of its own for each mutation (see package streamchecktest).
 	for k, m := range streamchecktest.Mutations() {
 		bucket := fmt.Sprintf("state_%d", k)

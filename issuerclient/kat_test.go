@@ -29,44 +29,16 @@ import (
 	"crypto/sha512"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"flag"
-	"os"
 	"testing"
 	"time"
 
+	"github.com/cohort-dev/cohort/internal/kattest"
 	"github.com/cohort-dev/cohort/messages"
 )
 
-var writeVectors = flag.Bool("write-vectors", false, "fill in the outputs of testdata/vectors.json from the code under test (review the diff before committing)")
-
-const vectorsFile = "testdata/vectors.json"
-
 // hexBytes is a byte string written as hex in the vectors; null is nil.
-type hexBytes []byte
-
-func (h hexBytes) MarshalJSON() ([]byte, error) {
-	if h == nil {
-		return []byte("null"), nil
-	}
-	return json.Marshal(hex.EncodeToString(h))
-}
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*h = nil
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
+type hexBytes = kattest.Hex
 
 type certifyVectors struct {
 	Comment  []string        `json:"comment"`
@@ -104,16 +76,8 @@ type refusalVector struct {
 
 func readVectors(t *testing.T) *certifyVectors {
 	t.Helper()
-	data, err := os.ReadFile(vectorsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var v certifyVectors
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("%s: %v", vectorsFile, err)
-	}
+	kattest.Read(t, &v)
 	return &v
 }
 
@@ -154,7 +118,7 @@ func (s *reportVector) pending(t *testing.T) *Pending {
 
 func TestKnownAnswers(t *testing.T) {
 	v := readVectors(t)
-	if *writeVectors {
+	if kattest.Writing() {
 		for i := range v.Reports {
 			s := &v.Reports[i]
 			pair, err := s.pending(t).Open(s.Reply)
@@ -176,18 +140,11 @@ func TestKnownAnswers(t *testing.T) {
 			s := &v.Refusals[i]
 			s.Authentic = refusalAuthentic(t, s)
 		}
-		data, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vectorsFile, append(data, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s: review the diff before committing", vectorsFile)
+		kattest.Write(t, v)
 		return
 	}
 	if len(v.Reports) == 0 || len(v.Refusals) == 0 {
-		t.Fatalf("%s lacks a kind of vector", vectorsFile)
+		t.Fatalf("%s lacks a kind of vector", kattest.File)
 	}
 	for _, s := range v.Reports {
 		checkReport(t, &s)

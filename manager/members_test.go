@@ -1,16 +1,13 @@
 package manager
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/streamcheck/streamchecktest"
 )
 
@@ -20,25 +17,7 @@ import (
 // earlier manager made it once an administrator denied its roll-ups and
 // purges, is taken and works.
 func TestUntrustedMembersBucketIsRefused(t *testing.T) {
-	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := streamchecktest.Keep(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	_, js, ctx := streamchecktest.Server(t)
 	// A bucket of its own for each mutation (see package streamchecktest).
 	for k, m := range streamchecktest.Mutations() {
 		bucket := fmt.Sprintf("members_%d", k)

@@ -27,43 +27,17 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
-	"flag"
 	"fmt"
-	"os"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/cohort-dev/cohort/internal/kattest"
 )
 
-var writeVectors = flag.Bool("write-vectors", false, "fill in the outputs of testdata/vectors.json from the code under test (review the diff before committing)")
-
-const vectorsFile = "testdata/vectors.json"
-
 // hexBytes is a byte string written as hex in the vectors; null is nil.
-type hexBytes []byte
-
-func (h hexBytes) MarshalJSON() ([]byte, error) {
-	if h == nil {
-		return []byte("null"), nil
-	}
-	return json.Marshal(hex.EncodeToString(h))
-}
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*h = nil
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
+type hexBytes = kattest.Hex
 
 type messageVectors struct {
 	Comment   []string          `json:"comment"`
@@ -315,31 +289,16 @@ var constants = map[string]string{
 
 func readVectors(t *testing.T) *messageVectors {
 	t.Helper()
-	data, err := os.ReadFile(vectorsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var v messageVectors
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("%s: %v", vectorsFile, err)
-	}
+	kattest.Read(t, &v)
 	return &v
 }
 
 func TestKnownAnswers(t *testing.T) {
 	v := readVectors(t)
-	if *writeVectors {
+	if kattest.Writing() {
 		fillVectors(t, v)
-		data, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vectorsFile, append(data, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s: review the diff before committing", vectorsFile)
+		kattest.Write(t, v)
 		return
 	}
 	t.Run("encodings", func(t *testing.T) {

@@ -1,7 +1,6 @@
 package streamcheck_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/cohort-dev/cohort/embednats"
 	"github.com/cohort-dev/cohort/streamcheck"
 	"github.com/cohort-dev/cohort/streamcheck/streamchecktest"
 )
@@ -154,25 +152,7 @@ func TestCheck(t *testing.T) {
 // can make it), and Check refuses it, naming its setting: the places that
 // check their streams run them against their own.
 func TestMutationsAreMadeAndRefused(t *testing.T) {
-	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := streamchecktest.Keep(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	_, js, ctx := streamchecktest.Server(t)
 	for name, want := range wanted {
 		want.Replicas = 1 // one server
 		want.MaxBytes = min(want.MaxBytes, 16<<20)

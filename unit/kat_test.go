@@ -25,13 +25,9 @@ import (
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -40,37 +36,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cohort-dev/cohort/channel"
+	"github.com/cohort-dev/cohort/internal/kattest"
 	"github.com/cohort-dev/cohort/issuerclient"
 	"github.com/cohort-dev/cohort/messages"
 )
 
-var writeVectors = flag.Bool("write-vectors", false, "fill in the outputs of testdata/vectors.json from the code under test (review the diff before committing)")
-
-const vectorsFile = "testdata/vectors.json"
-
 // hexBytes is a byte string written as hex in the vectors; null is nil.
-type hexBytes []byte
-
-func (h hexBytes) MarshalJSON() ([]byte, error) {
-	if h == nil {
-		return []byte("null"), nil
-	}
-	return json.Marshal(hex.EncodeToString(h))
-}
-
-func (h *hexBytes) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*h = nil
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	d, err := hex.DecodeString(s)
-	*h = d
-	return err
-}
+type hexBytes = kattest.Hex
 
 type unitVectors struct {
 	Comment    []string           `json:"comment"`
@@ -123,35 +95,20 @@ type unitClaimVector struct {
 
 func readVectors(t *testing.T) *unitVectors {
 	t.Helper()
-	data, err := os.ReadFile(vectorsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var v unitVectors
-	if err := dec.Decode(&v); err != nil {
-		t.Fatalf("%s: %v", vectorsFile, err)
-	}
+	kattest.Read(t, &v)
 	return &v
 }
 
 func TestKnownAnswers(t *testing.T) {
 	v := readVectors(t)
-	if *writeVectors {
+	if kattest.Writing() {
 		fillVectors(t, v)
-		data, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vectorsFile, append(data, '\n'), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s: review the diff before committing", vectorsFile)
+		kattest.Write(t, v)
 		return
 	}
 	if len(v.TicketKeys) == 0 || len(v.Records) == 0 || len(v.Claims) == 0 {
-		t.Fatalf("%s lacks a kind of vector", vectorsFile)
+		t.Fatalf("%s lacks a kind of vector", kattest.File)
 	}
 	t.Run("ticket keys", func(t *testing.T) {
 		for _, s := range v.TicketKeys {

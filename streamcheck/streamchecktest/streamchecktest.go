@@ -8,9 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cohort-dev/cohort/embednats"
 )
 
 // Origin is the stream from which the attacker's mirror or source of
@@ -169,4 +173,31 @@ func Remove(ctx context.Context, js jetstream.JetStream, name string) error {
 		}
 	}
 	return nil
+}
+
+// Server starts an embedded JetStream server for the test, with Keep's
+// stream made, and returns a connection to it, its JetStream, and a context
+// that ends with the test, or after a minute.
+func Server(t testing.TB) (*nats.Conn, jetstream.JetStream, context.Context) {
+	t.Helper()
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	if err := Keep(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	return nc, js, ctx
 }
